@@ -1,0 +1,218 @@
+"""Data sets as in-memory uint8 tensors: Fashion-MNIST, any image folder, UTKFace labels.
+
+Small research data sets fit in memory once decoded and resized; holding them as one
+uint8 tensor makes every later stage (latent cache, FID reference sets, the demo's picker)
+a cheap slice instead of re-decoding files.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "test"]
+FASHION_MNIST = "fashion-mnist"
+FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+UTK_RACES = ("White", "Black", "Asian", "Indian", "Other")
+HELD_OUT_SHARE = 0.1  # folders have no official split: 10 % held out for FID / reconstruction
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be read: missing path, empty folder, bad resolution..."""
+
+
+@dataclass
+class ImageDataset:
+    """Images as uint8 (N, C, H, W) with optional integer labels (-1 = unknown)."""
+
+    images: torch.Tensor
+    name: str
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Float images in [-1, 1]."""
+        return to_float(self.images[index])
+
+    def subset(self, n: int) -> "ImageDataset":
+        return ImageDataset(self.images[:n], self.name, {k: v[:n] for k, v in self.labels.items()}, self.class_names)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1.0
+
+
+def load_dataset(
+    spec: str | os.PathLike, resolution: int, channels: int | None = None, split: Split = "train"
+) -> ImageDataset:
+    """``spec`` is ``fashion-mnist`` or a folder of images (searched recursively).
+
+    Images are resized and centre-cropped to ``resolution``; ``channels`` is 1 (gray) or 3
+    (RGB), defaulting to the data's own (gray for Fashion-MNIST, RGB for folders).
+    """
+    if not isinstance(resolution, int) or not 8 <= resolution <= 1024:
+        raise DatasetError(f"Resolution must be an integer from 8 to 1024 (got {resolution!r}).")
+    if channels not in (None, 1, 3):
+        raise DatasetError(f"Channels must be 1 (gray) or 3 (RGB), got {channels!r}.")
+    if split not in ("train", "test"):
+        raise DatasetError(f"Split must be 'train' or 'test', got {split!r}.")
+    if str(spec) == FASHION_MNIST:
+        return load_fashion_mnist(resolution, channels or 1, split)
+    return load_image_folder(Path(spec), resolution, channels or 3, split)
+
+
+# --- Fashion-MNIST ----------------------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    """The idx format: magic (2 zero bytes, dtype code, ndim), big-endian dims, then data."""
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist_files() -> Path | None:
+    for folder in FASHION_MNIST_DIRS:
+        if (folder / "train-images-idx3-ubyte.gz").is_file():
+            return folder
+    return None
+
+
+def load_fashion_mnist(resolution: int, channels: int, split: Split) -> ImageDataset:
+    """From the Debian package's files, or torchvision's download when they are absent."""
+    prefix = "train" if split == "train" else "t10k"
+    folder = _fashion_mnist_files()
+    if folder is not None:
+        images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+    else:  # pragma: no cover - needs the internet
+        from torchvision.datasets import FashionMNIST
+
+        root = Path(os.environ.get("LDM_LAB_CACHE", Path.home() / ".cache" / "ldm_lab"))
+        try:
+            ds = FashionMNIST(root, train=split == "train", download=True)
+        except Exception as err:
+            raise DatasetError(
+                "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist) "
+                f"and could not be downloaded: {err}"
+            ) from err
+        images, labels = ds.data.numpy(), ds.targets.numpy()
+    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    x = resize_tensor(x, resolution).repeat(1, channels, 1, 1)
+    return ImageDataset(
+        images=x,
+        name=FASHION_MNIST,
+        labels={"class": torch.from_numpy(labels.astype(np.int64))},
+        class_names={"class": FASHION_MNIST_CLASSES},
+    )
+
+
+def resize_tensor(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize square uint8 images (antialiased bilinear); a no-op at the same size."""
+    if images.shape[-1] == resolution:
+        return images
+    out = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+# --- image folders ------------------------------------------------------------------------
+
+def parse_utkface_name(name: str) -> dict[str, int] | None:
+    """``AGE_GENDER_RACE_DATETIME.jpg.chip.jpg`` to labels; None when a field is missing."""
+    parts = name.split("_")
+    if len(parts) < 4:
+        return None
+    try:
+        age, gender, race = int(parts[0]), int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    if not (0 <= age <= 130 and gender in (0, 1) and 0 <= race < len(UTK_RACES)):
+        return None
+    return {"age": age, "gender": gender, "race": race}
+
+
+def _split_of(digest: bytes) -> Split:
+    """A stable split from the file's content hash: copies of one image share a split."""
+    return "test" if digest[0] < 256 * HELD_OUT_SHARE else "train"
+
+
+def load_image(path: Path, resolution: int, channels: int) -> np.ndarray:
+    """One image resized (short side) and centre-cropped to a square, as (C, H, W) uint8."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img = img.convert("L" if channels == 1 else "RGB")
+        img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def load_image_folder(root: Path, resolution: int, channels: int, split: Split) -> ImageDataset:
+    if not root.exists():
+        raise DatasetError(f"Data set path '{root}' does not exist (use 'fashion-mnist' or a folder of images).")
+    if not root.is_dir():
+        raise DatasetError(f"Data set path '{root}' is not a folder of images.")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    arrays, names, skipped, seen = [], [], [], set()
+    duplicates = 0
+    for path in tqdm(files, desc=f"Reading {root.name} ({split})", unit="file", leave=False, disable=len(files) < 500):
+        try:
+            digest = hashlib.sha1(path.read_bytes()).digest()
+            if _split_of(digest) != split:
+                continue
+            if digest in seen:  # byte-identical copies would inflate the data and bias FID
+                duplicates += 1
+                continue
+            arrays.append(load_image(path, resolution, channels))
+            seen.add(digest)
+            names.append(path.name)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+            skipped.append(path.name)
+    if skipped:
+        warnings.warn(
+            f"Skipped {len(skipped)} unreadable or non-image file(s) in '{root}' "
+            f"(e.g. {', '.join(skipped[:3])}).",
+            stacklevel=2,
+        )
+    if not arrays:
+        raise DatasetError(
+            f"No readable images in '{root}' for the {split} split "
+            f"({len(files)} file(s) found, {len(skipped)} unreadable)."
+        )
+    if duplicates:
+        log.info("Dropped %d byte-identical duplicate image(s) in %s.", duplicates, root)
+    dataset = ImageDataset(images=torch.from_numpy(np.stack(arrays)), name=root.name)
+    parsed = [parse_utkface_name(n) for n in names]
+    if sum(p is not None for p in parsed) >= 0.5 * len(parsed):
+        for key in ("age", "gender", "race"):
+            dataset.labels[key] = torch.tensor([p[key] if p else -1 for p in parsed], dtype=torch.int64)
+        dataset.class_names = {"gender": ("male", "female"), "race": UTK_RACES}
+    return dataset

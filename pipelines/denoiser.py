@@ -1,0 +1,88 @@
+"""Denoisers: diffusers UNets sized so parameter counts stay comparable across factors.
+
+The paper compares factors at (roughly) equal parameter count. A latent of side 2 cannot
+take the same number of downsamplings as a 64 px image, so the depth follows the latent
+side and the base width is then searched to land on the parameter budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from diffusers import UNet2DConditionModel, UNet2DModel
+
+from .first_stage import count_parameters
+
+Denoiser = UNet2DModel | UNet2DConditionModel
+
+NORM_GROUPS = 8
+CHANNEL_MULT = (1, 2, 2, 2)
+
+
+@dataclass
+class DenoiserSpec:
+    """The denoiser for a latent of shape (channels, side, side)."""
+
+    side: int
+    channels: int
+    param_budget: int = 1_000_000
+    max_levels: int = 4
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    cross_attention_dim: int | None = None  # set for conditional (cross-attention) models
+
+
+def unet_levels(side: int, max_levels: int = 4) -> int:
+    """Resolution levels: halve until the side is 2 (a 1x1 or 2x2 latent gets one level)."""
+    return max(1, min(max_levels, int(math.log2(max(side, 1)))))
+
+
+def _build(spec: DenoiserSpec, width: int) -> Denoiser:
+    levels = unet_levels(spec.side, spec.max_levels)
+    widths = tuple(width * m for m in CHANNEL_MULT[:levels])
+    # attention only at the lowest resolution, as the paper's small first-stage configs do
+    if spec.cross_attention_dim is None:
+        down = ("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",)
+        up = ("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1)
+        return UNet2DModel(
+            sample_size=spec.side,
+            in_channels=spec.channels,
+            out_channels=spec.channels,
+            block_out_channels=widths,
+            down_block_types=down,
+            up_block_types=up,
+            layers_per_block=spec.layers_per_block,
+            attention_head_dim=spec.attention_head_dim,
+            norm_num_groups=NORM_GROUPS,
+        )
+    down = ("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",)
+    up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1)
+    return UNet2DConditionModel(
+        sample_size=spec.side,
+        in_channels=spec.channels,
+        out_channels=spec.channels,
+        block_out_channels=widths,
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=spec.layers_per_block,
+        attention_head_dim=spec.attention_head_dim,
+        norm_num_groups=NORM_GROUPS,
+        cross_attention_dim=spec.cross_attention_dim,
+    )
+
+
+def build_denoiser(spec: DenoiserSpec) -> Denoiser:
+    """The UNet whose parameter count is closest to ``spec.param_budget``.
+
+    Parameter count grows monotonically with the base width, so a bisection over widths
+    (multiples of the norm group size) finds it in a handful of cheap constructions.
+    """
+    lo, hi = 1, 64  # width = k * NORM_GROUPS, up to 512 channels
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_parameters(_build(spec, mid * NORM_GROUPS)) < spec.param_budget:
+            lo = mid + 1
+        else:
+            hi = mid
+    candidates = [_build(spec, k * NORM_GROUPS) for k in {max(1, lo - 1), lo}]
+    return min(candidates, key=lambda m: abs(count_parameters(m) - spec.param_budget))

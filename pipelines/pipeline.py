@@ -1,0 +1,243 @@
+"""One diffusion pipeline for every compression factor.
+
+``LatentDiffusionPipeline`` is a diffusers ``DiffusionPipeline`` whose optional ``vae`` is
+the first stage: absent for pixel-space diffusion (f = 1), an ``AutoencoderKL`` or
+``VQModel`` otherwise. The demo and the evaluation harness both sample through it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+    VQModel,
+)
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .first_stage import Autoencoder, FirstStage, count_parameters
+
+log = logging.getLogger(__name__)
+
+SamplerName = Literal["ddim", "ddpm"]
+MAX_BATCH = 4096
+
+
+class PipelineLoadError(ValueError):
+    """A model folder that cannot be loaded (missing, corrupt, unsafe or not a pipeline)."""
+
+
+@dataclass
+class SampleOutput(BaseOutput):
+    """Images as float arrays in [0, 1], shape (n, H, W, C).
+
+    ``trajectory_xt`` / ``trajectory_x0`` (when asked for) hold, for every step, the noisy
+    sample x_t and the model's prediction of the clean image x0, decoded to images:
+    arrays of shape (steps, n, H, W, C).
+    """
+
+    images: np.ndarray
+    timesteps: list[int]
+    trajectory_xt: np.ndarray | None = None
+    trajectory_x0: np.ndarray | None = None
+
+
+def make_scheduler(kind: SamplerName, config: dict) -> DDIMScheduler | DDPMScheduler:
+    """A fresh sampler built from the training scheduler's config (same betas)."""
+    if kind == "ddim":
+        return DDIMScheduler.from_config(config)
+    if kind == "ddpm":
+        return DDPMScheduler.from_config(config)
+    raise ValueError(f"Unknown scheduler {kind!r}; choose 'ddim' or 'ddpm'.")
+
+
+def default_train_scheduler(pixel_space: bool, num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """The paper's LDM noise schedule (linear betas 0.0015 -> 0.0195, 1000 steps).
+
+    x0 is clipped to [-1, 1] only in pixel space: latents have no such range.
+    """
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="linear",
+        beta_start=0.0015,
+        beta_end=0.0195,
+        prediction_type="epsilon",
+        clip_sample=pixel_space,
+    )
+
+
+class LatentDiffusionPipeline(DiffusionPipeline):
+    """Sample images with DDPM or DDIM at any factor f (f = 1 when ``vae`` is None)."""
+
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
+
+    def __init__(
+        self,
+        unet: UNet2DModel | UNet2DConditionModel,
+        scheduler: DDPMScheduler | DDIMScheduler,
+        vae: AutoencoderKL | VQModel | None = None,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        FirstStage(vae, unet.config.in_channels)  # validates the latent scale
+
+    @property
+    def first_stage(self) -> FirstStage:
+        return FirstStage(self.vae, self.unet.config.in_channels)
+
+    @property
+    def factor(self) -> int:
+        return self.first_stage.factor
+
+    @property
+    def resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.factor
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.vae.config.out_channels if self.vae is not None else self.unet.config.out_channels)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"unet": count_parameters(self.unet), "vae": count_parameters(self.vae)}
+
+    def validate_request(self, num_images: int, num_inference_steps: int) -> None:
+        """Clear errors for absurd requests before any work starts."""
+        limit = int(self.scheduler.config.num_train_timesteps)
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= limit:
+            raise ValueError(f"Steps must be an integer from 1 to {limit} (got {num_inference_steps!r}).")
+        if not isinstance(num_images, int) or not 1 <= num_images <= MAX_BATCH:
+            raise ValueError(f"Number of images must be an integer from 1 to {MAX_BATCH} (got {num_images!r}).")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        num_images: int = 1,
+        num_inference_steps: int = 50,
+        scheduler: SamplerName = "ddim",
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        eta: float = 0.0,
+        return_trajectory: bool = False,
+        encoder_hidden_states: torch.Tensor | None = None,
+        progress: bool = False,
+    ) -> SampleOutput:
+        """Draw ``num_images`` samples.
+
+        ``seed`` is a shortcut for a CPU generator: the initial noise is drawn on the CPU so
+        a seed gives the same images on every device. ``encoder_hidden_states`` are the
+        cross-attention tokens of a conditional UNet.
+        """
+        self.validate_request(num_images, num_inference_steps)
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(int(seed))
+        sampler = make_scheduler(scheduler, self.scheduler.config)
+        sampler.set_timesteps(num_inference_steps)
+        first_stage = self.first_stage
+        unet_dtype = self.unet.dtype
+        shape = (num_images, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        x = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        x = (x * sampler.init_noise_sigma).to(self.device)
+        step_kwargs = {"eta": eta} if scheduler == "ddim" else {}
+        xts, x0s = [], []
+        timesteps = sampler.timesteps.tolist()
+        iterator = self.progress_bar(timesteps) if progress else timesteps
+        for t in iterator:
+            model_in = sampler.scale_model_input(x, t).to(unet_dtype)
+            kwargs = {} if encoder_hidden_states is None else {"encoder_hidden_states": encoder_hidden_states}
+            eps = self.unet(model_in, t, **kwargs).sample.float()
+            out = sampler.step(eps, t, x, generator=generator, **step_kwargs)
+            x = out.prev_sample
+            if return_trajectory:
+                xts.append(self._to_images(first_stage, x))
+                x0s.append(self._to_images(first_stage, out.pred_original_sample))
+        return SampleOutput(
+            images=self._to_images(first_stage, x),
+            timesteps=[int(t) for t in timesteps],
+            trajectory_xt=np.stack(xts) if return_trajectory else None,
+            trajectory_x0=np.stack(x0s) if return_trajectory else None,
+        )
+
+    def _to_images(self, first_stage: FirstStage, latents: torch.Tensor) -> np.ndarray:
+        vae_dtype = self.vae.dtype if self.vae is not None else latents.dtype
+        images = first_stage.decode(latents.to(vae_dtype)).float()
+        return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] (n, H, W, C) to uint8, rounding like PIL does."""
+    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# --- loading --------------------------------------------------------------------------
+
+_FOREIGN_LAYOUTS = {"DDPMPipeline", "LDMPipeline", "DDIMPipeline"}
+
+
+def load_pipeline(
+    path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> LatentDiffusionPipeline:
+    """The one way to load a model: our own folders and the public DDPM / LDM layouts.
+
+    Folders laid out like ``google/ddpm-celebahq-256`` (unet + scheduler) and
+    ``CompVis/ldm-celebahq-256`` (unet + vqvae + scheduler) load into the same pipeline.
+    Weights are read from safetensors only: pickled checkpoints are refused.
+    """
+    root = Path(path)
+    index_file = root / "model_index.json"
+    if not root.is_dir():
+        raise PipelineLoadError(f"Model folder '{root}' does not exist.")
+    if not index_file.is_file():
+        raise PipelineLoadError(f"'{root}' is not a pipeline folder: it has no model_index.json.")
+    try:
+        index = json.loads(index_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineLoadError(f"'{index_file}' is corrupt: {err}") from err
+    class_name = index.get("_class_name")
+    try:
+        if class_name == LatentDiffusionPipeline.__name__:
+            pipe = LatentDiffusionPipeline.from_pretrained(root, use_safetensors=True, local_files_only=True)
+        elif class_name in _FOREIGN_LAYOUTS:
+            pipe = _load_foreign(root, index)
+        else:
+            raise PipelineLoadError(f"'{root}' holds a {class_name!r} pipeline, which LDM Lab cannot run.")
+    except PipelineLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as err:
+        raise PipelineLoadError(f"Could not load the model in '{root}': {err}") from err
+    if device is not None or dtype is not None:
+        pipe = pipe.to(device=device, dtype=dtype)
+    return pipe
+
+
+def _load_foreign(root: Path, index: dict) -> LatentDiffusionPipeline:
+    """Load a DDPMPipeline / LDMPipeline folder into our pipeline (check the VQ scale)."""
+    opts = dict(use_safetensors=True, local_files_only=True)
+    unet = UNet2DModel.from_pretrained(root / "unet", **opts)
+    scheduler_class = index.get("scheduler", [None, "DDPMScheduler"])[1]
+    scheduler_cls = DDIMScheduler if scheduler_class == "DDIMScheduler" else DDPMScheduler
+    scheduler = scheduler_cls.from_pretrained(root / "scheduler")
+    vae: Autoencoder | None = None
+    for name in ("vqvae", "vae"):
+        if name in index and index[name][0] is not None:
+            cls = VQModel if index[name][1] == "VQModel" else AutoencoderKL
+            vae = cls.from_pretrained(root / name, **opts)
+            raw = json.loads((root / name / "config.json").read_text())
+            if "scaling_factor" not in raw:
+                # The CompVis LDM VQ models were trained on unscaled latents; diffusers then
+                # fills in the SD default 0.18215, which ruins samples (diffusers #6725).
+                log.warning("%s/%s has no scaling_factor; using 1.0 as the original LDM code did.", root, name)
+                vae.register_to_config(scaling_factor=1.0)
+    return LatentDiffusionPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler.config), vae=vae)
