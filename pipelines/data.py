@@ -182,12 +182,13 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
         raise DatasetError(f"Data set path '{root}' is not a folder of images.")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     arrays, names, skipped, seen = [], [], [], set()
-    duplicates = 0
+    duplicates = in_split = 0
     for path in tqdm(files, desc=f"Reading {root.name} ({split})", unit="file", leave=False, disable=len(files) < 500):
         try:
             digest = hashlib.sha1(path.read_bytes()).digest()
             if _split_of(digest) != split:
                 continue
+            in_split += 1
             if digest in seen:  # byte-identical copies would inflate the data and bias FID
                 duplicates += 1
                 continue
@@ -205,7 +206,7 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
     if not arrays:
         raise DatasetError(
             f"No readable images in '{root}' for the {split} split "
-            f"({len(files)} file(s) found, {len(skipped)} unreadable)."
+            f"({len(files)} file(s) in the folder, {in_split} in this split, {len(skipped)} unreadable)."
         )
     if duplicates:
         log.info("Dropped %d byte-identical duplicate image(s) in %s.", duplicates, root)

@@ -15,8 +15,8 @@ from .first_stage import count_parameters
 
 Denoiser = UNet2DModel | UNet2DConditionModel
 
-NORM_GROUPS = 8
-CHANNEL_MULT = (1, 2, 2, 2)
+NORM_GROUPS = 4
+WIDTH_STEP = 4  # channel counts are multiples of the group-norm groups and the head size
 
 
 @dataclass
@@ -28,7 +28,7 @@ class DenoiserSpec:
     param_budget: int = 1_000_000
     max_levels: int = 4
     layers_per_block: int = 1
-    attention_head_dim: int = 8
+    attention_head_dim: int = 4
     cross_attention_dim: int | None = None  # set for conditional (cross-attention) models
 
 
@@ -37,9 +37,17 @@ def unet_levels(side: int, max_levels: int = 4) -> int:
     return max(1, min(max_levels, int(math.log2(max(side, 1)))))
 
 
-def _build(spec: DenoiserSpec, width: int) -> Denoiser:
+def level_widths(levels: int, k: int) -> tuple[int, ...]:
+    """Channels per level: the first level half as wide as the deeper ones (k steps of 4)."""
+    deep = WIDTH_STEP * k
+    if levels == 1:
+        return (deep,)
+    return (WIDTH_STEP * math.ceil(k / 2),) + (deep,) * (levels - 1)
+
+
+def _build(spec: DenoiserSpec, k: int) -> Denoiser:
     levels = unet_levels(spec.side, spec.max_levels)
-    widths = tuple(width * m for m in CHANNEL_MULT[:levels])
+    widths = level_widths(levels, k)
     # attention only at the lowest resolution, as the paper's small first-stage configs do
     if spec.cross_attention_dim is None:
         down = ("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",)
@@ -74,15 +82,15 @@ def _build(spec: DenoiserSpec, width: int) -> Denoiser:
 def build_denoiser(spec: DenoiserSpec) -> Denoiser:
     """The UNet whose parameter count is closest to ``spec.param_budget``.
 
-    Parameter count grows monotonically with the base width, so a bisection over widths
-    (multiples of the norm group size) finds it in a handful of cheap constructions.
+    Parameter count grows monotonically with the width, so a bisection over widths (in
+    steps of 4 channels) finds it in a handful of cheap constructions.
     """
-    lo, hi = 1, 64  # width = k * NORM_GROUPS, up to 512 channels
+    lo, hi = 1, 256  # deepest width up to 1024 channels
     while lo < hi:
         mid = (lo + hi) // 2
-        if count_parameters(_build(spec, mid * NORM_GROUPS)) < spec.param_budget:
+        if count_parameters(_build(spec, mid)) < spec.param_budget:
             lo = mid + 1
         else:
             hi = mid
-    candidates = [_build(spec, k * NORM_GROUPS) for k in {max(1, lo - 1), lo}]
+    candidates = [_build(spec, k) for k in {max(1, lo - 1), lo}]
     return min(candidates, key=lambda m: abs(count_parameters(m) - spec.param_budget))

@@ -241,3 +241,29 @@ def _load_foreign(root: Path, index: dict) -> LatentDiffusionPipeline:
                 log.warning("%s/%s has no scaling_factor; using 1.0 as the original LDM code did.", root, name)
                 vae.register_to_config(scaling_factor=1.0)
     return LatentDiffusionPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler.config), vae=vae)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but this machine has no CUDA GPU (use --device cpu).")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"Unknown device {name!r}; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+def save_images(images: np.ndarray, out: Path, start: int = 0, prefix: str = "sample") -> list[Path]:
+    """Write float images in [0, 1] as PNG files, each atomically (write, then rename)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(to_uint8(images)):
+        path = out / f"{prefix}_{start + i:05d}.png"
+        tmp = out / f".{path.name}.tmp"
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
+        tmp.replace(path)
+        paths.append(path)
+    return paths

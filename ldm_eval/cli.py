@@ -1,0 +1,172 @@
+"""The command line: thin wrappers over ``pipelines`` (training, sampling) and the harness.
+
+Every sub-command turns the project's own ``ValueError`` / ``RuntimeError`` subclasses into
+one clear line on stderr and exit status 2, never a traceback, for bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipelines.checkpoint import CheckpointError
+from pipelines.data import DatasetError
+from pipelines.first_stage import FACTORS, FirstStageError
+from pipelines.pipeline import PipelineLoadError
+from pipelines.training import TrainingError
+
+USER_ERRORS = (DatasetError, FirstStageError, PipelineLoadError, TrainingError, CheckpointError, ValueError)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _factor(text: str) -> int:
+    value = int(text)
+    if value not in FACTORS:
+        raise argparse.ArgumentTypeError(f"unknown factor {text}; choose one of {list(FACTORS)}")
+    return value
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--factor", type=_factor, required=True, help="downsampling factor f (1 = pixel space)")
+    p.add_argument("--dataset", required=True, help="'fashion-mnist' or a folder of images")
+    p.add_argument("--resolution", type=_positive_int, required=True, help="image side in pixels")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 = gray, 3 = RGB (default: the data's own)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-steps", type=_positive_int, help="stop after N optimiser steps")
+    budget.add_argument("--max-seconds", type=float, help="stop after S seconds of training")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--learning-rate", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=_positive_int, help="train on the first N images only")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--out", type=Path, required=True, help="output folder (diffusers layout)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ldm_eval", description="LDM Lab: pixel vs latent diffusion, measured.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train-autoencoder", help="train a KL or VQ first stage")
+    _add_training_args(p)
+    p.add_argument("--kind", choices=("kl", "vq"), default="kl")
+    p.add_argument("--latent-channels", type=_positive_int, help="default: the paper's value for this factor")
+    p.add_argument("--base-width", type=_positive_int, default=32)
+
+    p = sub.add_parser("train-diffusion", help="train a denoiser (pixel space or on cached latents)")
+    _add_training_args(p)
+    p.add_argument("--autoencoder", type=Path, help="first-stage folder; required for f > 1, refused for f = 1")
+    p.add_argument("--param-budget", type=_positive_int, default=1_000_000, help="UNet parameters (matched across f)")
+    p.add_argument("--cache-dir", type=Path, help="latent cache folder (default ~/.cache/ldm_lab/latents)")
+
+    p = sub.add_parser("sample", help="write N samples of a trained model as PNG files")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--n", type=_positive_int, required=True)
+    p.add_argument("--steps", type=_positive_int, required=True)
+    p.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("bench-train", help="training speed and memory for every factor (prints a table)")
+    p.add_argument("--resolutions", default="32,64")
+    p.add_argument("--factors", default=",".join(map(str, FACTORS)))
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--steps", type=_positive_int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="also write the table as CSV and Markdown here")
+    return parser
+
+
+def cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from pipelines.training import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = AutoencoderTrainConfig(
+        out=args.out, max_steps=args.max_steps, max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every,
+        batch_size=args.batch_size or 32, learning_rate=args.learning_rate, seed=args.seed, resume=args.resume,
+        mixed_precision=args.mixed_precision, cpu=args.cpu, max_images=args.max_images, factor=args.factor, kind=args.kind, dataset=args.dataset,
+        resolution=args.resolution, channels=args.channels, latent_channels=args.latent_channels,
+        base_width=args.base_width,
+    )
+    print(json.dumps(train_autoencoder(cfg), indent=2))
+    return 0
+
+
+def cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from pipelines.training import DiffusionTrainConfig, train_diffusion
+
+    cfg = DiffusionTrainConfig(
+        out=args.out, max_steps=args.max_steps, max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every,
+        batch_size=args.batch_size or 64, learning_rate=args.learning_rate, seed=args.seed, resume=args.resume,
+        mixed_precision=args.mixed_precision, cpu=args.cpu, max_images=args.max_images, factor=args.factor, autoencoder=args.autoencoder,
+        dataset=args.dataset, resolution=args.resolution, channels=args.channels, param_budget=args.param_budget,
+        cache_dir=args.cache_dir,
+    )
+    print(json.dumps(train_diffusion(cfg), indent=2))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from pipelines.pipeline import load_pipeline, resolve_device, save_images
+
+    pipe = load_pipeline(args.model_dir, device=resolve_device(args.device))
+    pipe.validate_request(min(args.n, args.batch_size), args.steps)
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    written = 0
+    with tqdm(total=args.n, desc="Sampling", unit="img") as bar:
+        while written < args.n:
+            n = min(args.batch_size, args.n - written)
+            out = pipe(num_images=n, num_inference_steps=args.steps, scheduler=args.scheduler, generator=generator)
+            save_images(out.images, args.out, start=written)
+            written += n
+            bar.update(n)
+    print(f"Wrote {written} images to {args.out}")
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from .benchmark import run_train_benchmark
+
+    run_train_benchmark(
+        resolutions=[int(r) for r in args.resolutions.split(",")],
+        factors=[_factor(f) for f in args.factors.split(",")],
+        batch_size=args.batch_size, steps=args.steps, device=args.device, out=args.out,
+    )
+    return 0
+
+
+COMMANDS = {
+    "train-autoencoder": cmd_train_autoencoder,
+    "train-diffusion": cmd_train_diffusion,
+    "sample": cmd_sample,
+    "bench-train": cmd_bench_train,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

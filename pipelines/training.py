@@ -1,0 +1,418 @@
+"""Training loops for autoencoders and diffusion models, built on accelerate.
+
+Both trainers share :func:`run_training`, which owns the budget (steps or wall-clock
+seconds), the progress bar, EMA, atomic checkpoints and resuming. Each step draws its
+batch and noise from a generator seeded by (seed, step, rank), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler, VQModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    CheckpointError,
+    TrainState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .data import ImageDataset, load_dataset
+from .denoiser import DenoiserSpec, build_denoiser
+from .first_stage import (
+    Autoencoder,
+    AutoencoderSpec,
+    FirstStage,
+    build_autoencoder,
+    check_factor,
+    count_parameters,
+    measure_scaling_factor,
+    set_scaling_factor,
+)
+from .latent_cache import LatentCache, cached_latents
+from .pipeline import LatentDiffusionPipeline, default_train_scheduler
+
+log = logging.getLogger(__name__)
+
+MixedPrecision = Literal["no", "fp16", "bf16"]
+MAX_STEPS = 10_000_000
+
+
+class TrainingError(ValueError):
+    """A training request that cannot run as asked."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings common to every training run."""
+
+    out: Path
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    checkpoint_every: int = 500
+    seed: int = 0
+    resume: bool = False
+    mixed_precision: MixedPrecision = "no"
+    cpu: bool = False
+    progress: bool = True
+    max_images: int | None = None  # train on the first N images only (quick runs, tests)
+    ema_power: float = 0.75  # diffusers' example: inv_gamma 1, power 3/4, max decay 0.9999
+
+    def validate(self) -> None:
+        if (self.max_steps is None) == (self.max_seconds is None):
+            raise TrainingError("Give exactly one budget: --max-steps N or --max-seconds S.")
+        if self.max_steps is not None and not 1 <= self.max_steps <= MAX_STEPS:
+            raise TrainingError(f"--max-steps must be from 1 to {MAX_STEPS} (got {self.max_steps}).")
+        if self.max_seconds is not None and not 0 < self.max_seconds <= 30 * 86400:
+            raise TrainingError(f"--max-seconds must be positive and at most 30 days (got {self.max_seconds}).")
+        if not 1 <= self.checkpoint_every <= MAX_STEPS:
+            raise TrainingError(f"--checkpoint-every must be a positive number of steps (got {self.checkpoint_every}).")
+        if not 1 <= self.batch_size <= 65536:
+            raise TrainingError(f"Batch size must be from 1 to 65536 (got {self.batch_size}).")
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    ema: EMAModel | None
+    state: TrainState
+    device: str
+    num_processes: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.state.images / self.state.seconds if self.state.seconds > 0 else float("nan")
+
+
+LossFn = Callable[[torch.nn.Module, torch.Generator], torch.Tensor]
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """All randomness of one step on one rank: reproducible from (seed, step, rank) alone."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 4099 + rank)
+
+
+def run_training(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    use_ema: bool,
+    run_key: dict,
+) -> TrainResult:
+    """Optimise ``model`` on ``loss_fn`` within the budget, checkpointing atomically."""
+    cfg.validate()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    ema = EMAModel(model.parameters(), use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power) if use_ema else None
+    state = TrainState(run_key=run_key)
+    checkpoint = latest_checkpoint(cfg.out)
+    if checkpoint is not None and not cfg.resume:
+        raise TrainingError(
+            f"'{cfg.out}' already holds checkpoints (latest {checkpoint.name}): pass --resume to continue "
+            "or choose a new --out."
+        )
+    model.to(accelerator.device)
+    if ema is not None:
+        ema.to(accelerator.device)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, ema)
+        if state.run_key != run_key:
+            raise CheckpointError(
+                f"Checkpoint {checkpoint} was made with other settings ({state.run_key}); "
+                f"this run asks for {run_key}. Use a new --out."
+            )
+        log.info("Resuming from %s (step %d).", checkpoint, state.step)
+    model.train()
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    per_step_images = cfg.batch_size * accelerator.num_processes
+    bar = tqdm(
+        total=cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.max_seconds),
+        initial=state.step if cfg.max_steps is not None else int(state.seconds),
+        unit="step" if cfg.max_steps is not None else "s",
+        desc=f"Training {cfg.out.name}",
+        disable=not (cfg.progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+
+    def finished() -> bool:
+        if cfg.max_steps is not None:
+            return state.step >= cfg.max_steps
+        done = torch.tensor(float(state.seconds >= cfg.max_seconds), device=accelerator.device)
+        return bool(accelerator.reduce(done, reduction="max").item())  # every rank stops together
+
+    smooth = None
+    while not finished():
+        tic = time.perf_counter()
+        generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
+        with accelerator.autocast():
+            loss = loss_fn(wrapped, generator)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"Loss became {loss.item()} at step {state.step}; lower the learning rate.")
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(wrapped).parameters())
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - tic
+        value = float(accelerator.reduce(loss.detach(), reduction="mean").item())
+        state.step += 1
+        state.seconds += elapsed
+        state.images += per_step_images
+        state.losses.append(value)
+        smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+        bar.update(1 if cfg.max_steps is not None else int(state.seconds) - bar.n)
+        bar.set_postfix(loss=f"{smooth:.4f}", img_s=f"{per_step_images / max(elapsed, 1e-9):.0f}")
+        if state.step % cfg.checkpoint_every == 0:
+            if accelerator.is_main_process:
+                save_checkpoint(cfg.out, state, accelerator.unwrap_model(wrapped), optimizer, ema)
+            accelerator.wait_for_everyone()
+    bar.close()
+    model = accelerator.unwrap_model(wrapped)
+    last = list_checkpoints(cfg.out)
+    if accelerator.is_main_process and (not last or last[-1].name != f"step-{state.step:08d}"):
+        save_checkpoint(cfg.out, state, model, optimizer, ema)
+    accelerator.wait_for_everyone()
+    model.eval()
+    return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes)
+
+
+def load_training_data(dataset: str, resolution: int, channels: int | None, max_images: int | None) -> ImageDataset:
+    data = load_dataset(dataset, resolution, channels, split="train")
+    if max_images is not None:
+        if max_images < 1:
+            raise TrainingError(f"--max-images must be positive (got {max_images}).")
+        data = data.subset(max_images)
+    return data
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
+
+
+def _summary(result: TrainResult, cfg: TrainConfig, extra: dict) -> dict:
+    return {
+        **extra,
+        "train_steps": result.state.step,
+        "train_seconds": round(result.state.seconds, 3),
+        "train_images": result.state.images,
+        "train_images_per_s": round(result.images_per_second, 3),
+        "final_loss": result.state.losses[-1] if result.state.losses else None,
+        "batch_size": cfg.batch_size,
+        "num_processes": result.num_processes,
+        "device": result.device,
+        "device_name": device_name(result.device),
+        "mixed_precision": cfg.mixed_precision,
+        "seed": cfg.seed,
+        "budget": {"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
+    }
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# --- autoencoders ------------------------------------------------------------------------
+
+
+@dataclass
+class AutoencoderTrainConfig(TrainConfig):
+    factor: int = 4
+    kind: Literal["kl", "vq"] = "kl"
+    dataset: str = "fashion-mnist"
+    resolution: int = 32
+    channels: int | None = None
+    latent_channels: int | None = None
+    base_width: int = 32
+    kl_weight: float = 1e-6  # the paper's KL weight: a barely regularised, near-deterministic latent
+    batch_size: int = 32
+
+
+def autoencoder_loss(vae: Autoencoder, x: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
+    """L1 reconstruction plus the KL term (KL models) or codebook + commitment (VQ)."""
+    if isinstance(vae, VQModel) or isinstance(getattr(vae, "module", None), VQModel):
+        out = vae(x)
+        return F.l1_loss(out.sample.float(), x) + out.commit_loss.float().mean()
+    inner = getattr(vae, "module", vae)
+    posterior = inner.encode(x).latent_dist
+    z = posterior.sample(generator=generator)
+    recon = inner.decode(z).sample
+    kl = posterior.kl().mean() / x[0].numel()  # per-pixel, to match the per-pixel L1
+    return F.l1_loss(recon.float(), x) + kl_weight * kl
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig) -> dict:
+    """Train a first stage, measure its latent scale, save it in diffusers layout to ``cfg.out``."""
+    cfg.validate()
+    check_factor(cfg.factor, cfg.resolution)
+    if cfg.factor == 1:
+        raise TrainingError("f = 1 is pixel space and has no autoencoder to train.")
+    accelerator = make_accelerator(cfg)
+    data = load_training_data(cfg.dataset, cfg.resolution, cfg.channels, cfg.max_images)
+    spec = AutoencoderSpec(
+        factor=cfg.factor, kind=cfg.kind, image_channels=data.channels, resolution=cfg.resolution,
+        latent_channels=cfg.latent_channels, base_width=cfg.base_width,
+    )
+    torch.manual_seed(cfg.seed)
+    vae = build_autoencoder(spec)
+    images = data.images.to(accelerator.device)
+
+    def loss_fn(model: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(images), (cfg.batch_size,), generator=generator, device=images.device)
+        x = images[index].float() / 127.5 - 1.0
+        return autoencoder_loss(model, x, generator, cfg.kl_weight)
+
+    run_key = {"kind": "autoencoder", **asdict(spec), "dataset": cfg.dataset, "seed": cfg.seed, "batch_size": cfg.batch_size,
+               "max_images": cfg.max_images}
+    result = run_training(vae, loss_fn, cfg, accelerator, use_ema=False, run_key=run_key)
+    vae = result.model
+    summary = {}
+    if accelerator.is_main_process:
+        probe = data.batch(slice(0, 512)).to(accelerator.device)
+        set_scaling_factor(vae, measure_scaling_factor(vae, probe))
+        vae.save_pretrained(cfg.out, safe_serialization=True)
+        summary = _summary(result, cfg, {
+            "factor": cfg.factor, "kind": cfg.kind, "dataset": cfg.dataset, "resolution": cfg.resolution,
+            "ae_params": count_parameters(vae), "scaling_factor": vae.config.scaling_factor,
+            "latent_shape": list(FirstStage(vae).latent_shape(cfg.resolution)),
+        })
+        write_json_atomic(cfg.out / "training.json", summary)
+    return summary
+
+
+def load_autoencoder(path: str | Path) -> Autoencoder:
+    """An autoencoder folder written by :func:`train_autoencoder` (safetensors only)."""
+    import json
+
+    root = Path(path)
+    config = root / "config.json"
+    if not config.is_file():
+        raise TrainingError(f"'{root}' is not an autoencoder folder (no config.json).")
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+        cls = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}[class_name]
+        vae = cls.from_pretrained(root, use_safetensors=True, local_files_only=True)
+    except KeyError as err:
+        raise TrainingError(f"'{root}' holds a {err} model, not an AutoencoderKL or VQModel.") from err
+    except (OSError, ValueError, RuntimeError) as err:
+        raise TrainingError(f"Could not load the autoencoder in '{root}': {err}") from err
+    FirstStage(vae)  # validates the latent scale
+    return vae
+
+
+# --- diffusion ---------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusionTrainConfig(TrainConfig):
+    factor: int = 1
+    autoencoder: Path | None = None
+    dataset: str = "fashion-mnist"
+    resolution: int = 32
+    channels: int | None = None
+    param_budget: int = 1_000_000
+    num_train_timesteps: int = 1000
+    cache_dir: Path | None = None
+
+
+def diffusion_loss(
+    unet: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    generator: torch.Generator,
+    **unet_kwargs: torch.Tensor,
+) -> torch.Tensor:
+    """The DDPM epsilon-prediction objective on one batch of (scaled) latents."""
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    return F.mse_loss(unet(noisy, t, **unet_kwargs).sample.float(), noise.float())
+
+
+def sample_cached_batch(
+    first_stage: FirstStage, cache: LatentCache, batch_size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """A random batch of scaled latents from the cache (a fresh posterior sample for KL)."""
+    index = torch.randint(0, len(cache), (batch_size,), generator=generator, device=cache.mean.device)
+    std = None if cache.std is None else cache.std[index]
+    return first_stage.sample_latents(cache.mean[index], std, generator)
+
+
+def build_diffusion_pipeline(
+    vae: Autoencoder | None, resolution: int, image_channels: int, param_budget: int, num_train_timesteps: int = 1000
+) -> LatentDiffusionPipeline:
+    """An untrained pipeline for this first stage, its UNet matched to ``param_budget``."""
+    first_stage = FirstStage(vae, image_channels)
+    channels, side, _ = first_stage.latent_shape(resolution)
+    unet = build_denoiser(DenoiserSpec(side=side, channels=channels, param_budget=param_budget))
+    scheduler = default_train_scheduler(pixel_space=vae is None, num_train_timesteps=num_train_timesteps)
+    return LatentDiffusionPipeline(unet=unet, scheduler=scheduler, vae=vae)
+
+
+def train_diffusion(cfg: DiffusionTrainConfig) -> dict:
+    """Train a denoiser on cached latents; save the EMA pipeline to ``cfg.out``."""
+    cfg.validate()
+    check_factor(cfg.factor, cfg.resolution)
+    if cfg.factor == 1 and cfg.autoencoder is not None:
+        raise TrainingError("f = 1 is pixel-space diffusion: --autoencoder is not allowed.")
+    if cfg.factor > 1 and cfg.autoencoder is None:
+        raise TrainingError(f"f = {cfg.factor} needs --autoencoder DIR (train one with train-autoencoder).")
+    vae = load_autoencoder(cfg.autoencoder) if cfg.autoencoder is not None else None
+    if vae is not None:
+        first_stage = FirstStage(vae)
+        if first_stage.factor != cfg.factor:
+            raise TrainingError(f"The autoencoder in '{cfg.autoencoder}' has f = {first_stage.factor}, not {cfg.factor}.")
+        if cfg.channels not in (None, vae.config.in_channels):
+            raise TrainingError(f"The autoencoder takes {vae.config.in_channels}-channel images, not {cfg.channels}.")
+    channels = vae.config.in_channels if vae is not None else cfg.channels
+    accelerator = make_accelerator(cfg)
+    data = load_training_data(cfg.dataset, cfg.resolution, channels, cfg.max_images)
+    torch.manual_seed(cfg.seed)
+    pipe = build_diffusion_pipeline(vae, cfg.resolution, data.channels, cfg.param_budget, cfg.num_train_timesteps)
+    first_stage = pipe.first_stage
+    cache = cached_latents(first_stage, data, accelerator.device, cfg.cache_dir).to(accelerator.device)
+    scheduler = pipe.scheduler
+
+    def loss_fn(unet: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
+        latents = sample_cached_batch(first_stage, cache, cfg.batch_size, generator)
+        return diffusion_loss(unet, scheduler, latents, generator)
+
+    run_key = {
+        "kind": "diffusion", "factor": cfg.factor, "dataset": cfg.dataset, "resolution": cfg.resolution,
+        "param_budget": cfg.param_budget, "seed": cfg.seed, "batch_size": cfg.batch_size,
+        "autoencoder": str(cfg.autoencoder) if cfg.autoencoder else None, "max_images": cfg.max_images,
+    }
+    result = run_training(pipe.unet, loss_fn, cfg, accelerator, use_ema=True, run_key=run_key)
+    summary = {}
+    if accelerator.is_main_process:
+        result.ema.copy_to(pipe.unet.parameters())
+        pipe.to("cpu").save_pretrained(cfg.out, safe_serialization=True)
+        counts = pipe.parameter_counts()
+        summary = _summary(result, cfg, {
+            "factor": cfg.factor, "kind": first_stage.kind, "dataset": cfg.dataset, "resolution": cfg.resolution,
+            "latent_shape": list(first_stage.latent_shape(cfg.resolution)),
+            "unet_params": counts["unet"], "ae_params": counts["vae"],
+        })
+        write_json_atomic(cfg.out / "training.json", summary)
+    return summary
