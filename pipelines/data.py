@@ -140,8 +140,11 @@ def resize_tensor(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """Resize square uint8 images (antialiased bilinear); a no-op at the same size."""
     if images.shape[-1] == resolution:
         return images
-    out = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8)
+    chunks = []
+    for chunk in images.split(4096):  # bounded float memory for large sets
+        out = F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        chunks.append(out.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(chunks)
 
 
 # --- image folders ------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class TrainResult:
     state: TrainState
     device: str
     num_processes: int
+    step_seconds: list[float] = field(default_factory=list)  # this process's steps (benchmarks)
 
     @property
     def images_per_second(self) -> float:
@@ -157,6 +158,7 @@ def run_training(
         return bool(accelerator.reduce(done, reduction="max").item())  # every rank stops together
 
     smooth = None
+    step_seconds: list[float] = []
     while not finished():
         tic = time.perf_counter()
         generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
@@ -175,6 +177,7 @@ def run_training(
         value = float(accelerator.reduce(loss.detach(), reduction="mean").item())
         state.step += 1
         state.seconds += elapsed
+        step_seconds.append(elapsed)
         state.images += per_step_images
         state.losses.append(value)
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
@@ -191,7 +194,7 @@ def run_training(
         save_checkpoint(cfg.out, state, model, optimizer, ema)
     accelerator.wait_for_everyone()
     model.eval()
-    return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes)
+    return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes, step_seconds)
 
 
 def load_training_data(dataset: str, resolution: int, channels: int | None, max_images: int | None) -> ImageDataset:

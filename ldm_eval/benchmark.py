@@ -1,0 +1,116 @@
+"""Training speed and memory for every factor, measured side by side in one run.
+
+Every configuration trains through the same ``pipelines.training.run_training`` as a real
+run, on real Fashion-MNIST images, with UNets matched in parameter count. Figures are
+printed (and optionally written), never asserted: timings belong in benchmarks, not tests.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipelines.data import load_dataset
+from pipelines.first_stage import AutoencoderSpec, FirstStage, build_autoencoder, set_scaling_factor
+from pipelines.latent_cache import encode_dataset
+from pipelines.pipeline import resolve_device
+from pipelines.training import (
+    TrainConfig,
+    build_diffusion_pipeline,
+    device_name,
+    diffusion_loss,
+    make_accelerator,
+    run_training,
+    sample_cached_batch,
+)
+
+from .profiling import PeakMemory
+
+WARMUP_STEPS = 2
+
+
+def _train_speed(pipe, loss_fn, batch_size: int, steps: int, device: torch.device) -> dict:
+    """Median images/s over ``steps`` timed steps after warm-up, and the peak memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            out=Path(tmp), max_steps=WARMUP_STEPS + steps, batch_size=batch_size, checkpoint_every=10**6,
+            progress=False, cpu=device.type == "cpu",
+        )
+        with PeakMemory(device) as mem:
+            result = run_training(pipe.unet, loss_fn, cfg, make_accelerator(cfg), use_ema=True, run_key={})
+    median = statistics.median(result.step_seconds[WARMUP_STEPS:])
+    return {"images_per_s": batch_size / median, "peak_mb": mem.reading.peak_mb, "increase_mb": mem.reading.increase_mb,
+            "memory_method": mem.reading.method}
+
+
+def benchmark_config(factor: int, resolution: int, batch_size: int, steps: int, device: torch.device,
+                     param_budget: int = 1_000_000, n_images: int = 256) -> dict:
+    data = load_dataset("fashion-mnist", resolution, split="test").subset(n_images)
+    torch.manual_seed(0)
+    vae = None
+    if factor > 1:
+        vae = build_autoencoder(AutoencoderSpec(factor=factor, kind="kl", image_channels=1, resolution=resolution))
+        set_scaling_factor(vae, 1.0)
+    pipe = build_diffusion_pipeline(vae, resolution, 1, param_budget)
+    pipe.to(device)
+    stage = pipe.first_stage
+    cache = encode_dataset(stage, data, device).to(device)
+    images = data.images.to(device)
+    scheduler = pipe.scheduler
+
+    def cached(unet, generator):
+        return diffusion_loss(unet, scheduler, sample_cached_batch(stage, cache, batch_size, generator), generator)
+
+    def on_the_fly(unet, generator):
+        index = torch.randint(0, len(images), (batch_size,), generator=generator, device=device)
+        latents = stage.encode(images[index].float() / 127.5 - 1.0, generator)
+        return diffusion_loss(unet, scheduler, latents, generator)
+
+    counts = pipe.parameter_counts()
+    row = {
+        "resolution": resolution, "factor": factor, "latent_shape": "x".join(map(str, stage.latent_shape(resolution))),
+        "unet_params": counts["unet"], "ae_params": counts["vae"], "batch_size": batch_size,
+    }
+    fast = _train_speed(pipe, cached, batch_size, steps, device)
+    row.update(train_images_per_s=fast["images_per_s"], peak_mem_train_mb=fast["peak_mb"],
+               mem_increase_mb=fast["increase_mb"], memory_method=fast["memory_method"])
+    if vae is not None:
+        slow = _train_speed(pipe, on_the_fly, batch_size, steps, device)
+        row.update(on_the_fly_images_per_s=slow["images_per_s"],
+                   cache_speedup=fast["images_per_s"] / slow["images_per_s"])
+    return row
+
+
+def run_train_benchmark(resolutions: list[int], factors: list[int], batch_size: int, steps: int,
+                        device: str = "auto", out: Path | None = None) -> pd.DataFrame:
+    dev = resolve_device(device)
+    rows = []
+    for resolution in resolutions:
+        for factor in factors:
+            if resolution % factor:
+                continue
+            row = benchmark_config(factor, resolution, batch_size, steps, dev)
+            rows.append(row)
+            print(f"f={factor:>2} {resolution}px: {row['train_images_per_s']:.1f} img/s", flush=True)
+    table = pd.DataFrame(rows)
+    for resolution in resolutions:  # speed-up over pixel space at the same resolution
+        same = table["resolution"] == resolution
+        pixel = table.loc[same & (table["factor"] == 1), "train_images_per_s"]
+        if len(pixel):
+            table.loc[same, "speedup_vs_pixel"] = table.loc[same, "train_images_per_s"] / float(pixel.iloc[0])
+    header = (f"Training throughput, {device_name(str(dev))}, torch {torch.__version__}, batch {batch_size}, "
+              f"median of {steps} steps after {WARMUP_STEPS} warm-up steps, KL autoencoders, "
+              f"UNets matched at ~1.0 M parameters, Fashion-MNIST")
+    shown = table.drop(columns=["memory_method"]).round(2)
+    print(header)
+    print(f"memory: {table['memory_method'].iloc[0]}")
+    print(shown.to_markdown(index=False))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "train_benchmark.csv", index=False)
+        (out / "train_benchmark.md").write_text(f"{header}\n\nmemory: {table['memory_method'].iloc[0]}\n\n"
+                                                + shown.to_markdown(index=False) + "\n")
+    return table
