@@ -17,7 +17,10 @@ from pipelines.first_stage import FACTORS, FirstStageError
 from pipelines.pipeline import PipelineLoadError
 from pipelines.training import TrainingError
 
-USER_ERRORS = (DatasetError, FirstStageError, PipelineLoadError, TrainingError, CheckpointError, ValueError)
+from .fid import MetricError
+from .sweep import SweepError
+
+USER_ERRORS = (SweepError, MetricError, DatasetError, FirstStageError, PipelineLoadError, TrainingError, CheckpointError, ValueError)
 
 
 def _positive_int(text: str) -> int:
@@ -80,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True)
 
+    p = sub.add_parser("sweep", help="train and measure every factor (the default command)")
+    _add_sweep_args(p)
+
+    p = sub.add_parser("fid", help="FID (and KID) between two folders of images")
+    p.add_argument("dir_a", type=Path)
+    p.add_argument("dir_b", type=Path)
+    p.add_argument("--backend", default="inception", help="inception or domain")
+    p.add_argument("--kid", action="store_true", help="also compute KID")
+    p.add_argument("--classifier", type=Path, help="domain classifier folder (a sweep's domain_classifier/)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("report", help="re-render a run folder's report from its stored results")
+    p.add_argument("run_dir", type=Path)
+
     p = sub.add_parser("bench-train", help="training speed and memory for every factor (prints a table)")
     p.add_argument("--resolutions", default="32,64")
     p.add_argument("--factors", default=",".join(map(str, FACTORS)))
@@ -88,6 +105,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="also write the table as CSV and Markdown here")
     return parser
+
+
+def _factor_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"factors must be integers separated by commas, got {text!r}") from err
+    for v in values:
+        _factor(str(v))
+    return values
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from err
+
+
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quick", choices=("smoke", "quick", "standard", "paper"))
+    p.add_argument("--dataset", help="'fashion-mnist' (default) or a folder of images")
+    p.add_argument("--resolution", type=_positive_int)
+    p.add_argument("--factors", type=_factor_list, help="e.g. 1,2,4,8,16,32")
+    p.add_argument("--kinds", type=lambda t: tuple(v for v in t.split(",") if v), help="kl,vq")
+    p.add_argument("--budget", choices=("steps", "seconds"), help="equal steps or equal wall-clock seconds per factor")
+    p.add_argument("--train-budget", type=float, help="denoiser budget per factor (steps or seconds)")
+    p.add_argument("--ae-budget", type=float, help="autoencoder budget per factor (steps or seconds)")
+    p.add_argument("--fid-samples", type=_positive_int)
+    p.add_argument("--inception-samples", type=_positive_int)
+    p.add_argument("--ddim-steps", type=_int_list, help="e.g. 10,20,50,100,200")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", type=Path, help="run folder (default runs/PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue a killed sweep; finished measurements are kept")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .report import render_report, summary_table
+    from .sweep import preset_config, run_sweep
+
+    cfg = preset_config(
+        args.preset, dataset=args.dataset, resolution=args.resolution, factors=args.factors, kinds=args.kinds,
+        budget=args.budget, train_budget=args.train_budget, ae_budget=args.ae_budget, fid_samples=args.fid_samples,
+        inception_samples=args.inception_samples, ddim_steps=args.ddim_steps, device=args.device, out=args.out,
+        resume=args.resume,
+    )
+    run_dir = run_sweep(cfg)
+    report = render_report(run_dir)
+    print(summary_table(run_dir))
+    print(f"\nReport: {report} and {report.with_suffix('.html')}; table: {run_dir / 'results.csv'}")
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from pipelines.pipeline import resolve_device
+
+    from .fid import fid_between_folders
+
+    result = fid_between_folders(args.dir_a, args.dir_b, backend=args.backend, kid=args.kid,
+                                 device=resolve_device(args.device), classifier_path=args.classifier)
+    print(f"FID {result.fid:.4f} ({result.backend}, N = {result.n_a} vs {result.n_b}, {result.device})")
+    if result.kid is not None:
+        print(f"KID {result.kid:.6f} +- {result.kid_std:.6f} (subset size {result.kid_subset_size})")
+    print(f"features: {result.extractor}; resize: {result.resize}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_report, summary_table
+
+    if not args.run_dir.is_dir():
+        raise ValueError(f"Run folder '{args.run_dir}' does not exist.")
+    try:
+        path = render_report(args.run_dir)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
+    print(summary_table(args.run_dir))
+    print(f"\nReport: {path}")
+    return 0
 
 
 def cmd_train_autoencoder(args: argparse.Namespace) -> int:
@@ -155,6 +251,9 @@ COMMANDS = {
     "train-diffusion": cmd_train_diffusion,
     "sample": cmd_sample,
     "bench-train": cmd_bench_train,
+    "sweep": cmd_sweep,
+    "fid": cmd_fid,
+    "report": cmd_report,
 }
 
 
@@ -162,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # the main job: the default sweep on the embedded default data
+        # (resuming, so running it again continues or just re-renders a finished run)
+        args = parser.parse_args(["sweep", "--resume"])
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as err:

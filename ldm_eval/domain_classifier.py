@@ -58,7 +58,7 @@ def as_uint8_nchw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
     When both axis 1 and the last axis could be channels (e.g. 3x3 images), NCHW wins.
     """
-    x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
     if x.dtype != torch.uint8:
         raise ClassifierError(f"Images must be uint8 in [0, 255], got dtype {x.dtype}.")
     if x.ndim == 3:

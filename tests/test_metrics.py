@@ -8,6 +8,7 @@ cheap and gets 1,000 images per set.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ def scipy_fid(fa: np.ndarray, fb: np.ndarray) -> float:
     """Independent textbook FID: np.cov statistics and scipy.linalg.sqrtm."""
     mu_a, mu_b = fa.mean(0), fb.mean(0)
     s_a, s_b = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
-    covmean = scipy.linalg.sqrtm(s_a @ s_b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # rank-deficient at small N: expected
+        covmean = scipy.linalg.sqrtm(s_a @ s_b)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean).real)
 
 
@@ -141,7 +144,7 @@ def test_torchmetrics_cross_check(inception):
     antialias instead of clean-fid's PIL bicubic, and 32 -> 299 px upsampling magnifies the
     difference. So: finite, same ordering, and within 25 % (measured ~8 % at N=20).
     """
-    n = 12
+    n = 10
     a, b, noise = inception["a"][:n], inception["b"][:n], inception["noise"][:n]
     tm_real = torchmetrics_fid(a, b, device="cpu")
     tm_noise = torchmetrics_fid(a, noise, device="cpu")
@@ -220,7 +223,10 @@ def test_domain_fid_matches_clean_fid_frechet_distance(domain):
     from cleanfid.fid import fid_from_feats
 
     fa, fb = domain["fa"], domain["fb"]
-    assert fid_from_features(fa, fb) == pytest.approx(fid_from_feats(fa, fb), rel=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's LinAlgWarning / deprecation of sqrtm(disp=...)
+        reference = fid_from_feats(fa, fb)
+    assert fid_from_features(fa, fb) == pytest.approx(reference, rel=1e-3)
 
 
 def test_domain_between_images_and_folders(domain, classifier, tmp_path):
