@@ -6,6 +6,7 @@ printed (and optionally written), never asserted: timings belong in benchmarks, 
 """
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import tempfile
 from pathlib import Path
@@ -46,9 +47,11 @@ def _train_speed(pipe, loss_fn, batch_size: int, steps: int, device: torch.devic
             "memory_method": mem.reading.method}
 
 
-def benchmark_config(factor: int, resolution: int, batch_size: int, steps: int, device: torch.device,
+def benchmark_config(factor: int, resolution: int, batch_size: int, steps: int, device: str,
                      param_budget: int = 1_000_000, n_images: int = 256) -> dict:
+    device = torch.device(device)
     data = load_dataset("fashion-mnist", resolution, split="test").subset(n_images)
+    data.images = data.images.clone()  # drop the rest of the test split before measuring memory
     torch.manual_seed(0)
     vae = None
     if factor > 1:
@@ -88,11 +91,15 @@ def run_train_benchmark(resolutions: list[int], factors: list[int], batch_size: 
                         device: str = "auto", out: Path | None = None) -> pd.DataFrame:
     dev = resolve_device(device)
     rows = []
+    # Each configuration runs in a fresh process: freed memory stays in a process's heap, so
+    # one configuration's peak would otherwise hide the next one's.
+    spawn = multiprocessing.get_context("spawn")
     for resolution in resolutions:
         for factor in factors:
             if resolution % factor:
                 continue
-            row = benchmark_config(factor, resolution, batch_size, steps, dev)
+            with spawn.Pool(1) as pool:
+                row = pool.apply(benchmark_config, (factor, resolution, batch_size, steps, str(dev)))
             rows.append(row)
             print(f"f={factor:>2} {resolution}px: {row['train_images_per_s']:.1f} img/s", flush=True)
     table = pd.DataFrame(rows)

@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-train", help="training speed and memory for every factor (prints a table)")
     p.add_argument("--resolutions", default="32,64")
     p.add_argument("--factors", default=",".join(map(str, FACTORS)))
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--steps", type=_positive_int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--steps", type=_positive_int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="also write the table as CSV and Markdown here")
     return parser

@@ -48,10 +48,13 @@ def level_widths(levels: int, k: int) -> tuple[int, ...]:
 def _build(spec: DenoiserSpec, k: int) -> Denoiser:
     levels = unet_levels(spec.side, spec.max_levels)
     widths = level_widths(levels, k)
-    # attention only at the lowest resolution, as the paper's small first-stage configs do
+    # The paper's LDM template (attention_resolutions [8, 4, 2] in its configs): self-attention
+    # at every level but the full-resolution one, for every f alike. This is what makes
+    # pixel space expensive: at 64 px the first attention level already has 32x32 tokens.
+    first = ("DownBlock2D",) if levels > 1 else ()
     if spec.cross_attention_dim is None:
-        down = ("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",)
-        up = ("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1)
+        down = first + ("AttnDownBlock2D",) * (levels - len(first))
+        up = ("AttnUpBlock2D",) * (levels - len(first)) + tuple(b.replace("Down", "Up") for b in first)
         return UNet2DModel(
             sample_size=spec.side,
             in_channels=spec.channels,
@@ -63,8 +66,8 @@ def _build(spec: DenoiserSpec, k: int) -> Denoiser:
             attention_head_dim=spec.attention_head_dim,
             norm_num_groups=NORM_GROUPS,
         )
-    down = ("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",)
-    up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1)
+    down = first + ("CrossAttnDownBlock2D",) * (levels - len(first))
+    up = ("CrossAttnUpBlock2D",) * (levels - len(first)) + tuple(b.replace("Down", "Up") for b in first)
     return UNet2DConditionModel(
         sample_size=spec.side,
         in_channels=spec.channels,
