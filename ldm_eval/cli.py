@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render a run folder's report from its stored results")
     p.add_argument("run_dir", type=Path)
 
+    p = sub.add_parser("export-zoo", help="copy a sweep's models as fp16 with model cards (the demo's zoo)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, default=Path("models"))
+    p.add_argument("--prefix", required=True, help="name prefix, e.g. fmnist32")
+
     p = sub.add_parser("bench-train", help="training speed and memory for every factor (prints a table)")
     p.add_argument("--resolutions", default="32,64")
     p.add_argument("--factors", default=",".join(map(str, FACTORS)))
@@ -186,6 +191,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_zoo(args: argparse.Namespace) -> int:
+    from .export import export_zoo
+
+    for path in export_zoo(args.run_dir, args.out, args.prefix):
+        print(path)
+    return 0
+
+
 def cmd_train_autoencoder(args: argparse.Namespace) -> int:
     from pipelines.training import AutoencoderTrainConfig, train_autoencoder
 
@@ -254,6 +267,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "fid": cmd_fid,
     "report": cmd_report,
+    "export-zoo": cmd_export_zoo,
 }
 
 

@@ -67,3 +67,56 @@ class PeakMemory:
             return
         method = "process peak RSS (VmHWM, reset per block)" if self._resettable else "process peak RSS (since start)"
         self.reading = MemoryReading(peak, max(0.0, peak - self._start), method, seconds)
+
+
+@dataclass
+class TimedSamples:
+    """Samples with how long they took and how much memory: the one way both the harness and the demo time sampling."""
+
+    images: "np.ndarray"
+    seconds: float
+    peak_mb: float | None
+    memory_method: str
+    steps: int
+    scheduler: str
+    trajectory_xt: "np.ndarray | None" = None
+    trajectory_x0: "np.ndarray | None" = None
+    timesteps: list[int] | None = None
+
+    @property
+    def samples_per_s(self) -> float:
+        return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def sec_per_image(self) -> float:
+        return self.seconds / len(self.images)
+
+
+def timed_sampling(
+    pipe, num_images: int, steps: int, scheduler: str = "ddim", seed: int = 0, batch_size: int = 250,
+    return_trajectory: bool = False,
+) -> TimedSamples:
+    """Sample in batches under :class:`PeakMemory`; batch ``j`` uses seed ``seed + j``.
+
+    Warm-up is the caller's business (the harness warms up once per model; the demo's
+    models are warmed when they load).
+    """
+    import numpy as np
+
+    pipe.validate_request(min(num_images, batch_size), steps)
+    chunks, xts, x0s, timesteps = [], [], [], None
+    with PeakMemory(pipe.device) as mem:
+        for j in range(0, num_images, batch_size):
+            out = pipe(num_images=min(batch_size, num_images - j), num_inference_steps=steps, scheduler=scheduler,
+                       seed=seed + j, return_trajectory=return_trajectory)
+            chunks.append(out.images)
+            timesteps = out.timesteps
+            if return_trajectory:
+                xts.append(out.trajectory_xt)
+                x0s.append(out.trajectory_x0)
+    cat = (lambda parts: np.concatenate(parts, axis=1)) if return_trajectory else (lambda parts: None)
+    return TimedSamples(
+        images=np.concatenate(chunks), seconds=mem.reading.seconds, peak_mb=mem.reading.peak_mb,
+        memory_method=mem.reading.method, steps=steps, scheduler=scheduler,
+        trajectory_xt=cat(xts), trajectory_x0=cat(x0s), timesteps=timesteps,
+    )

@@ -127,6 +127,9 @@ def render_report(run_dir: Path) -> Path:
         "",
         "## Results",
         "",
+        *[f"- `{b}` FID/KID: N={int(g['fid_samples'].iloc[0])} generated images against as many held-out real images."
+          for b, g in table.groupby("fid_backend")],
+        "",
         _md_table(table.drop(columns=["notes"]).assign(latent_shape=table["latent_shape"])),
         "",
     ]

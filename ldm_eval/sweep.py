@@ -10,7 +10,6 @@ soon as it exists, so ``--resume`` after a kill redoes nothing already measured.
 from __future__ import annotations
 
 import platform
-import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ from pipelines.training import (
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import compute_features, fid_from_features, kid_from_features
-from .profiling import PeakMemory
+from .profiling import PeakMemory, timed_sampling
 from .reconstruction import reconstruction_metrics
 from .results import ResultsLog
 
@@ -280,22 +279,16 @@ def _evaluate_sampling(ctx: _Context, kind: str, factor: int, folder: Path) -> N
         if pipe is None:
             pipe = load_pipeline(folder, device=ctx.device)
             pipe(num_images=WARMUP_SAMPLES, num_inference_steps=2, seed=0)  # warm-up, not timed
-        chunks = []
-        with PeakMemory(ctx.device) as mem:
-            tic = time.perf_counter()
-            for j in range(0, cfg.fid_samples, cfg.sample_batch):
-                n = min(cfg.sample_batch, cfg.fid_samples - j)
-                chunks.append(pipe(num_images=n, num_inference_steps=steps, seed=cfg.seed + 1000 + j).images)
-            seconds = time.perf_counter() - tic
-        images = np.concatenate(chunks)
+        timed = timed_sampling(pipe, cfg.fid_samples, steps, "ddim", seed=cfg.seed + 1000, batch_size=cfg.sample_batch)
+        images = timed.images
         _image_grid(images, cfg.out / "grids" / f"samples-{kind}-f{factor}-ddim{steps}.png")
         base = {"kind": kind, "ae_kind": kind, "factor": factor, "ddim_steps": steps, "device": str(ctx.device)}
         for i, record in enumerate(_fid_records(ctx, _uint8_nchw(images), cfg.fid_samples, base)):
             ctx.log.append({"key": f"fid/{kind}/f{factor}/ddim{steps}/{record['fid_backend']}", "record": "fid", **record})
         ctx.log.append({
-            "key": key, "record": "sampling", **base, "n": len(images), "seconds": seconds,
-            "samples_per_s": len(images) / seconds, "sec_per_image": seconds / len(images),
-            "peak_mem_sample_mb": mem.reading.peak_mb, "memory_method": mem.reading.method,
+            "key": key, "record": "sampling", **base, "n": len(images), "seconds": timed.seconds,
+            "samples_per_s": timed.samples_per_s, "sec_per_image": timed.sec_per_image,
+            "peak_mem_sample_mb": timed.peak_mb, "memory_method": timed.memory_method,
             "sample_batch": cfg.sample_batch, "scheduler": "ddim",
         })
 
