@@ -141,6 +141,10 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fid-samples", type=_positive_int)
     p.add_argument("--inception-samples", type=_positive_int)
     p.add_argument("--ddim-steps", type=_int_list, help="e.g. 10,20,50,100,200")
+    p.add_argument("--progress-points", type=_positive_int, help="FID checks along training")
+    p.add_argument("--progress-samples", type=_positive_int, help="samples per FID check along training")
+    p.add_argument("--param-budget", type=_positive_int, help="UNet parameters, matched across factors")
+    p.add_argument("--max-images", type=_positive_int, help="train on the first N images only")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", type=Path, help="run folder (default runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue a killed sweep; finished measurements are kept")
@@ -154,7 +158,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.preset, dataset=args.dataset, resolution=args.resolution, factors=args.factors, kinds=args.kinds,
         budget=args.budget, train_budget=args.train_budget, ae_budget=args.ae_budget, fid_samples=args.fid_samples,
         inception_samples=args.inception_samples, ddim_steps=args.ddim_steps, device=args.device, out=args.out,
-        resume=args.resume,
+        resume=args.resume, progress_points=args.progress_points, progress_samples=args.progress_samples,
+        param_budget=args.param_budget, max_images=args.max_images,
     )
     run_dir = run_sweep(cfg)
     report = render_report(run_dir)
