@@ -1,0 +1,35 @@
+"""LDM Lab's web demo: ``python app.py`` opens it on http://127.0.0.1:7860.
+
+Models come from the shipped zoo (``models/``) and any run folder under ``runs/``
+(or ``--models DIR``). No public share link unless ``--share`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="LDM Lab web demo")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    parser.add_argument("--models", type=Path, action="append", help="model folder(s) to list (default: models/ and runs/)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests run at once; the rest queue")
+    args = parser.parse_args(argv)
+
+    from demo.service import Lab
+    from demo.ui import build_app
+
+    lab = Lab(model_dirs=args.models, device=args.device)
+    app = build_app(lab)
+    app.queue(default_concurrency_limit=args.concurrency, max_size=256)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="10mb")
+
+
+if __name__ == "__main__":
+    main()
