@@ -1,0 +1,53 @@
+"""Screenshots of every tab of a running demo, for the README: ``python -m demo.screenshots URL OUT``.
+
+Uses Debian's Chromium through Playwright (no browser download).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def take(url: str, out: Path, executable: str = "/usr/bin/chromium") -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    shots = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        steps = [
+            ("generate", "Generate", "Generate", "#generate-gallery img"),
+            ("compare", "Compare factors", "Compare", "#compare-gallery img"),
+            ("autoencoder", "Autoencoder explorer", None, None),
+            ("trajectory", "Denoising trajectory", "Show trajectory", None),
+            ("results", "Results", None, None),
+        ]
+        for name, tab, button, wait_for in steps:
+            page.get_by_role("tab", name=tab).click()
+            if name == "autoencoder":
+                page.get_by_role("button", name="Use data set image").click()
+                page.wait_for_timeout(1500)
+                page.get_by_role("button", name="Reconstruct").click()
+                page.wait_for_timeout(8000)
+            elif button:
+                page.get_by_role("button", name=button, exact=True).click()
+                if wait_for:
+                    page.wait_for_selector(wait_for, timeout=120_000)
+                page.wait_for_timeout(6000)
+            else:
+                page.wait_for_timeout(2000)
+            path = out / f"demo-{name}.png"
+            page.screenshot(path=str(path), full_page=False)
+            shots.append(path)
+        browser.close()
+    return shots
+
+
+if __name__ == "__main__":
+    for shot in take(sys.argv[1], Path(sys.argv[2])):
+        print(shot)
