@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("models"))
     p.add_argument("--prefix", required=True, help="name prefix, e.g. fmnist32")
+    p.add_argument("--only", type=lambda t: [v for v in t.split(",") if v], help="model names, e.g. dm-f1,ldm-kl-f4")
 
     p = sub.add_parser("bench-train", help="training speed and memory for every factor (prints a table)")
     p.add_argument("--resolutions", default="32,64")
@@ -199,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export_zoo(args: argparse.Namespace) -> int:
     from .export import export_zoo
 
-    for path in export_zoo(args.run_dir, args.out, args.prefix):
+    for path in export_zoo(args.run_dir, args.out, args.prefix, args.only):
         print(path)
     return 0
 

@@ -46,13 +46,13 @@ def _card(name: str, facts: dict, run_env: dict, rows: list[dict], ae: dict | No
     return "\n".join(lines)
 
 
-def export_zoo(run_dir: Path, out: Path, prefix: str) -> list[Path]:
-    """Copy every diffusion model of ``run_dir`` into ``out/PREFIX-NAME`` as fp16 with a card."""
+def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = None) -> list[Path]:
+    """Copy the diffusion models of ``run_dir`` (all, or those named in ``only``) into ``out/PREFIX-NAME`` as fp16."""
     records = ResultsLog(run_dir).records()
     env = next((r for r in records if r["record"] == "environment"), {})
     written = []
     for folder in sorted((run_dir / "models").glob("*")):
-        if not (folder / "model_index.json").is_file():
+        if not (folder / "model_index.json").is_file() or (only and folder.name not in only):
             continue
         facts = json.loads((folder / "training.json").read_text())
         kind = "pixel" if facts["factor"] == 1 else facts["kind"]

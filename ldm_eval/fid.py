@@ -106,7 +106,7 @@ class CleanInception(nn.Module):
         return self.net((x.float() - 128.0) / 128.0).reshape(x.shape[0], INCEPTION_DIM)
 
 
-class TorchmetricsInception(nn.Module):
+class TorchmetricsInception(CleanInception):
     """Custom ``feature=`` module for torchmetrics: uint8 (N,3,H,W) of any size -> 2048-d.
 
     torchmetrics does not resize for custom modules, so this does, the way torchmetrics'
@@ -114,18 +114,12 @@ class TorchmetricsInception(nn.Module):
     ``num_features`` spares torchmetrics a dummy forward pass to find the dimension.
     """
 
-    num_features = INCEPTION_DIM
-
-    def __init__(self, device: str | torch.device | None = None) -> None:
-        super().__init__()
-        self.net = load_inception(device)
-
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if tuple(x.shape[-2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
             x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False, antialias=True)
-        return self.net((x.clamp(0, 255) - 128.0) / 128.0).reshape(x.shape[0], INCEPTION_DIM)
+        return super().forward(x.clamp(0, 255))
 
 
 # --- images --------------------------------------------------------------------------------
