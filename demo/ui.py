@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from pipelines.data import load_dataset
+from pipelines.pipeline import to_uint8
 
 from .service import MAX_IMAGES, MAX_STEPS, DemoInputError, Lab
 
@@ -46,7 +47,7 @@ def build_app(lab: Lab) -> gr.Blocks:
     @_user_errors
     def generate(model, sampler, steps, seed, n):
         timed, timing = lab.generate(model, sampler.lower(), steps, seed, n)
-        images = [_upscale(_pil(img)) for img in _to_u8(timed.images)]
+        images = [_upscale(_pil(img)) for img in to_uint8(timed.images)]
         return images, timing.__dict__
 
     @_user_errors
@@ -55,7 +56,7 @@ def build_app(lab: Lab) -> gr.Blocks:
         gallery, table = [], []
         for entry, timed, timing, fid in rows:
             caption = f"f={entry.factor}: {timing.wall_seconds:.2f} s, {timing.peak_memory_mb or 0:.0f} MB; {fid}"
-            gallery.append((_upscale(_pil(_to_u8(timed.images)[0])), caption))
+            gallery.append((_upscale(_pil(to_uint8(timed.images)[0])), caption))
             table.append({"model": entry.label, "factor": entry.factor, "wall_s": timing.wall_seconds,
                           "samples_per_s": timing.samples_per_s, "peak_memory_mb": timing.peak_memory_mb,
                           "memory": timing.memory_method, "fid (latest report)": fid})
@@ -76,7 +77,7 @@ def build_app(lab: Lab) -> gr.Blocks:
     @_user_errors
     def trajectory(model, steps, seed):
         timed, timing = lab.generate(model, "ddim", steps, seed, 1, trajectory=True)
-        xt, x0 = _to_u8(timed.trajectory_xt[:, 0]), _to_u8(timed.trajectory_x0[:, 0])
+        xt, x0 = to_uint8(timed.trajectory_xt[:, 0]), to_uint8(timed.trajectory_x0[:, 0])
         frames = [np.concatenate([a, b], axis=1) for a, b in zip(xt, x0)]
         pil = [_upscale(_pil(f), 256) for f in frames]
         gif = Path(_tmpdir()) / f"trajectory-{abs(hash((model, steps, seed)))}.gif"
@@ -85,8 +86,7 @@ def build_app(lab: Lab) -> gr.Blocks:
         return str(gif), gallery, timing.__dict__
 
     def pick_from_data(index):
-        models = [m for m in lab.models]
-        resolution = max((m.resolution for m in models), default=32)
+        resolution = max((m.resolution for m in lab.models), default=32)
         data = _test_images(resolution)
         i = int(index) % len(data)
         return _pil(data[i])
@@ -165,9 +165,3 @@ def _tmpdir() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="ldm-lab-")
-
-
-def _to_u8(images: np.ndarray) -> np.ndarray:
-    from pipelines.pipeline import to_uint8
-
-    return to_uint8(images)

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from pipelines.data import load_dataset
-from pipelines.first_stage import AutoencoderSpec, FirstStage, build_autoencoder, set_scaling_factor
+from pipelines.first_stage import AutoencoderSpec, build_autoencoder, set_scaling_factor
 from pipelines.latent_cache import encode_dataset
 from pipelines.pipeline import resolve_device
 from pipelines.training import (

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 _STATUS = Path("/proc/self/status")
@@ -73,14 +74,14 @@ class PeakMemory:
 class TimedSamples:
     """Samples with how long they took and how much memory: the one way both the harness and the demo time sampling."""
 
-    images: "np.ndarray"
+    images: np.ndarray
     seconds: float
     peak_mb: float | None
     memory_method: str
     steps: int
     scheduler: str
-    trajectory_xt: "np.ndarray | None" = None
-    trajectory_x0: "np.ndarray | None" = None
+    trajectory_xt: np.ndarray | None = None
+    trajectory_x0: np.ndarray | None = None
     timesteps: list[int] | None = None
 
     @property
@@ -101,8 +102,6 @@ def timed_sampling(
     Warm-up is the caller's business (the harness warms up once per model; the demo's
     models are warmed when they load).
     """
-    import numpy as np
-
     pipe.validate_request(min(num_images, batch_size), steps)
     chunks, xts, x0s, timesteps = [], [], [], None
     with PeakMemory(pipe.device) as mem:

@@ -10,7 +10,7 @@ soon as it exists, so ``--resume`` after a kill redoes nothing already measured.
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from pipelines.data import ImageDataset, load_dataset
-from pipelines.first_stage import FACTORS, FirstStage, check_factor, count_parameters
+from pipelines.first_stage import FACTORS, FirstStage, check_factor
 from pipelines.pipeline import load_pipeline, resolve_device, to_uint8
 from pipelines.training import (
     AutoencoderTrainConfig,
@@ -222,7 +222,7 @@ def _train_autoencoder(ctx: _Context, kind: str, factor: int) -> Path:
 def _train_and_track(ctx: _Context, kind: str, factor: int, autoencoder: Path | None) -> Path:
     """Train in segments, measuring FID at each milestone (the paper's Fig. 6)."""
     cfg = ctx.cfg
-    folder = cfg.out / "models" / (f"dm-f1" if factor == 1 else f"ldm-{kind}-f{factor}")
+    folder = cfg.out / "models" / ("dm-f1" if factor == 1 else f"ldm-{kind}-f{factor}")
     for i in range(1, cfg.progress_points + 1):
         key = f"progress/{kind}/f{factor}/{i}"
         if ctx.log.done(key):
@@ -238,10 +238,7 @@ def _train_and_track(ctx: _Context, kind: str, factor: int, autoencoder: Path | 
         pipe = load_pipeline(folder, device=ctx.device)
         steps = min(cfg.ddim_steps, key=lambda s: abs(s - 20))
         n = cfg.progress_samples
-        images = np.concatenate([
-            pipe(num_images=min(cfg.sample_batch, n - j), num_inference_steps=steps, seed=cfg.seed + j).images
-            for j in range(0, n, cfg.sample_batch)
-        ])
+        images = timed_sampling(pipe, n, steps, "ddim", seed=cfg.seed, batch_size=cfg.sample_batch).images
         feats = compute_features(_uint8_nchw(images), "domain", ctx.device, classifier=ctx.classifier)
         ref = ctx.reference["domain"][:n]
         ctx.log.append({

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline, UNet2DModel
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline
 
 from pipelines.denoiser import DenoiserSpec, build_denoiser
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder
