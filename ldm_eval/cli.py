@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pipelines.checkpoint import CheckpointError
+from pipelines.conditioning import CONDITION_KINDS
 from pipelines.data import DatasetError
 from pipelines.first_stage import FACTORS, FirstStageError
 from pipelines.pipeline import PipelineLoadError
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoencoder", type=Path, help="first-stage folder; required for f > 1, refused for f = 1")
     p.add_argument("--param-budget", type=_positive_int, default=1_000_000, help="UNet parameters (matched across f)")
     p.add_argument("--cache-dir", type=Path, help="latent cache folder (default ~/.cache/ldm_lab/latents)")
+    p.add_argument("--condition", choices=CONDITION_KINDS, default="none",
+                   help="cross-attention condition: a class label or a text caption made from the labels")
+    p.add_argument("--condition-dropout", type=float, default=0.1,
+                   help="share of steps trained without the condition (enables classifier-free guidance)")
+    p.add_argument("--condition-width", type=_positive_int, default=64, help="condition token width")
 
     p = sub.add_parser("sample", help="write N samples of a trained model as PNG files")
     p.add_argument("model_dir", type=Path)
@@ -82,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True)
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--label", action="append",
+                      help="class name or index (class models); repeat to cycle labels over the images")
+    cond.add_argument("--prompt", action="append", help="text prompt (text models); repeat to cycle prompts")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
 
     p = sub.add_parser("sweep", help="train and measure every factor (the default command)")
     _add_sweep_args(p)
@@ -227,7 +238,8 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or 64, learning_rate=args.learning_rate, seed=args.seed, resume=args.resume,
         mixed_precision=args.mixed_precision, cpu=args.cpu, max_images=args.max_images, factor=args.factor, autoencoder=args.autoencoder,
         dataset=args.dataset, resolution=args.resolution, channels=args.channels, param_budget=args.param_budget,
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir, condition=args.condition, condition_dropout=args.condition_dropout,
+        condition_width=args.condition_width,
     )
     print(json.dumps(train_diffusion(cfg), indent=2))
     return 0
@@ -241,17 +253,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args.model_dir, device=resolve_device(args.device))
     pipe.validate_request(min(args.n, args.batch_size), args.steps)
+    conditions = args.label or args.prompt
+    # check the condition and guidance on a one-image request before any work starts
+    pipe(num_images=1, num_inference_steps=1, **_condition_kwargs(args, conditions[:1] if conditions else None))
     generator = torch.Generator("cpu").manual_seed(args.seed)
     written = 0
     with tqdm(total=args.n, desc="Sampling", unit="img") as bar:
         while written < args.n:
             n = min(args.batch_size, args.n - written)
-            out = pipe(num_images=n, num_inference_steps=args.steps, scheduler=args.scheduler, generator=generator)
+            cycled = [conditions[(written + i) % len(conditions)] for i in range(n)] if conditions else None
+            out = pipe(num_images=n, num_inference_steps=args.steps, scheduler=args.scheduler, generator=generator,
+                       **_condition_kwargs(args, cycled))
             save_images(out.images, args.out, start=written)
             written += n
             bar.update(n)
     print(f"Wrote {written} images to {args.out}")
     return 0
+
+
+def _condition_kwargs(args: argparse.Namespace, conditions: list[str] | None) -> dict:
+    kwargs: dict = {"guidance_scale": args.guidance}
+    if conditions is not None:
+        kwargs["labels" if args.label else "prompt"] = conditions
+    return kwargs
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:

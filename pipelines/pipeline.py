@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,7 +26,15 @@ from diffusers import (
 )
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from transformers import PreTrainedTokenizerFast
 
+from .conditioning import (
+    ConditionEncoder,
+    condition_ids,
+    condition_kind,
+    encode_condition,
+    validate_guidance,
+)
 from .first_stage import Autoencoder, FirstStage, count_parameters
 
 log = logging.getLogger(__name__)
@@ -78,20 +87,42 @@ def default_train_scheduler(pixel_space: bool, num_train_timesteps: int = 1000) 
 
 
 class LatentDiffusionPipeline(DiffusionPipeline):
-    """Sample images with DDPM or DDIM at any factor f (f = 1 when ``vae`` is None)."""
+    """Sample images with DDPM or DDIM at any factor f (f = 1 when ``vae`` is None).
 
-    model_cpu_offload_seq = "unet->vae"
-    _optional_components = ["vae"]
+    Conditional models add a ``condition_encoder`` (a ``ClassEmbedder``, or a
+    ``CLIPTextModel`` with its ``tokenizer``) whose tokens the UNet's cross-attention reads.
+    """
+
+    model_cpu_offload_seq = "condition_encoder->unet->vae"
+    _optional_components = ["vae", "condition_encoder", "tokenizer"]
 
     def __init__(
         self,
         unet: UNet2DModel | UNet2DConditionModel,
         scheduler: DDPMScheduler | DDIMScheduler,
         vae: AutoencoderKL | VQModel | None = None,
+        condition_encoder: ConditionEncoder | None = None,
+        tokenizer: PreTrainedTokenizerFast | None = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_modules(
+            unet=unet, scheduler=scheduler, vae=vae, condition_encoder=condition_encoder, tokenizer=tokenizer
+        )
         FirstStage(vae, unet.config.in_channels)  # validates the latent scale
+        conditional = isinstance(unet, UNet2DConditionModel)
+        if conditional != (condition_encoder is not None):
+            raise ValueError("A cross-attention UNet needs a condition encoder, and only such a UNet takes one.")
+        if condition_kind(condition_encoder) == "text" and tokenizer is None:
+            raise ValueError("A text-conditional pipeline needs its tokenizer.")
+
+    @property
+    def condition(self) -> str:
+        """'none', 'class' or 'text'."""
+        return condition_kind(self.condition_encoder)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.condition_encoder.config.class_names) if self.condition == "class" else []
 
     @property
     def first_stage(self) -> FirstStage:
@@ -110,7 +141,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         return int(self.vae.config.out_channels if self.vae is not None else self.unet.config.out_channels)
 
     def parameter_counts(self) -> dict[str, int]:
-        return {"unet": count_parameters(self.unet), "vae": count_parameters(self.vae)}
+        return {"unet": count_parameters(self.unet), "vae": count_parameters(self.vae),
+                "condition_encoder": count_parameters(self.condition_encoder)}
 
     def validate_request(self, num_images: int, num_inference_steps: int) -> None:
         """Clear errors for absurd requests before any work starts."""
@@ -130,16 +162,28 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         seed: int | None = None,
         eta: float = 0.0,
         return_trajectory: bool = False,
-        encoder_hidden_states: torch.Tensor | None = None,
+        labels: Sequence[int | str] | int | str | None = None,
+        prompt: Sequence[str] | str | None = None,
+        guidance_scale: float = 1.0,
         progress: bool = False,
     ) -> SampleOutput:
         """Draw ``num_images`` samples.
 
         ``seed`` is a shortcut for a CPU generator: the initial noise is drawn on the CPU so
-        a seed gives the same images on every device. ``encoder_hidden_states`` are the
-        cross-attention tokens of a conditional UNet.
+        a seed gives the same images on every device. ``labels`` (class models: names or
+        indices) or ``prompt`` (text models), one for all images or one per image, pick the
+        condition; none samples the learned unconditional model. ``guidance_scale`` g is
+        classifier-free guidance, eps = eps_null + g (eps_cond - eps_null): at g = 1 only the
+        conditional branch runs, so the result is exactly the plain conditional model.
         """
         self.validate_request(num_images, num_inference_steps)
+        guidance = validate_guidance(guidance_scale, self.condition)
+        ids = condition_ids(self.condition_encoder, self.tokenizer, num_images, labels, prompt)
+        cond_tokens = null_tokens = None
+        if ids is not None:
+            cond_tokens = encode_condition(self.condition_encoder, ids[0].to(self.device)).to(self.unet.dtype)
+            if guidance != 1.0:
+                null_tokens = encode_condition(self.condition_encoder, ids[1].to(self.device)).to(self.unet.dtype)
         if generator is None and seed is not None:
             generator = torch.Generator("cpu").manual_seed(int(seed))
         sampler = make_scheduler(scheduler, self.scheduler.config)
@@ -155,8 +199,15 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         iterator = self.progress_bar(timesteps) if progress else timesteps
         for t in iterator:
             model_in = sampler.scale_model_input(x, t).to(unet_dtype)
-            kwargs = {} if encoder_hidden_states is None else {"encoder_hidden_states": encoder_hidden_states}
-            eps = self.unet(model_in, t, **kwargs).sample.float()
+            if cond_tokens is None:
+                eps = self.unet(model_in, t).sample.float()
+            elif null_tokens is None:
+                eps = self.unet(model_in, t, encoder_hidden_states=cond_tokens).sample.float()
+            else:  # one batched pass for both branches of classifier-free guidance
+                both = self.unet(torch.cat([model_in, model_in]), t,
+                                 encoder_hidden_states=torch.cat([null_tokens, cond_tokens])).sample.float()
+                eps_null, eps_cond = both.chunk(2)
+                eps = eps_null + guidance * (eps_cond - eps_null)
             out = sampler.step(eps, t, x, generator=generator, **step_kwargs)
             x = out.prev_sample
             if return_trajectory:
@@ -183,6 +234,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 # --- loading --------------------------------------------------------------------------
 
 _FOREIGN_LAYOUTS = {"DDPMPipeline", "LDMPipeline", "DDIMPipeline"}
+_CONDITION_ENCODERS = {(None, None), ("pipelines.conditioning", "ClassEmbedder"), ("transformers", "CLIPTextModel")}
 
 
 def load_pipeline(
@@ -205,6 +257,10 @@ def load_pipeline(
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PipelineLoadError(f"'{index_file}' is corrupt: {err}") from err
     class_name = index.get("_class_name")
+    encoder_entry = tuple(index.get("condition_encoder") or (None, None))
+    if encoder_entry not in _CONDITION_ENCODERS:
+        # model_index.json names the module to import: only our two encoders are accepted.
+        raise PipelineLoadError(f"'{root}' names an unknown condition encoder {list(encoder_entry)}.")
     try:
         if class_name == LatentDiffusionPipeline.__name__:
             pipe = LatentDiffusionPipeline.from_pretrained(root, use_safetensors=True, local_files_only=True)

@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, VQModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
 
 from .checkpoint import (
     CheckpointError,
@@ -30,6 +31,7 @@ from .checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from .conditioning import CONDITION_KINDS, ConditionEncoder, ConditionKind, build_condition_encoder, encode_condition
 from .data import ImageDataset, load_dataset
 from .denoiser import DenoiserSpec, build_denoiser
 from .first_stage import (
@@ -337,6 +339,37 @@ class DiffusionTrainConfig(TrainConfig):
     param_budget: int = 1_000_000
     num_train_timesteps: int = 1000
     cache_dir: Path | None = None
+    condition: ConditionKind = "none"
+    condition_dropout: float = 0.1  # share of steps trained on "no condition" (classifier-free guidance)
+    condition_width: int = 64  # token width of the condition encoder = the UNet's cross_attention_dim
+
+    def validate(self) -> None:
+        super().validate()
+        if self.condition not in CONDITION_KINDS:
+            raise TrainingError(f"Unknown --condition {self.condition!r}; choose one of {', '.join(CONDITION_KINDS)}.")
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise TrainingError(f"--condition-dropout must be from 0 to below 1 (got {self.condition_dropout}).")
+        if self.condition_width < 4 or self.condition_width % 4:
+            raise TrainingError(f"--condition-width must be a positive multiple of 4 (got {self.condition_width}).")
+
+
+class ConditionalDenoiser(torch.nn.Module):
+    """UNet and condition encoder as one module, so they train (and sync, and EMA) together."""
+
+    def __init__(self, unet: torch.nn.Module, encoder: ConditionEncoder):
+        super().__init__()
+        self.unet = unet
+        self.encoder = encoder
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor):
+        return self.unet(sample, timestep, encoder_hidden_states=encode_condition(self.encoder, condition))
+
+
+def drop_conditions(ids: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace a share ``p`` of the conditions by "no condition" (classifier-free guidance)."""
+    drop = torch.rand(ids.shape[0], generator=generator, device=ids.device) < p
+    mask = drop.view(-1, *([1] * (ids.dim() - 1)))
+    return torch.where(mask, null.to(ids.device).expand_as(ids), ids)
 
 
 def diffusion_loss(
@@ -354,23 +387,29 @@ def diffusion_loss(
 
 
 def sample_cached_batch(
-    first_stage: FirstStage, cache: LatentCache, batch_size: int, generator: torch.Generator
+    first_stage: FirstStage, cache: LatentCache, batch_size: int, generator: torch.Generator,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A random batch of scaled latents from the cache (a fresh posterior sample for KL)."""
-    index = torch.randint(0, len(cache), (batch_size,), generator=generator, device=cache.mean.device)
+    if index is None:
+        index = torch.randint(0, len(cache), (batch_size,), generator=generator, device=cache.mean.device)
     std = None if cache.std is None else cache.std[index]
     return first_stage.sample_latents(cache.mean[index], std, generator)
 
 
 def build_diffusion_pipeline(
-    vae: Autoencoder | None, resolution: int, image_channels: int, param_budget: int, num_train_timesteps: int = 1000
+    vae: Autoencoder | None, resolution: int, image_channels: int, param_budget: int, num_train_timesteps: int = 1000,
+    condition_encoder: ConditionEncoder | None = None, tokenizer: PreTrainedTokenizerFast | None = None,
+    condition_width: int = 64,
 ) -> LatentDiffusionPipeline:
     """An untrained pipeline for this first stage, its UNet matched to ``param_budget``."""
     first_stage = FirstStage(vae, image_channels)
     channels, side, _ = first_stage.latent_shape(resolution)
-    unet = build_denoiser(DenoiserSpec(side=side, channels=channels, param_budget=param_budget))
+    cross = condition_width if condition_encoder is not None else None
+    unet = build_denoiser(DenoiserSpec(side=side, channels=channels, param_budget=param_budget, cross_attention_dim=cross))
     scheduler = default_train_scheduler(pixel_space=vae is None, num_train_timesteps=num_train_timesteps)
-    return LatentDiffusionPipeline(unet=unet, scheduler=scheduler, vae=vae)
+    return LatentDiffusionPipeline(unet=unet, scheduler=scheduler, vae=vae, condition_encoder=condition_encoder,
+                                   tokenizer=tokenizer)
 
 
 def train_diffusion(cfg: DiffusionTrainConfig) -> dict:
@@ -392,30 +431,46 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> dict:
     accelerator = make_accelerator(cfg)
     data = load_training_data(cfg.dataset, cfg.resolution, channels, cfg.max_images)
     torch.manual_seed(cfg.seed)
-    pipe = build_diffusion_pipeline(vae, cfg.resolution, data.channels, cfg.param_budget, cfg.num_train_timesteps)
+    encoder = tokenizer = cond_ids = null_ids = None
+    if cfg.condition != "none":
+        encoder, tokenizer, cond_ids, null_ids = build_condition_encoder(cfg.condition, data, cfg.condition_width)
+        cond_ids, null_ids = cond_ids.to(accelerator.device), null_ids.to(accelerator.device)
+    pipe = build_diffusion_pipeline(vae, cfg.resolution, data.channels, cfg.param_budget, cfg.num_train_timesteps,
+                                    encoder, tokenizer, cfg.condition_width)
     first_stage = pipe.first_stage
     cache = cached_latents(first_stage, data, accelerator.device, cfg.cache_dir).to(accelerator.device)
     scheduler = pipe.scheduler
+    model = pipe.unet if encoder is None else ConditionalDenoiser(pipe.unet, encoder)
 
-    def loss_fn(unet: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
-        latents = sample_cached_batch(first_stage, cache, cfg.batch_size, generator)
-        return diffusion_loss(unet, scheduler, latents, generator)
+    def loss_fn(net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
+        if cond_ids is None:
+            latents = sample_cached_batch(first_stage, cache, cfg.batch_size, generator)
+            return diffusion_loss(net, scheduler, latents, generator)
+        index = torch.randint(0, len(cache), (cfg.batch_size,), generator=generator, device=cache.mean.device)
+        latents = sample_cached_batch(first_stage, cache, cfg.batch_size, generator, index)
+        condition = drop_conditions(cond_ids[index.to(cond_ids.device)], null_ids, cfg.condition_dropout, generator)
+        return diffusion_loss(net, scheduler, latents, generator, condition=condition)
 
     run_key = {
         "kind": "diffusion", "factor": cfg.factor, "dataset": cfg.dataset, "resolution": cfg.resolution,
         "param_budget": cfg.param_budget, "seed": cfg.seed, "batch_size": cfg.batch_size,
         "autoencoder": str(cfg.autoencoder) if cfg.autoencoder else None, "max_images": cfg.max_images,
     }
-    result = run_training(pipe.unet, loss_fn, cfg, accelerator, use_ema=True, run_key=run_key)
+    if cfg.condition != "none":
+        run_key.update(condition=cfg.condition, condition_dropout=cfg.condition_dropout,
+                       condition_width=cfg.condition_width)
+    result = run_training(model, loss_fn, cfg, accelerator, use_ema=True, run_key=run_key)
     summary = {}
     if accelerator.is_main_process:
-        result.ema.copy_to(pipe.unet.parameters())
+        result.ema.copy_to(model.parameters())
         pipe.to("cpu").save_pretrained(cfg.out, safe_serialization=True)
         counts = pipe.parameter_counts()
         summary = _summary(result, cfg, {
             "factor": cfg.factor, "kind": first_stage.kind, "dataset": cfg.dataset, "resolution": cfg.resolution,
             "latent_shape": list(first_stage.latent_shape(cfg.resolution)),
             "unet_params": counts["unet"], "ae_params": counts["vae"],
+            "condition": cfg.condition, "condition_params": counts["condition_encoder"],
+            "condition_dropout": cfg.condition_dropout if cfg.condition != "none" else None,
         })
         write_json_atomic(cfg.out / "training.json", summary)
     return summary

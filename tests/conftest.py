@@ -44,3 +44,27 @@ def tiny_ldm(tmp_path_factory: pytest.TempPathFactory, tiny_autoencoder: Path) -
         "--out", out,
     ) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_class_ldm(tmp_path_factory: pytest.TempPathFactory, tiny_autoencoder: Path) -> Path:
+    """A class-conditional (cross-attention) LDM-4, trained briefly on 16 px Fashion-MNIST."""
+    out = tmp_path_factory.mktemp("cond") / "ldm-f4-class"
+    assert run_cli(
+        "train-diffusion", "--factor", 4, "--autoencoder", tiny_autoencoder, "--dataset", "fashion-mnist",
+        "--resolution", 16, "--max-steps", 8, "--batch-size", 16, "--param-budget", 30000, "--max-images", 256,
+        "--condition", "class", "--condition-width", 16, "--out", out,
+    ) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text-conditional pixel-space model (f = 1) with its own tokenizer and text encoder."""
+    out = tmp_path_factory.mktemp("cond") / "dm-f1-text"
+    assert run_cli(
+        "train-diffusion", "--factor", 1, "--dataset", "fashion-mnist", "--resolution", 16, "--max-steps", 8,
+        "--batch-size", 16, "--param-budget", 30000, "--max-images", 256, "--condition", "text",
+        "--condition-width", 16, "--out", out,
+    ) == 0
+    return out

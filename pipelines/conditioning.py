@@ -1,0 +1,278 @@
+"""Conditions for cross-attention: class labels and text prompts, turned into tokens.
+
+The paper's conditional LDMs map a condition y through a domain encoder tau_theta(y) to a
+sequence of tokens that every attention block of the UNet attends to (cross-attention).
+Two encoders, both trained jointly with the UNet from scratch:
+
+- ``class``: :class:`ClassEmbedder`, one learned token per label;
+- ``text``: a small CLIP-style transformer (``transformers.CLIPTextModel``) reading a
+  byte-level BPE tokenizer trained offline on the captions with ``tokenizers``.
+
+Each encoder has one extra input meaning "no condition" (the null class / the empty
+caption). Condition dropout trains it; classifier-free guidance subtracts it at sampling.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from .data import FASHION_MNIST_CLASSES, UTK_RACES, ImageDataset
+
+ConditionKind = Literal["none", "class", "text"]
+CONDITION_KINDS: tuple[str, ...] = ("none", "class", "text")
+MAX_GUIDANCE = 50.0
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+
+
+class ConditionError(ValueError):
+    """A condition the model cannot take: unknown label, empty prompt, wrong kind..."""
+
+
+class ClassEmbedder(ModelMixin, ConfigMixin):
+    """One learned cross-attention token per class, plus one for "no condition".
+
+    Written by hand because diffusers has no stand-alone class-token encoder that saves as
+    a pipeline component (``UNet2DConditionModel``'s class embedding is added to the time
+    embedding, which is not the paper's cross-attention conditioning).
+    """
+
+    @register_to_config
+    def __init__(self, class_names: Sequence[str] = ("class 0",), embed_dim: int = 64):
+        super().__init__()
+        if len(class_names) < 1:
+            raise ConditionError("A class-conditional model needs at least one class name.")
+        self.embedding = nn.Embedding(len(class_names) + 1, embed_dim)
+
+    @property
+    def null_id(self) -> int:
+        return len(self.config.class_names)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Label ids (B,) to tokens (B, 1, embed_dim)."""
+        return self.embedding(ids).unsqueeze(1)
+
+    def label_id(self, label: int | str) -> int:
+        """A class index or name (case-insensitive) to its id; unknown ones are a clear error."""
+        names = list(self.config.class_names)
+        if isinstance(label, (int,)) and not isinstance(label, bool):
+            if 0 <= label < len(names):
+                return int(label)
+            raise ConditionError(f"Label {label} is out of range: this model knows labels 0 to {len(names) - 1}.")
+        text = str(label).strip()
+        if text.isdigit():
+            return self.label_id(int(text))
+        lowered = [n.lower() for n in names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        raise ConditionError(f"Unknown label {text!r}; this model knows: {', '.join(names)}.")
+
+
+ConditionEncoder = ClassEmbedder | CLIPTextModel
+
+
+def condition_kind(encoder: nn.Module | None) -> ConditionKind:
+    if encoder is None:
+        return "none"
+    return "class" if isinstance(encoder, ClassEmbedder) else "text"
+
+
+def encode_condition(encoder: ConditionEncoder, ids: torch.Tensor) -> torch.Tensor:
+    """Condition ids to the UNet's cross-attention tokens (B, tokens, width)."""
+    if isinstance(encoder, ClassEmbedder):
+        return encoder(ids)
+    return encoder(input_ids=ids).last_hidden_state
+
+
+# --- captions and labels from the data ---------------------------------------------------
+
+
+def _article(word: str) -> str:
+    """'a' or 'an' by sound: 'an ankle boot', 'an 8-year-old', 'an 18-year-old', 'a 30-year-old'."""
+    digits = word[: len(word) - len(word.lstrip("0123456789"))]
+    if digits:
+        return "an" if digits.startswith("8") or digits in ("11", "18") else "a"
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def class_caption(name: str) -> str:
+    """'ankle boot' -> 'a photo of an ankle boot'."""
+    return f"a photo of {_article(name)} {name}"
+
+
+def person_caption(age: int, gender: int, race: int) -> str:
+    """UTKFace labels -> 'a photo of a 30-year-old Asian woman' (gender 0 male, 1 female)."""
+    if age < 18:
+        noun = ("boy", "girl")[gender]
+    else:
+        noun = ("man", "woman")[gender]
+    race_word = UTK_RACES[race] if 0 <= race < len(UTK_RACES) and UTK_RACES[race] != "Other" else ""
+    age_word = f"{age}-year-old"
+    middle = " ".join(w for w in (age_word, race_word, noun) if w)
+    return f"a photo of {_article(middle)} {middle}"
+
+
+def utk_class_names() -> tuple[str, ...]:
+    """The class condition for faces: race x gender ('Asian woman')."""
+    return tuple(f"{race} {gender}" for race in UTK_RACES for gender in ("man", "woman"))
+
+
+def dataset_classes(data: ImageDataset) -> tuple[tuple[str, ...], torch.Tensor]:
+    """Class names and one label per image (-1 where the label is unknown)."""
+    if "class" in data.labels:
+        names = data.class_names.get("class", FASHION_MNIST_CLASSES)
+        return tuple(names), data.labels["class"].clone()
+    if "race" in data.labels and "gender" in data.labels:
+        race, gender = data.labels["race"], data.labels["gender"]
+        labels = torch.where((race >= 0) & (gender >= 0), race * 2 + gender, torch.full_like(race, -1))
+        return utk_class_names(), labels
+    raise ConditionError(
+        f"The data set '{data.name}' has no labels to condition on (Fashion-MNIST classes or UTKFace file names)."
+    )
+
+
+def dataset_captions(data: ImageDataset) -> list[str]:
+    """One caption per image ('' where the labels are unknown: trained as "no condition")."""
+    if "class" in data.labels:
+        names = data.class_names.get("class", FASHION_MNIST_CLASSES)
+        return [class_caption(names[i]) if i >= 0 else "" for i in data.labels["class"].tolist()]
+    if all(k in data.labels for k in ("age", "gender", "race")):
+        ages, genders, races = (data.labels[k].tolist() for k in ("age", "gender", "race"))
+        return [person_caption(a, g, r) if a >= 0 and g >= 0 else "" for a, g, r in zip(ages, genders, races)]
+    raise ConditionError(f"The data set '{data.name}' has no labels to write captions from.")
+
+
+# --- the text side -----------------------------------------------------------------------
+
+
+def build_tokenizer(captions: Sequence[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the captions (offline, in well under a second).
+
+    Byte-level BPE encodes any prompt (no unknown token) and decodes it back exactly; words
+    seen in the captions become single tokens once the vocabulary is large enough.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    texts = [c for c in captions if c]
+    if not texts:
+        raise ConditionError("No captions to build a tokenizer from.")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    bos, eos = tok.token_to_id("<bos>"), tok.token_to_id("<eos>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", bos), ("<eos>", eos)]
+    )
+    longest = max(len(tok.encode(t).ids) for t in texts) + 8  # room for prompts a little longer than the captions
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        model_max_length=longest, padding_side="right",
+    )
+
+
+def build_text_encoder(
+    tokenizer: PreTrainedTokenizerFast, width: int = 64, layers: int = 2, heads: int = 4
+) -> CLIPTextModel:
+    """A small CLIP text transformer, from scratch, sized for the tokenizer."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def tokenize(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> torch.Tensor:
+    """Captions to padded token ids (B, model_max_length); over-long prompts are an error."""
+    length = tokenizer.model_max_length
+    out = tokenizer(list(texts), padding="max_length", truncation=False, return_tensors=None)["input_ids"]
+    for text, ids in zip(texts, out):
+        if len(ids) > length:
+            raise ConditionError(
+                f"The prompt {text!r} is {len(ids) - 2} tokens long; this model reads at most {length - 2}."
+            )
+    return torch.tensor(out, dtype=torch.long)
+
+
+def build_condition_encoder(
+    kind: ConditionKind, data: ImageDataset, width: int = 64
+) -> tuple[ConditionEncoder, PreTrainedTokenizerFast | None, torch.Tensor, torch.Tensor]:
+    """The encoder for ``kind``, its tokenizer, per-image condition ids and the null ids."""
+    if kind == "class":
+        names, labels = dataset_classes(data)
+        encoder = ClassEmbedder(class_names=list(names), embed_dim=width)
+        ids = torch.where(labels >= 0, labels, torch.full_like(labels, encoder.null_id))
+        return encoder, None, ids, torch.tensor(encoder.null_id)
+    if kind == "text":
+        captions = dataset_captions(data)
+        tokenizer = build_tokenizer(captions)
+        encoder = build_text_encoder(tokenizer, width=width)
+        return encoder, tokenizer, tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
+    raise ConditionError(f"Unknown condition {kind!r}; choose one of {', '.join(CONDITION_KINDS)}.")
+
+
+# --- requests at sampling time -----------------------------------------------------------
+
+
+def _broadcast(values: Sequence | str | int, n: int, what: str) -> list:
+    items = [values] if isinstance(values, (str, int)) else list(values)
+    if len(items) == 1:
+        return items * n
+    if len(items) != n:
+        raise ConditionError(f"Give one {what} or one per image ({n}); got {len(items)}.")
+    return items
+
+
+def condition_ids(
+    encoder: ConditionEncoder | None,
+    tokenizer: PreTrainedTokenizerFast | None,
+    num_images: int,
+    labels: Sequence[int | str] | int | str | None = None,
+    prompt: Sequence[str] | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Ids for the requested condition and for "no condition", or None (unconditional model).
+
+    A conditional model asked for nothing samples unconditionally (the null condition).
+    """
+    kind = condition_kind(encoder)
+    if kind == "none":
+        if labels is not None or prompt is not None:
+            raise ConditionError("This model is unconditional: it takes no label or prompt.")
+        return None
+    if kind == "class":
+        if prompt is not None:
+            raise ConditionError("This model is class-conditional: give a label, not a prompt.")
+        null = torch.full((num_images,), encoder.null_id, dtype=torch.long)
+        if labels is None:
+            return null, null
+        ids = torch.tensor([encoder.label_id(v) for v in _broadcast(labels, num_images, "label")], dtype=torch.long)
+        return ids, null
+    if labels is not None:
+        raise ConditionError("This model is text-conditional: give a prompt, not a label.")
+    null = tokenize(tokenizer, [""]).repeat(num_images, 1)
+    if prompt is None:
+        return null, null
+    prompts = _broadcast(prompt, num_images, "prompt")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ConditionError("The prompt is empty: write what to draw, e.g. 'a photo of an ankle boot'.")
+    return tokenize(tokenizer, [p.strip() for p in prompts]), null
+
+
+def validate_guidance(guidance_scale: float, kind: ConditionKind) -> float:
+    value = float(guidance_scale)
+    if not (value == value) or not 0.0 <= value <= MAX_GUIDANCE:
+        raise ConditionError(f"Guidance scale must be from 0 to {MAX_GUIDANCE:g} (got {guidance_scale!r}).")
+    if kind == "none" and value != 1.0:
+        raise ConditionError("Guidance needs a conditional model; this one is unconditional (use guidance 1).")
+    return value
