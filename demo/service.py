@@ -1,13 +1,17 @@
 """What the demo does, without any UI: load models once, sample, reconstruct, time.
 
 Sampling and timing go through ``ldm_eval.profiling.timed_sampling`` and models through
-``pipelines.load_pipeline``, exactly as in the evaluation harness.
+``pipelines.load_pipeline``, exactly as in the evaluation harness. Conditions (a class label,
+a text prompt, a guidance scale) go down the same path; the pipelines check them and the
+demo turns their errors into messages for the user.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,6 +19,7 @@ from PIL import Image, ImageOps
 
 from ldm_eval.profiling import TimedSamples, timed_sampling
 from ldm_eval.reconstruction import psnr, ssim
+from pipelines.conditioning import MAX_GUIDANCE, ConditionError, class_caption
 from pipelines.first_stage import FirstStage
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline, resolve_device, to_uint8
 
@@ -37,11 +42,14 @@ class Timing:
     peak_memory_mb: float | None
     memory_method: str
     device: str
+    condition: str = "unconditional"  # what was sampled, so a timing is never read without its request
+    guidance: float = 1.0
 
     @classmethod
-    def of(cls, timed: TimedSamples, device: str) -> "Timing":
+    def of(cls, timed: TimedSamples, device: str, condition: str = "unconditional", guidance: float = 1.0) -> "Timing":
         return cls(round(timed.seconds, 4), round(timed.samples_per_s, 3),
-                   None if timed.peak_mb is None else round(timed.peak_mb, 1), timed.memory_method, device)
+                   None if timed.peak_mb is None else round(timed.peak_mb, 1), timed.memory_method, device,
+                   condition, guidance)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -54,6 +62,87 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
     if not low <= number <= high:
         raise DemoInputError(f"{name} must be from {low} to {high} (got {number}).")
     return number
+
+
+def _check_guidance(value: object) -> float:
+    """A real number in 0..MAX_GUIDANCE; checked here too so the message names the demo's control."""
+    message = f"Guidance must be a number from 0 to {MAX_GUIDANCE:g} (1 = plain conditional model)"
+    if isinstance(value, bool):
+        raise DemoInputError(f"{message}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"{message}; got {value!r}.") from None
+    if not math.isfinite(number) or not 0.0 <= number <= MAX_GUIDANCE:
+        raise DemoInputError(f"{message}; got {value!r}.")
+    return number
+
+
+def _blank(text: str | None) -> bool:
+    return text is None or not str(text).strip()
+
+
+class Condition(NamedTuple):
+    """What one model is asked for: the pipeline's keyword arguments and a caption for people."""
+
+    labels: str | None
+    prompt: str | None
+    guidance: float
+    caption: str
+
+
+def condition_for_one(entry: ModelEntry, label: str | None, prompt: str | None, guidance: float) -> Condition:
+    """Generate: one model, so a condition it cannot take is the user's mistake and is refused.
+
+    A blank label or prompt box means "none" for models that do not read it; a text model
+    given a blank (not None) prompt is asked to write one, since that is almost always a slip.
+    """
+    label = None if _blank(label) else str(label).strip()
+    if entry.condition == "none":
+        if label is not None or not _blank(prompt) or guidance != 1.0:
+            raise DemoInputError(
+                f"{entry.label} is unconditional: it takes no label or prompt, and guidance must be 1.")
+        return Condition(None, None, 1.0, "unconditional")
+    if entry.condition == "class":
+        if not _blank(prompt):
+            raise DemoInputError(f"{entry.label} takes class labels, not prompts: pick a label and clear the prompt.")
+        return Condition(label, None, guidance, f"label: {label}" if label else "no label (unconditional sample)")
+    if label is not None:
+        raise DemoInputError(f"{entry.label} takes text prompts, not labels: write a prompt such as "
+                             f"'{class_caption(label)}'.")
+    if prompt is None:
+        return Condition(None, None, guidance, "no prompt (unconditional sample)")
+    if _blank(prompt):
+        raise DemoInputError("The prompt is empty: write what to draw, e.g. 'a photo of an ankle boot'.")
+    prompt = str(prompt).strip()
+    return Condition(None, prompt, guidance, f"prompt: {prompt!r}")
+
+
+def condition_for_many(entry: ModelEntry, label: str | None, prompt: str | None, guidance: float) -> Condition:
+    """Compare: one request across models of every kind, so each takes what it can read.
+
+    A class model uses the label; a text model the prompt, or the label's caption when no
+    prompt is written (so one label compares class and text models); an unconditional model
+    ignores the condition and guidance, and its caption says so.
+    """
+    label = None if _blank(label) else str(label).strip()
+    prompt = None if _blank(prompt) else str(prompt).strip()
+    if entry.condition == "none":
+        asked = label is not None or prompt is not None or guidance != 1.0
+        return Condition(None, None, 1.0, "unconditional: condition ignored" if asked else "unconditional")
+    if entry.condition == "class":
+        return Condition(label, None, guidance, f"label: {label}" if label else "no label")
+    if prompt is None and label is not None:
+        prompt = class_caption(label)
+    return Condition(None, prompt, guidance, f"prompt: {prompt!r}" if prompt else "no prompt")
+
+
+class ComparedModel(NamedTuple):
+    entry: ModelEntry
+    timed: TimedSamples
+    timing: Timing
+    fid: str
+    condition: Condition
 
 
 def prepare_upload(image: Image.Image | np.ndarray | str | Path, resolution: int, channels: int) -> torch.Tensor:
@@ -124,25 +213,42 @@ class Lab:
 
     # --- the four actions ---------------------------------------------------------------
 
-    def generate(self, model: str, sampler: str, steps: int, seed: int, n: int, trajectory: bool = False):
-        if sampler not in ("ddim", "ddpm"):
-            raise DemoInputError("Sampler must be DDIM or DDPM.")
-        steps = _check_int("Steps", steps, 1, MAX_STEPS)
-        n = _check_int("Number of images", n, 1, MAX_IMAGES)
-        seed = _check_int("Seed", seed, 0, 2**31 - 1)
-        pipe = self.pipeline(model)
-        timed = timed_sampling(pipe, n, steps, sampler, seed=seed, batch_size=MAX_IMAGES, return_trajectory=trajectory)
-        return timed, Timing.of(timed, str(self.device))
+    def generate(self, model: str, sampler: str, steps: int, seed: int, n: int, trajectory: bool = False, *,
+                 label: str | None = None, prompt: str | None = None, guidance: float = 1.0):
+        """Samples from one model; a label, prompt or guidance it cannot take is refused."""
+        timed, timing, _ = self._sample(model, sampler, steps, seed, n, trajectory, label, prompt, guidance,
+                                        condition_for_one)
+        return timed, timing
 
-    def compare(self, models: list[str], sampler: str, steps: int, seed: int, n: int = 1):
+    def compare(self, models: list[str], sampler: str, steps: int, seed: int, n: int = 1, *,
+                label: str | None = None, prompt: str | None = None, guidance: float = 1.0) -> list[ComparedModel]:
+        """The same seed (and condition, where a model reads one) through every chosen model."""
         if not models:
             raise DemoInputError("Pick at least one model to compare.")
         results = self.results()[0]
         rows = []
         for name in models:
-            timed, timing = self.generate(name, sampler, steps, seed, n)
-            rows.append((self.entry(name), timed, timing, model_fid(results, self.entry(name))))
+            timed, timing, condition = self._sample(name, sampler, steps, seed, n, False, label, prompt, guidance,
+                                                    condition_for_many)
+            rows.append(ComparedModel(self.entry(name), timed, timing, model_fid(results, self.entry(name)), condition))
         return rows
+
+    def _sample(self, model, sampler, steps, seed, n, trajectory, label, prompt, guidance, resolve):
+        """Check every input, then sample through the harness's timing path (one code path for both actions)."""
+        if sampler not in ("ddim", "ddpm"):
+            raise DemoInputError("Sampler must be DDIM or DDPM.")
+        steps = _check_int("Steps", steps, 1, MAX_STEPS)
+        n = _check_int("Number of images", n, 1, MAX_IMAGES)
+        seed = _check_int("Seed", seed, 0, 2**31 - 1)
+        condition = resolve(self.entry(model), label, prompt, _check_guidance(guidance))
+        pipe = self.pipeline(model)
+        try:
+            timed = timed_sampling(pipe, n, steps, sampler, seed=seed, batch_size=MAX_IMAGES,
+                                   return_trajectory=trajectory, labels=condition.labels, prompt=condition.prompt,
+                                   guidance_scale=condition.guidance)
+        except ConditionError as err:  # unknown label, over-long prompt...: the user's to fix
+            raise DemoInputError(str(err)) from None
+        return timed, Timing.of(timed, str(self.device), condition.caption, condition.guidance), condition
 
     def reconstruct(self, image, models: list[str]) -> list[dict]:
         """The image through each model's first stage: reconstruction, PSNR/SSIM, latents."""

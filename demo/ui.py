@@ -9,14 +9,20 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipelines.data import load_dataset
+from pipelines.data import FASHION_MNIST_CLASSES, load_dataset
 from pipelines.pipeline import to_uint8
 
 from .service import MAX_IMAGES, MAX_STEPS, DemoInputError, Lab
+from .zoo import CONDITION_WORDS, ModelEntry
 
 INTRO = """# LDM Lab: why latent diffusion works
 Pixel-space diffusion (f = 1) against latent diffusion whose autoencoder shrinks each side by f.
 Same denoiser size everywhere: watch time and memory fall as f grows, and detail go when f is too big."""
+
+NO_LABEL = ("(no label)", "")
+PROMPT_EXAMPLE = "a photo of an ankle boot"
+GUIDANCE_MAX = 15  # the slider's range; the service accepts up to 50 from the API
+GUIDANCE_INFO = "1 = plain conditional model; higher = more faithful, less diverse"
 
 
 def _user_errors(fn):
@@ -40,24 +46,69 @@ def _upscale(image: Image.Image, size: int = 128) -> Image.Image:
     return image.resize((size, size), Image.Resampling.NEAREST) if image.width < size else image
 
 
+def _label_choices(names: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """Class names for the label picker, led by the empty choice (= no label: unconditional sample)."""
+    return [NO_LABEL] + [(n, n) for n in names]
+
+
+def _all_class_names(models: list[ModelEntry]) -> list[str]:
+    """The union of the class models' names in order, or Fashion-MNIST's, so API callers can name any class."""
+    names = list(dict.fromkeys(n for m in models if m.condition == "class" for n in m.class_names))
+    return names or list(FASHION_MNIST_CLASSES)
+
+
+def _class_names(entry: ModelEntry | None) -> list[str]:
+    return list(entry.class_names) if entry is not None and entry.condition == "class" else []
+
+
+def _condition_note(entry: ModelEntry | None) -> str:
+    """One line under the model picker saying what this model reads."""
+    if entry is None:
+        return ""
+    if entry.condition == "none":
+        return "This model is **unconditional**: label, prompt and guidance do not apply (keep guidance at 1)."
+    return f"This model is conditioned on **{CONDITION_WORDS[entry.condition]}**."
+
+
 def build_app(lab: Lab) -> gr.Blocks:
     labels = [m.label for m in lab.models]
-    default = next((m.label for m in lab.models if m.factor == 4), labels[0] if labels else None)
+    default = next((m.label for m in lab.models if m.factor == 4 and m.condition == "none"),
+                   next((m.label for m in lab.models if m.factor == 4), labels[0] if labels else None))
+    default_entry = lab.entry(default) if default else None
+    default_kind = default_entry.condition if default_entry is not None else "none"
+    all_classes = _all_class_names(lab.models)
 
     @_user_errors
-    def generate(model, sampler, steps, seed, n):
-        timed, timing = lab.generate(model, sampler.lower(), steps, seed, n)
+    def generate(model, sampler, steps, seed, n, label=None, prompt=None, guidance=1.0):
+        timed, timing = lab.generate(model, sampler.lower(), steps, seed, n, label=label, prompt=prompt,
+                                     guidance=1.0 if guidance is None else guidance)
         images = [_upscale(_pil(img)) for img in to_uint8(timed.images)]
         return images, timing.__dict__
 
+    def generate_model_changed(model, label):
+        """Offer the chosen model's own classes, and clear the inputs it cannot read (so Generate works)."""
+        try:
+            entry = lab.entry(model)
+        except DemoInputError:
+            entry = None
+        kind, names = (entry.condition if entry is not None else "none"), _class_names(entry)
+        label = gr.Dropdown(choices=_label_choices(names), value=label if label in names else "",
+                            interactive=kind == "class")
+        prompt = gr.Textbox(interactive=True) if kind == "text" else gr.Textbox(value="", interactive=False)
+        guidance = gr.Slider(interactive=True) if kind != "none" else gr.Slider(value=1, interactive=False)
+        return label, prompt, guidance, _condition_note(entry)
+
     @_user_errors
-    def compare(models, sampler, steps, seed):
-        rows = lab.compare(models or [], sampler.lower(), steps, seed)
+    def compare(models, sampler, steps, seed, label=None, prompt=None, guidance=1.0):
+        rows = lab.compare(models or [], sampler.lower(), steps, seed, label=label, prompt=prompt,
+                           guidance=1.0 if guidance is None else guidance)
         gallery, table = [], []
-        for entry, timed, timing, fid in rows:
-            caption = f"f={entry.factor}: {timing.wall_seconds:.2f} s, {timing.peak_memory_mb or 0:.0f} MB; {fid}"
+        for entry, timed, timing, fid, condition in rows:
+            caption = (f"f={entry.factor} ({condition.caption}): {timing.wall_seconds:.2f} s, "
+                       f"{timing.peak_memory_mb or 0:.0f} MB; {fid}")
             gallery.append((_upscale(_pil(to_uint8(timed.images)[0])), caption))
-            table.append({"model": entry.label, "factor": entry.factor, "wall_s": timing.wall_seconds,
+            table.append({"model": entry.label, "factor": entry.factor, "condition": condition.caption,
+                          "guidance": condition.guidance, "wall_s": timing.wall_seconds,
                           "samples_per_s": timing.samples_per_s, "peak_memory_mb": timing.peak_memory_mb,
                           "memory": timing.memory_method, "fid (latest report)": fid})
         return gallery, pd.DataFrame(table)
@@ -100,24 +151,47 @@ def build_app(lab: Lab) -> gr.Blocks:
             with gr.Row():
                 g_model = gr.Dropdown(labels, value=default, label="Model")
                 g_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
+            g_note = gr.Markdown(_condition_note(default_entry), elem_id="generate-condition-note")
             with gr.Row():
                 g_steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
                 g_seed = gr.Number(0, precision=0, label="Seed")
                 g_n = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="Images")
+            with gr.Row():
+                # API callers never fire the model-change event: until it fires, offer every known class
+                g_label = gr.Dropdown(_label_choices(all_classes), value="", label="Class label",
+                                      elem_id="generate-label", interactive=default_kind == "class",
+                                      info="Class-conditional models only")
+                g_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="generate-prompt",
+                                      interactive=default_kind == "text", info="Text-conditional models only")
+                g_guidance = gr.Slider(0, GUIDANCE_MAX, value=1, step=0.5, label="Guidance scale",
+                                       info=GUIDANCE_INFO, elem_id="generate-guidance",
+                                       interactive=default_kind != "none")
             g_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
             g_gallery = gr.Gallery(label="Samples", columns=8, elem_id="generate-gallery")
-            g_timing = gr.JSON(label="Timing")
-            g_button.click(generate, [g_model, g_sampler, g_steps, g_seed, g_n], [g_gallery, g_timing], api_name="generate")
+            g_timing = gr.JSON(label="Timing", elem_id="generate-timing")
+            g_model.change(generate_model_changed, [g_model, g_label], [g_label, g_prompt, g_guidance, g_note],
+                           api_visibility="private")
+            g_button.click(generate, [g_model, g_sampler, g_steps, g_seed, g_n, g_label, g_prompt, g_guidance],
+                           [g_gallery, g_timing], api_name="generate")
         with gr.Tab("Compare factors"):
             c_models = gr.CheckboxGroup(labels, value=labels[:6], label="Models")
             with gr.Row():
                 c_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
                 c_steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
                 c_seed = gr.Number(0, precision=0, label="Seed")
+            with gr.Row():
+                c_label = gr.Dropdown(_label_choices(all_classes), value="", label="Class label",
+                                      elem_id="compare-label",
+                                      info="Class models use it; text models without a prompt use its caption")
+                c_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="compare-prompt",
+                                      info="Text-conditional models only; unconditional models ignore both")
+                c_guidance = gr.Slider(0, GUIDANCE_MAX, value=1, step=0.5, label="Guidance scale",
+                                       info=GUIDANCE_INFO, elem_id="compare-guidance")
             c_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             c_gallery = gr.Gallery(label="Same seed, every factor", columns=6, elem_id="compare-gallery")
             c_table = gr.Dataframe(label="Time, memory and FID")
-            c_button.click(compare, [c_models, c_sampler, c_steps, c_seed], [c_gallery, c_table], api_name="compare")
+            c_button.click(compare, [c_models, c_sampler, c_steps, c_seed, c_label, c_prompt, c_guidance],
+                           [c_gallery, c_table], api_name="compare")
         with gr.Tab("Autoencoder explorer"):
             with gr.Row():
                 r_image = gr.Image(type="filepath", label="Upload an image (up to 10 MB)")

@@ -2,7 +2,9 @@
 
 A model is any folder with a ``model_index.json`` that ``pipelines.load_pipeline`` opens.
 Its facts (factor, data, training time) come from the ``training.json`` the trainer wrote
-and its FID from the newest ``results.csv`` the harness wrote next to it.
+and its FID from the newest ``results.csv`` the harness wrote next to it. Its condition
+(none, class labels, text prompts) is read from the pipeline's own files, so the lists can
+say which models take labels or prompts without loading any weights.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+CONDITION_WORDS = {"none": "unconditional", "class": "class labels", "text": "text prompts"}
 DEFAULT_MODEL_DIRS = (REPO / "models", REPO / "runs")
 DEFAULT_REPORT_DIRS = (REPO / "reports", REPO / "runs")
 
@@ -26,11 +29,33 @@ class ModelEntry:
     dataset: str
     resolution: int
     facts: dict = field(default_factory=dict)
+    condition: str = "none"  # "none", "class" or "text"
+    class_names: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
+        """Conditional models name their condition; unconditional labels stay as they always were."""
         space = "pixel" if self.factor == 1 else f"{self.kind.upper()} f={self.factor}"
-        return f"{self.name} ({space}, {self.dataset}, {self.resolution}px)"
+        extra = "" if self.condition == "none" else f", {CONDITION_WORDS.get(self.condition, self.condition)}"
+        return f"{self.name} ({space}, {self.dataset}, {self.resolution}px{extra})"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _condition(folder: Path, facts: dict) -> tuple[str, tuple[str, ...]]:
+    """The condition from ``model_index.json`` (what the loader will build), training.json as fallback."""
+    encoder = _read_json(folder / "model_index.json").get("condition_encoder") or [None, None]
+    kind = {"ClassEmbedder": "class", "CLIPTextModel": "text"}.get(str(encoder[-1]), str(facts.get("condition")))
+    if kind not in CONDITION_WORDS:
+        kind = "none"
+    names = _read_json(folder / "condition_encoder" / "config.json").get("class_names", []) if kind == "class" else []
+    return kind, tuple(str(n) for n in names)
 
 
 def _entry(folder: Path, root: Path) -> ModelEntry | None:
@@ -42,9 +67,11 @@ def _entry(folder: Path, root: Path) -> ModelEntry | None:
     except json.JSONDecodeError:
         return None
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
+    condition, class_names = _condition(folder, facts)
     return ModelEntry(
         name=f"{root.name}/{name}", path=folder, factor=int(facts.get("factor", 1)), kind=str(facts.get("kind", "pixel")),
         dataset=str(facts.get("dataset", "?")), resolution=int(facts.get("resolution", 0)), facts=facts,
+        condition=condition, class_names=class_names,
     )
 
 
@@ -61,7 +88,9 @@ def discover_models(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) ->
             entry = _entry(index.parent, root)
             if entry is not None:
                 found.setdefault(index.parent.resolve(), entry)
-    return sorted(found.values(), key=lambda e: (e.dataset, e.resolution, e.factor, e.kind, e.name))
+    # unconditional first within a factor, so defaults and old listings keep their order
+    return sorted(found.values(),
+                  key=lambda e: (e.dataset, e.resolution, e.factor, e.kind, e.condition != "none", e.name))
 
 
 def latest_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> tuple[pd.DataFrame | None, Path | None]:
@@ -80,6 +109,10 @@ def model_fid(results: pd.DataFrame | None, entry: ModelEntry) -> str:
     kind = "pixel" if entry.factor == 1 else entry.kind
     rows = results[(results["factor"] == entry.factor) & (results["kind"] == kind)
                    & (results["resolution"] == entry.resolution)]
+    if "condition" in rows.columns:
+        rows = rows[rows["condition"].fillna("none") == entry.condition]
+    elif entry.condition != "none":
+        rows = rows.iloc[0:0]  # the compression sweep measured unconditional models only
     if not len(rows):
         return "not in the latest report"
     rows = rows.sort_values(["fid_backend", "ddim_steps"]).groupby("fid_backend").tail(1)

@@ -97,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train and measure every factor (the default command)")
     _add_sweep_args(p)
 
+    p = sub.add_parser("cond-sweep", help="class- and text-conditional models across factors and guidance scales")
+    p.add_argument("--preset", default="cond-quick", choices=("cond-smoke", "cond-quick", "cond-gpu"))
+    p.add_argument("--factors", type=_factor_list, help="e.g. 1,4,8,16")
+    p.add_argument("--conditions", type=lambda t: tuple(v for v in t.split(",") if v), help="class,text")
+    p.add_argument("--guidance", type=_float_list, help="classifier-free guidance scales, e.g. 1,3,7")
+    p.add_argument("--train-budget", type=float, help="denoiser budget per model (steps or seconds)")
+    p.add_argument("--ae-budget", type=float, help="autoencoder budget per factor")
+    p.add_argument("--samples-per-class", type=_positive_int, help="samples per class and guidance scale")
+    p.add_argument("--ddim-steps", type=_positive_int, help="DDIM steps for the evaluation samples")
+    p.add_argument("--max-images", type=_positive_int, help="train on the first N images only")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", type=Path, help="run folder (default runs/PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run; finished measurements are kept")
+
     p = sub.add_parser("fid", help="FID (and KID) between two folders of images")
     p.add_argument("dir_a", type=Path)
     p.add_argument("dir_b", type=Path)
@@ -141,6 +156,20 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from err
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from err
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", choices=("smoke", "quick", "standard", "paper"))
     p.add_argument("--dataset", help="'fashion-mnist' (default) or a folder of images")
@@ -151,7 +180,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-budget", type=float, help="denoiser budget per factor (steps or seconds)")
     p.add_argument("--ae-budget", type=float, help="autoencoder budget per factor (steps or seconds)")
     p.add_argument("--fid-samples", type=_positive_int)
-    p.add_argument("--inception-samples", type=_positive_int)
+    p.add_argument("--inception-samples", type=_non_negative_int, help="0 skips Inception FID")
     p.add_argument("--ddim-steps", type=_int_list, help="e.g. 10,20,50,100,200")
     p.add_argument("--progress-points", type=_positive_int, help="FID checks along training")
     p.add_argument("--progress-samples", type=_positive_int, help="samples per FID check along training")
@@ -180,6 +209,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cond_sweep(args: argparse.Namespace) -> int:
+    from .conditional import cond_preset_config, run_conditional_sweep
+    from .conditional_report import conditional_summary, render_conditional_report
+
+    cfg = cond_preset_config(
+        args.preset, factors=args.factors, conditions=args.conditions, guidance=args.guidance,
+        train_budget=args.train_budget, ae_budget=args.ae_budget, samples_per_class=args.samples_per_class,
+        eval_ddim_steps=args.ddim_steps, max_images=args.max_images, mixed_precision=args.mixed_precision,
+        device=args.device, out=args.out, resume=args.resume,
+    )
+    run_dir = run_conditional_sweep(cfg)
+    report = render_conditional_report(run_dir)
+    print(conditional_summary(run_dir))
+    print(f"\nReport: {report} and {report.with_suffix('.html')}; table: {run_dir / 'results.csv'}")
+    return 0
+
+
 def cmd_fid(args: argparse.Namespace) -> int:
     from pipelines.pipeline import resolve_device
 
@@ -199,6 +245,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not args.run_dir.is_dir():
         raise ValueError(f"Run folder '{args.run_dir}' does not exist.")
+    from .conditional_report import conditional_summary, render_conditional_report
+    from .results import ResultsLog
+
+    if any(r.get("record") == "cond_eval" for r in ResultsLog(args.run_dir).records()):
+        path = render_conditional_report(args.run_dir)
+        print(conditional_summary(args.run_dir))
+        print(f"\nReport: {path}")
+        return 0
     try:
         path = render_report(args.run_dir)
     except FileNotFoundError as err:
@@ -295,6 +349,7 @@ COMMANDS = {
     "sample": cmd_sample,
     "bench-train": cmd_bench_train,
     "sweep": cmd_sweep,
+    "cond-sweep": cmd_cond_sweep,
     "fid": cmd_fid,
     "report": cmd_report,
     "export-zoo": cmd_export_zoo,

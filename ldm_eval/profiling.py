@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,18 +97,31 @@ class TimedSamples:
 def timed_sampling(
     pipe, num_images: int, steps: int, scheduler: str = "ddim", seed: int = 0, batch_size: int = 250,
     return_trajectory: bool = False,
+    labels: Sequence[int | str] | int | str | None = None,
+    prompt: Sequence[str] | str | None = None,
+    guidance_scale: float = 1.0,
 ) -> TimedSamples:
     """Sample in batches under :class:`PeakMemory`; batch ``j`` uses seed ``seed + j``.
 
-    Warm-up is the caller's business (the harness warms up once per model; the demo's
-    models are warmed when they load).
+    ``labels`` / ``prompt`` are one condition for all images or one per image (sliced per
+    batch). Warm-up is the caller's business (the harness warms up once per model; the
+    demo's models are warmed when they load).
     """
     pipe.validate_request(min(num_images, batch_size), steps)
+
+    def part(values, j: int, n: int):
+        if values is None or isinstance(values, (str, int)):
+            return values
+        values = list(values)
+        return values if len(values) == 1 else values[j : j + n]
+
     chunks, xts, x0s, timesteps = [], [], [], None
     with PeakMemory(pipe.device) as mem:
         for j in range(0, num_images, batch_size):
-            out = pipe(num_images=min(batch_size, num_images - j), num_inference_steps=steps, scheduler=scheduler,
-                       seed=seed + j, return_trajectory=return_trajectory)
+            n = min(batch_size, num_images - j)
+            out = pipe(num_images=n, num_inference_steps=steps, scheduler=scheduler, seed=seed + j,
+                       return_trajectory=return_trajectory, labels=part(labels, j, n), prompt=part(prompt, j, n),
+                       guidance_scale=guidance_scale)
             chunks.append(out.images)
             timesteps = out.timesteps
             if return_trajectory:

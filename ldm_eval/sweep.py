@@ -81,8 +81,8 @@ class SweepConfig:
                 raise SweepError(f"Unknown autoencoder kind {kind!r}; choose kl and/or vq.")
         if self.budget not in ("steps", "seconds"):
             raise SweepError(f"--budget must be 'steps' or 'seconds', not {self.budget!r}.")
-        if self.fid_samples < 2 or self.inception_samples < 2:
-            raise SweepError("FID needs at least 2 samples (--fid-samples).")
+        if self.fid_samples < 2 or self.inception_samples == 1 or self.inception_samples < 0:
+            raise SweepError("FID needs at least 2 samples (--fid-samples; --inception-samples 0 skips Inception).")
         for s in self.ddim_steps:
             if not 1 <= s <= 1000:
                 raise SweepError(f"DDIM steps must be from 1 to 1000 (got {s}).")
@@ -147,6 +147,8 @@ def _fid_records(ctx: _Context, samples: torch.Tensor, n_domain: int, base: dict
     """FID and KID of ``samples`` against held-out reals, for each backend."""
     out = []
     for backend, n in (("domain", n_domain), ("inception", min(ctx.cfg.inception_samples, n_domain))):
+        if n == 0:
+            continue  # Inception skipped (--inception-samples 0)
         ref = ctx.reference[backend][:n]
         feats = compute_features(samples[:n], backend, ctx.device, classifier=ctx.classifier)
         kid, kid_std = kid_from_features(ref, feats, 50, min(1000, n))
@@ -158,6 +160,8 @@ def _fid_records(ctx: _Context, samples: torch.Tensor, n_domain: int, base: dict
 def _reference(ctx: _Context, run_dir: Path) -> None:
     """Features of held-out real images, computed once per run (cached for --resume)."""
     for backend, n in (("domain", ctx.cfg.fid_samples), ("inception", ctx.cfg.inception_samples)):
+        if n == 0:
+            continue
         path = run_dir / "reference" / f"{backend}-{n}.npy"
         if path.is_file():
             ctx.reference[backend] = np.load(path)
@@ -206,7 +210,8 @@ def _train_autoencoder(ctx: _Context, kind: str, factor: int) -> Path:
     recon_u8 = ((torch.cat(recon) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     m = reconstruction_metrics(real, recon_u8, ctx.device, rfid=False)
     n_inc = min(cfg.inception_samples, n)
-    rfid = reconstruction_metrics(real[:n_inc], recon_u8[:n_inc], ctx.device)
+    rfid = reconstruction_metrics(real[:n_inc], recon_u8[:n_inc], ctx.device) if n_inc else {"rfid": None,
+                                                                                            "rfid_backend": None}
     _image_grid((torch.cat([real[:32], recon_u8[:32]]).permute(0, 2, 3, 1).numpy() / 255.0),
                 run_dir / "grids" / f"recon-{kind}-f{factor}.png")
     ctx.log.append({

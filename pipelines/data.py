@@ -101,7 +101,9 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_mnist_files() -> Path | None:
-    for folder in FASHION_MNIST_DIRS:
+    """The folder holding the idx files: $LDM_LAB_FASHION_MNIST, else the Debian package's."""
+    env = os.environ.get("LDM_LAB_FASHION_MNIST")
+    for folder in ((Path(env),) if env else ()) + FASHION_MNIST_DIRS:
         if (folder / "train-images-idx3-ubyte.gz").is_file():
             return folder
     return None
