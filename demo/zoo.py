@@ -96,14 +96,36 @@ def discover_models(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) ->
 def latest_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> tuple[pd.DataFrame | None, Path | None]:
     """The newest harness ``results.csv`` (and its folder), or (None, None)."""
     candidates = [p for d in dirs if Path(d).is_dir() for p in Path(d).rglob("results.csv")]
+    # the conditioning sweep's tables have another shape; conditional zoo models carry metrics.json
+    candidates = [p for p in candidates if "condition" not in p.open().readline().split(",")]
     if not candidates:
         return None, None
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
     return pd.read_csv(newest), newest.parent
 
 
+def _own_metrics(entry: ModelEntry) -> str | None:
+    """Metrics exported with a zoo model (``metrics.json``): exactly this model's, from its own run."""
+    rows = _read_json(entry.path / "metrics.json").get("rows")
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        acc = f"accuracy {r['accuracy']:.2f}, " if r.get("accuracy") is not None else ""
+        g = f", g={r['guidance']:g}" if r.get("guidance") is not None else ""
+        parts.append(f"{acc}FID {r['fid']:.1f} ({r['fid_backend']}, N={int(r['fid_samples'])}, "
+                     f"DDIM {int(r['ddim_steps'])}{g})")
+    return "; ".join(parts)
+
+
 def model_fid(results: pd.DataFrame | None, entry: ModelEntry) -> str:
-    """The model's FID from the latest report, labelled with backend, N and DDIM steps."""
+    """The model's FID (and conditioning accuracy), labelled with backend, N, DDIM steps, guidance.
+
+    A zoo model's own exported metrics come first; otherwise the latest compression report.
+    """
+    own = _own_metrics(entry)
+    if own is not None:
+        return own
     if results is None:
         return "no report yet"
     kind = "pixel" if entry.factor == 1 else entry.kind

@@ -23,6 +23,8 @@ FASHION_LICENCE = "Trained on Fashion-MNIST (Zalando Research, MIT licence)."
 
 def _card(name: str, facts: dict, run_env: dict, rows: list[dict], ae: dict | None) -> str:
     licence = FASHION_LICENCE if facts.get("dataset") == "fashion-mnist" else UTKFACE_LICENCE
+    condition = facts.get("condition") or "none"
+    command = "cond-sweep" if condition != "none" else "sweep"
     lines = [
         f"# {name}", "",
         f"LDM Lab {'pixel-space DDPM' if facts['factor'] == 1 else 'latent diffusion model'}, factor f = {facts['factor']} "
@@ -31,17 +33,24 @@ def _card(name: str, facts: dict, run_env: dict, rows: list[dict], ae: dict | No
         f"- training: {facts['train_steps']} steps, batch {facts['batch_size']}, {facts['train_seconds']:.0f} s on "
         f"{facts['device_name']} ({facts['train_images_per_s']:.0f} images/s), seed {facts['seed']}",
         f"- parameters: UNet {facts['unet_params']:,}, autoencoder {facts['ae_params']:,}",
-        f"- produced by `python -m ldm_eval sweep --preset {run_env.get('config', {}).get('preset')}` "
+        f"- produced by `python -m ldm_eval {command} --preset {run_env.get('config', {}).get('preset')}` "
         f"(torch {run_env.get('torch')}, diffusers {run_env.get('diffusers')}); weights stored in fp16",
-        "", "## Measured by the harness in the same run", "",
     ]
+    if condition != "none":
+        lines[4:4] = [f"Conditioned through cross-attention on **{condition}** "
+                        f"({'a learned token per class' if condition == 'class' else 'a text transformer trained from scratch with its own BPE tokenizer'}), "
+                        f"condition dropout {facts.get('condition_dropout')}, so classifier-free guidance works; "
+                        f"condition encoder {facts.get('condition_params', 0):,} parameters.", ""]
+    lines += ["", "## Measured by the harness in the same run", ""]
     for r in rows:
         kid = f", KID {r['kid']:.4f}" if r.get("kid") is not None else ""
-        lines.append(f"- FID {r['fid']:.2f}{kid} ({r['fid_backend']} features, N={r['fid_samples']}, "
-                     f"DDIM {r['ddim_steps']} steps)")
+        accuracy = f"conditioning accuracy {r['accuracy']:.3f}, " if "accuracy" in r else ""
+        guidance = f", guidance {r['guidance']:g}" if "guidance" in r else ""
+        lines.append(f"- {accuracy}FID {r['fid']:.2f}{kid} ({r['fid_backend']} features, N={r['fid_samples']}, "
+                     f"DDIM {r['ddim_steps']} steps{guidance})")
     if ae:
-        lines.append(f"- autoencoder: PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f} (N={ae['recon_samples']}), "
-                     f"rFID {ae['rfid']:.1f} (Inception, N={ae['rfid_samples']})")
+        rfid = f", rFID {ae['rfid']:.1f} (Inception, N={ae['rfid_samples']})" if ae.get("rfid") is not None else ""
+        lines.append(f"- autoencoder: PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f} (N={ae['recon_samples']}){rfid}")
     lines += ["", "## Licence", "", licence, ""]
     return "\n".join(lines)
 
@@ -56,7 +65,12 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
             continue
         facts = json.loads((folder / "training.json").read_text())
         kind = "pixel" if facts["factor"] == 1 else facts["kind"]
-        rows = [r for r in records if r["record"] == "fid" and r["kind"] == kind and r["factor"] == facts["factor"]]
+        condition = facts.get("condition") or "none"
+        if condition == "none":
+            rows = [r for r in records if r["record"] == "fid" and r["kind"] == kind and r["factor"] == facts["factor"]]
+        else:
+            rows = [r for r in records if r["record"] == "cond_eval" and r["condition"] == condition
+                    and r["factor"] == facts["factor"]]
         ae = next((r for r in records if r["record"] == "autoencoder" and r["kind"] == facts["kind"]
                    and r["factor"] == facts["factor"]), None)
         target = out / f"{prefix}-{folder.name}"
@@ -65,6 +79,9 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
         pipe = load_pipeline(folder, device="cpu")
         pipe.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
         write_json_atomic(tmp / "training.json", facts)
+        write_json_atomic(tmp / "metrics.json", {"run": str(run_dir), "rows": [
+            {k: r.get(k) for k in ("fid", "kid", "fid_backend", "fid_samples", "ddim_steps", "accuracy", "guidance")}
+            for r in rows]})
         (tmp / "README.md").write_text(_card(f"{prefix}-{folder.name}", facts, env, rows, ae))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

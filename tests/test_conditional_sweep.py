@@ -1,0 +1,67 @@
+"""The conditioning sweep: per-class FID and conditioning accuracy across factors and guidance."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from ldm_eval.conditional_report import COND_COLUMNS
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+
+
+def test_cond_smoke_sweep_measures_accuracy_and_per_class_fid_then_resumes(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "cond"
+    assert run_cli("cond-sweep", "--preset", "cond-smoke", "--out", run) == 0
+    evals = [r for r in _records(run) if r["record"] == "cond_eval"]
+    # factors 1 and 4 x class and text x guidance 1 and 3
+    assert sorted((r["condition"], r["factor"], r["guidance"]) for r in evals) == sorted(
+        (c, f, g) for c in ("class", "text") for f in (1, 4) for g in (1.0, 3.0))
+    for r in evals:
+        assert r["n"] == 40 and r["samples_per_class"] == 4 and len(r["class_names"]) == 10
+        assert 0.0 <= r["accuracy"] <= 1.0
+        # the overall accuracy is the mean of the per-class accuracies (classes are balanced)
+        assert r["accuracy"] == pytest.approx(np.mean(r["per_class_accuracy"]))
+        assert len(r["per_class_fid"]) == 10 and all(np.isfinite(r["per_class_fid"]))
+        assert r["per_class_reference"] == [1000] * 10 and np.isfinite(r["fid"])
+    trained = {(r["condition"], r["factor"]): r for r in _records(run) if r["record"] == "cond_train"}
+    assert trained[("text", 1)]["condition_params"] > trained[("class", 1)]["condition_params"] > 0
+    clf = next(r for r in _records(run) if r["record"] == "cond_classifier")
+    assert 0.1 < clf["accuracy_on_real"] <= 1.0
+
+    table = pd.read_csv(run / "results.csv")
+    assert list(table.columns) == COND_COLUMNS and len(table) == 8
+    report = (run / "report.md").read_text()
+    assert "Per-class FID" in report and "conditioning accuracy" in report.lower()
+    assert (run / "plots" / "cond_fid_vs_accuracy.png").is_file()
+    assert len(list((run / "grids").glob("cond-*.png"))) == 8
+    assert (run / "report.html").read_text().count("data:image/png;base64") >= 10
+
+    # resuming a finished run measures nothing again; re-rendering works from the log alone
+    before = (run / "results.jsonl").read_text()
+    assert run_cli("cond-sweep", "--preset", "cond-smoke", "--out", run, "--resume") == 0
+    assert (run / "results.jsonl").read_text() == before
+    assert run_cli("report", run) == 0
+    capsys.readouterr()
+    assert run_cli("cond-sweep", "--preset", "cond-smoke", "--out", run) == 2
+    assert "already holds results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--conditions", "colour"], "Unknown condition 'colour'"),
+    (["--guidance", "1,80"], "Guidance scales must be from 0 to 50"),
+    (["--factors", "1,3"], "unknown factor 3"),
+])
+def test_cond_sweep_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    try:
+        code = run_cli("cond-sweep", "--preset", "cond-smoke", "--out", tmp_path / "x", *args)
+    except SystemExit as exit_:  # argparse refuses malformed values itself
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "results.jsonl").exists()
