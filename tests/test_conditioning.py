@@ -176,3 +176,39 @@ def test_condition_needs_labels(tmp_path: Path) -> None:
         dataset_classes(unlabeled)
     with pytest.raises(ConditionError, match="no labels"):
         dataset_captions(unlabeled)
+
+
+def test_face_folder_captions_classes_and_a_text_model(tmp_path: Path) -> None:
+    """UTKFace-style file names become captions and race x gender classes; a text model trains on them."""
+    from PIL import Image
+
+    from pipelines.conditioning import utk_class_names
+
+    rng = np.random.default_rng(0)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    people = [(30, 1, 2), (8, 0, 4), (61, 0, 0), (18, 1, 1), (45, 1, 3)] * 4
+    for i, (age, gender, race) in enumerate(people):
+        pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(faces / f"{age}_{gender}_{race}_2017{i:04d}.jpg.chip.jpg")
+    data = load_dataset(faces, 16, split="train")
+    captions = dataset_captions(data)
+    expected = {person_caption(*p) for p in people}
+    assert set(captions) <= expected and "a photo of a 30-year-old Asian woman" in expected
+    names, labels = dataset_classes(data)
+    assert names == utk_class_names() and names[2 * 2 + 1] == "Asian woman"
+    ages = data.labels["age"].tolist()
+    for caption, label, age in zip(captions, labels.tolist(), ages):
+        race_word, gender_word = names[label].split()
+        assert caption.startswith(f"a photo of a") and f"{age}-year-old" in caption
+        assert (race_word in caption) == (race_word != "Other")
+
+    out = tmp_path / "face-text"
+    assert run_cli("train-diffusion", "--factor", 1, "--dataset", faces, "--resolution", 16, "--max-steps", 3,
+                   "--batch-size", 4, "--param-budget", 20000, "--condition", "text", "--condition-width", 16,
+                   "--out", out) == 0
+    pipe = load_pipeline(out)
+    assert pipe.tokenizer.batch_decode(tokenize(pipe.tokenizer, captions[:3]), skip_special_tokens=True) == captions[:3]
+    images = pipe(num_images=2, num_inference_steps=2, seed=0, prompt="a photo of a 30-year-old Asian woman",
+                  guidance_scale=3.0).images
+    assert images.shape == (2, 16, 16, 3)
