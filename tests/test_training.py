@@ -110,15 +110,21 @@ def test_corrupt_autoencoder_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "Could not load the autoencoder" in capsys.readouterr().err
 
 
-def test_two_process_training_over_gloo(tmp_path: Path) -> None:
-    """The distributed path (what `accelerate launch` uses on GPUs), run as two CPU ranks."""
+@pytest.mark.parametrize("condition", ["none", "text"])
+def test_two_process_training_over_gloo(tmp_path: Path, condition: str) -> None:
+    """The distributed path (what `accelerate launch` uses on GPUs), run as two CPU ranks.
+
+    With ``text`` the UNet and the text encoder train as one DDP module (gradients of both synced).
+    """
     torchrun = Path(sys.executable).with_name("torchrun")
     args = [str(torchrun), "--nproc_per_node", "2", "-m", "ldm_eval", "train-diffusion", "--cpu", "--factor", "1",
             "--dataset", "fashion-mnist", "--resolution", "16", "--max-steps", "4", "--checkpoint-every", "2",
-            "--batch-size", "8", "--param-budget", "20000", "--max-images", "128", "--out", str(tmp_path / "mp")]
+            "--batch-size", "8", "--param-budget", "20000", "--max-images", "128", "--condition", condition,
+            "--condition-width", "16", "--out", str(tmp_path / "mp")]
     result = _run(args)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = __import__("json").loads((tmp_path / "mp" / "training.json").read_text())
     assert summary["num_processes"] == 2 and summary["train_images"] == 4 * 8 * 2
     assert latest_checkpoint(tmp_path / "mp").name == "step-00000004"
-    assert load_pipeline(tmp_path / "mp").factor == 1
+    pipe = load_pipeline(tmp_path / "mp")
+    assert pipe.factor == 1 and pipe.condition == condition
