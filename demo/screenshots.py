@@ -44,8 +44,30 @@ def take(url: str, out: Path, executable: str = "/usr/bin/chromium") -> list[Pat
             path = out / f"demo-{name}.png"
             page.screenshot(path=str(path), full_page=False)
             shots.append(path)
+            if name == "generate":
+                shots.append(_conditional_generate(page, out))
         browser.close()
     return shots
+
+
+def _conditional_generate(page, out: Path, label: str = "ankle boot", guidance: str = "3") -> Path:
+    """Generate with the first class-conditional model: a label and classifier-free guidance."""
+    import re
+
+    page.get_by_label("Model", exact=True).first.click()
+    page.get_by_role("option", name=re.compile("class labels")).first.click()
+    page.wait_for_selector("#generate-label input:not([disabled])", timeout=10_000)
+    page.locator("#generate-label input").click()
+    page.get_by_role("option", name=label).click()
+    page.locator("#generate-guidance input[type=number]").fill(guidance)
+    page.locator("#generate-guidance input[type=number]").press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.wait_for_function(f"document.querySelector('#generate-timing').innerText.includes('label: {label}')",
+                           timeout=120_000)
+    page.wait_for_timeout(3000)
+    path = out / "demo-generate-conditional.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
 
 
 if __name__ == "__main__":

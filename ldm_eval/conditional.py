@@ -19,28 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipelines.conditioning import CONDITION_KINDS, class_caption
-from pipelines.data import load_dataset
-from pipelines.pipeline import load_pipeline, resolve_device
+from pipelines.pipeline import load_pipeline
 from pipelines.training import DiffusionTrainConfig, train_diffusion
 
 from .fid import compute_features, fid_from_features, kid_from_features
 from .profiling import PeakMemory, timed_sampling
-from .results import ResultsLog
 from .sweep import (
     WARMUP_SAMPLES,
     SweepConfig,
     SweepError,
     _budget_kwargs,
-    _classifier,
     _Context,
     _image_grid,
-    _reference,
     _train_autoencoder,
     _uint8_nchw,
-    environment,
+    open_run,
 )
 
 
@@ -128,7 +123,7 @@ def _train(ctx: _Context, condition: str, factor: int, autoencoder: Path | None)
     return folder
 
 
-def _per_class_reference(ctx: _Context, run_dir: Path, labels: torch.Tensor) -> np.ndarray:
+def _per_class_reference(ctx: _Context, run_dir: Path) -> np.ndarray:
     """Domain features of every held-out image (per-class FID compares within a class)."""
     path = run_dir / "reference" / f"domain-all-{len(ctx.test)}.npy"
     if path.is_file():
@@ -189,26 +184,13 @@ def _evaluate(ctx: _Context, condition: str, factor: int, folder: Path, all_real
 
 def run_conditional_sweep(cfg: ConditionalSweepConfig) -> Path:
     """Run (or resume) a conditioning sweep; returns the run folder."""
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    run_dir = cfg.out
-    log = ResultsLog(run_dir)
-    if log.records() and not cfg.resume:
-        raise SweepError(f"'{run_dir}' already holds results: pass --resume to continue it, or choose a new --out.")
-    if not log.done("environment"):
-        log.append(environment(cfg, device))
-    test = load_dataset(cfg.dataset, cfg.resolution, split="test")
-    if "class" not in test.labels:
-        raise SweepError(f"The conditioning sweep needs class labels; '{cfg.dataset}' has none (use fashion-mnist).")
-    if len(test) < cfg.fid_samples:
-        raise SweepError(f"The held-out split has {len(test)} images; --fid-samples {cfg.fid_samples} needs more.")
-    ctx = _Context(cfg, log, device, test, _classifier(cfg, run_dir, device))
-    _reference(ctx, run_dir)
+    ctx = open_run(cfg, cfg.fid_samples, label_key="class")
+    run_dir, log, test = cfg.out, ctx.log, ctx.test
     if not log.done("cond-classifier"):
         log.append({"key": "cond-classifier", "record": "cond_classifier", "n": len(test),
                     "accuracy_on_real": ctx.classifier.accuracy(test.images, test.labels["class"])})
     real_labels = test.labels["class"].numpy()
-    all_real = _per_class_reference(ctx, run_dir, test.labels["class"])
+    all_real = _per_class_reference(ctx, run_dir)
     for factor in cfg.factors:
         autoencoder = _train_autoencoder(ctx, cfg.kinds[0], factor) if factor > 1 else None
         for condition in cfg.conditions:

@@ -315,22 +315,32 @@ def environment(cfg: SweepConfig, device: torch.device) -> dict:
     }
 
 
-def run_sweep(cfg: SweepConfig) -> Path:
-    """Run (or resume) a sweep; returns the run folder."""
+def open_run(cfg: SweepConfig, n_needed: int, label_key: str | None = None) -> _Context:
+    """Validate, open (or resume) the run folder; held-out data, classifier and reference features.
+
+    ``label_key`` names a label the held-out split must carry (checked before any training).
+    """
     cfg.validate()
     device = resolve_device(cfg.device)
-    run_dir = cfg.out
-    log = ResultsLog(run_dir)
+    log = ResultsLog(cfg.out)
     if log.records() and not cfg.resume:
-        raise SweepError(f"'{run_dir}' already holds results: pass --resume to continue it, or choose a new --out.")
-    if not log.done("environment"):
-        log.append(environment(cfg, device))
+        raise SweepError(f"'{cfg.out}' already holds results: pass --resume to continue it, or choose a new --out.")
     test = load_dataset(cfg.dataset, cfg.resolution, split="test")
-    n_needed = max(cfg.fid_samples, cfg.inception_samples, cfg.progress_samples)
+    if label_key is not None and label_key not in test.labels:
+        raise SweepError(f"This sweep needs '{label_key}' labels; '{cfg.dataset}' has none (use fashion-mnist).")
     if len(test) < n_needed:
         raise SweepError(f"The held-out split has {len(test)} images; --fid-samples {n_needed} needs more.")
-    ctx = _Context(cfg, log, device, test, _classifier(cfg, run_dir, device))
-    _reference(ctx, run_dir)
+    if not log.done("environment"):
+        log.append(environment(cfg, device))
+    ctx = _Context(cfg, log, device, test, _classifier(cfg, cfg.out, device))
+    _reference(ctx, cfg.out)
+    return ctx
+
+
+def run_sweep(cfg: SweepConfig) -> Path:
+    """Run (or resume) a sweep; returns the run folder."""
+    ctx = open_run(cfg, max(cfg.fid_samples, cfg.inception_samples, cfg.progress_samples))
+    run_dir = cfg.out
     jobs: list[tuple[str, int]] = [("pixel", 1)] if 1 in cfg.factors else []
     jobs += [(kind, f) for kind in cfg.kinds for f in cfg.factors if f > 1]
     for kind, factor in jobs:

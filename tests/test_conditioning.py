@@ -199,8 +199,8 @@ def test_face_folder_captions_classes_and_a_text_model(tmp_path: Path) -> None:
     assert names == utk_class_names() and names[2 * 2 + 1] == "Asian woman"
     ages = data.labels["age"].tolist()
     for caption, label, age in zip(captions, labels.tolist(), ages):
-        race_word, gender_word = names[label].split()
-        assert caption.startswith(f"a photo of a") and f"{age}-year-old" in caption
+        race_word, _ = names[label].split()
+        assert caption.startswith("a photo of a") and f"{age}-year-old" in caption
         assert (race_word in caption) == (race_word != "Other")
 
     out = tmp_path / "face-text"
