@@ -23,7 +23,7 @@ from pipelines.conditioning import MAX_GUIDANCE, ConditionError, class_caption
 from pipelines.first_stage import FirstStage
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline, resolve_device, to_uint8
 
-from .zoo import ModelEntry, discover_models, latest_results, model_fid
+from .zoo import ModelEntry, discover_models, latest_results, model_fid, sweep_results
 
 MAX_IMAGES = 16
 MAX_STEPS = 1000
@@ -225,7 +225,7 @@ class Lab:
         """The same seed (and condition, where a model reads one) through every chosen model."""
         if not models:
             raise DemoInputError("Pick at least one model to compare.")
-        results = self.results()[0]
+        results = [table for table, _ in (sweep_results(self.report_dirs) if self.report_dirs else sweep_results())]
         rows = []
         for name in models:
             timed, timing, condition = self._sample(name, sampler, steps, seed, n, False, label, prompt, guidance,

@@ -93,15 +93,18 @@ def discover_models(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) ->
                   key=lambda e: (e.dataset, e.resolution, e.factor, e.kind, e.condition != "none", e.name))
 
 
-def latest_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> tuple[pd.DataFrame | None, Path | None]:
-    """The newest harness ``results.csv`` (and its folder), or (None, None)."""
+def sweep_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> list[tuple[pd.DataFrame, Path]]:
+    """Every compression-sweep ``results.csv`` (with its folder), newest first."""
     candidates = [p for d in dirs if Path(d).is_dir() for p in Path(d).rglob("results.csv")]
     # the conditioning sweep's tables have another shape; conditional zoo models carry metrics.json
     candidates = [p for p in candidates if "condition" not in p.open().readline().split(",")]
-    if not candidates:
-        return None, None
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    return pd.read_csv(newest), newest.parent
+    return [(pd.read_csv(p), p.parent) for p in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def latest_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> tuple[pd.DataFrame | None, Path | None]:
+    """The newest harness ``results.csv`` (and its folder), or (None, None)."""
+    tables = sweep_results(dirs)
+    return tables[0] if tables else (None, None)
 
 
 def _own_metrics(entry: ModelEntry) -> str | None:
@@ -118,25 +121,28 @@ def _own_metrics(entry: ModelEntry) -> str | None:
     return "; ".join(parts)
 
 
-def model_fid(results: pd.DataFrame | None, entry: ModelEntry) -> str:
+def model_fid(results: pd.DataFrame | list[pd.DataFrame] | None, entry: ModelEntry) -> str:
     """The model's FID (and conditioning accuracy), labelled with backend, N, DDIM steps, guidance.
 
-    A zoo model's own exported metrics come first; otherwise the latest compression report.
+    A zoo model's own exported metrics come first; otherwise the newest compression report
+    (of those given, newest first) that measured this factor at this resolution.
     """
     own = _own_metrics(entry)
     if own is not None:
         return own
-    if results is None:
+    tables = [] if results is None else [results] if isinstance(results, pd.DataFrame) else list(results)
+    if not tables:
         return "no report yet"
+    if entry.condition != "none":
+        return "not in the compression reports (they measure unconditional models)"
     kind = "pixel" if entry.factor == 1 else entry.kind
-    rows = results[(results["factor"] == entry.factor) & (results["kind"] == kind)
-                   & (results["resolution"] == entry.resolution)]
-    if "condition" in rows.columns:
-        rows = rows[rows["condition"].fillna("none") == entry.condition]
-    elif entry.condition != "none":
-        rows = rows.iloc[0:0]  # the compression sweep measured unconditional models only
-    if not len(rows):
-        return "not in the latest report"
+    for table in tables:
+        rows = table[(table["factor"] == entry.factor) & (table["kind"] == kind)
+                     & (table["resolution"] == entry.resolution)]
+        if len(rows):
+            break
+    else:
+        return "not in the latest reports"
     rows = rows.sort_values(["fid_backend", "ddim_steps"]).groupby("fid_backend").tail(1)
     return "; ".join(f"FID {r.fid:.1f} ({r.fid_backend}, N={int(r.fid_samples)}, DDIM {int(r.ddim_steps)})"
                      for r in rows.itertuples())
