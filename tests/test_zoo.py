@@ -1,6 +1,5 @@
 """The shipped model zoo: size cap, fp16 safetensors, model cards, conditional models among them."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
