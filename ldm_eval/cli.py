@@ -308,8 +308,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model_dir, device=resolve_device(args.device))
     pipe.validate_request(min(args.n, args.batch_size), args.steps)
     conditions = args.label or args.prompt
-    # check the condition and guidance on a one-image request before any work starts
-    pipe(num_images=1, num_inference_steps=1, **_condition_kwargs(args, conditions[:1] if conditions else None))
+    pipe.validate_condition(1, **_condition_kwargs(args, conditions[:1] if conditions else None))  # before any work
     generator = torch.Generator("cpu").manual_seed(args.seed)
     written = 0
     with tqdm(total=args.n, desc="Sampling", unit="img") as bar:

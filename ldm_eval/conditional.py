@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.conditioning import CONDITION_KINDS, class_caption
+from pipelines.conditioning import CONDITION_KINDS, MAX_GUIDANCE, class_caption
 from pipelines.pipeline import load_pipeline
 from pipelines.training import DiffusionTrainConfig, train_diffusion
 
@@ -36,6 +36,7 @@ from .sweep import (
     _train_autoencoder,
     _uint8_nchw,
     open_run,
+    reference_features,
 )
 
 
@@ -62,8 +63,8 @@ class ConditionalSweepConfig(SweepConfig):
             if c not in CONDITION_KINDS or c == "none":
                 raise SweepError(f"Unknown condition {c!r}; choose class and/or text.")
         for g in self.guidance:
-            if not 0.0 <= g <= 50.0:
-                raise SweepError(f"Guidance scales must be from 0 to 50 (got {g}).")
+            if not 0.0 <= g <= MAX_GUIDANCE:
+                raise SweepError(f"Guidance scales must be from 0 to {MAX_GUIDANCE:g} (got {g}).")
         if self.samples_per_class < 2:
             raise SweepError("Per-class FID needs at least 2 samples per class (--samples-per-class).")
         if not 1 <= self.eval_ddim_steps <= 1000:
@@ -123,19 +124,6 @@ def _train(ctx: _Context, condition: str, factor: int, autoencoder: Path | None)
     return folder
 
 
-def _per_class_reference(ctx: _Context, run_dir: Path) -> np.ndarray:
-    """Domain features of every held-out image (per-class FID compares within a class)."""
-    path = run_dir / "reference" / f"domain-all-{len(ctx.test)}.npy"
-    if path.is_file():
-        return np.load(path)
-    feats = compute_features(ctx.test.images, "domain", ctx.device, classifier=ctx.classifier)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(path)
-    return feats
-
-
 def _evaluate(ctx: _Context, condition: str, factor: int, folder: Path, all_real: np.ndarray,
               real_labels: np.ndarray) -> None:
     cfg: ConditionalSweepConfig = ctx.cfg
@@ -185,16 +173,16 @@ def _evaluate(ctx: _Context, condition: str, factor: int, folder: Path, all_real
 def run_conditional_sweep(cfg: ConditionalSweepConfig) -> Path:
     """Run (or resume) a conditioning sweep; returns the run folder."""
     ctx = open_run(cfg, cfg.fid_samples, label_key="class")
-    run_dir, log, test = cfg.out, ctx.log, ctx.test
+    log, test = ctx.log, ctx.test
     if not log.done("cond-classifier"):
         log.append({"key": "cond-classifier", "record": "cond_classifier", "n": len(test),
                     "accuracy_on_real": ctx.classifier.accuracy(test.images, test.labels["class"])})
     real_labels = test.labels["class"].numpy()
-    all_real = _per_class_reference(ctx, run_dir)
+    all_real = reference_features(ctx, "domain", len(test))  # every held-out image: per-class FID
     for factor in cfg.factors:
         autoencoder = _train_autoencoder(ctx, cfg.kinds[0], factor) if factor > 1 else None
         for condition in cfg.conditions:
             print(f"== {condition} f={factor} ==", flush=True)
             folder = _train(ctx, condition, factor, autoencoder)
             _evaluate(ctx, condition, factor, folder, all_real, real_labels)
-    return run_dir
+    return cfg.out

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .report import _fig_to_png, _html, _md_table, _write_atomic  # noqa: E402
-from .results import ResultsLog  # noqa: E402
+from .results import ResultsLog, write_table  # noqa: E402
 
 COND_COLUMNS = [
     "condition", "factor", "kind", "guidance", "accuracy", "fid", "kid", "mean_class_fid", "fid_backend", "n",
@@ -96,9 +96,7 @@ def render_conditional_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     records = ResultsLog(run_dir).records()
     table = conditional_table(records)
-    tmp = run_dir / ".results.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(run_dir / "results.csv")
+    write_table(run_dir, table)
     env = next((r for r in records if r["record"] == "environment"), {})
     cfg = env.get("config", {})
     clf = next((r for r in records if r["record"] == "cond_classifier"), None)

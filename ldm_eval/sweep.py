@@ -157,21 +157,23 @@ def _fid_records(ctx: _Context, samples: torch.Tensor, n_domain: int, base: dict
     return out
 
 
-def _reference(ctx: _Context, run_dir: Path) -> None:
-    """Features of held-out real images, computed once per run (cached for --resume)."""
+def reference_features(ctx: _Context, backend: str, n: int) -> np.ndarray:
+    """Features of the first ``n`` held-out real images, computed once per run (cached for --resume)."""
+    path = ctx.cfg.out / "reference" / f"{backend}-{n}.npy"
+    if path.is_file():
+        return np.load(path)
+    feats = compute_features(ctx.test.images[:n], backend, ctx.device, classifier=ctx.classifier)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(path)
+    return feats
+
+
+def _reference(ctx: _Context) -> None:
     for backend, n in (("domain", ctx.cfg.fid_samples), ("inception", ctx.cfg.inception_samples)):
-        if n == 0:
-            continue
-        path = run_dir / "reference" / f"{backend}-{n}.npy"
-        if path.is_file():
-            ctx.reference[backend] = np.load(path)
-            continue
-        feats = compute_features(ctx.test.images[:n], backend, ctx.device, classifier=ctx.classifier)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npy")
-        np.save(tmp, feats)
-        tmp.replace(path)
-        ctx.reference[backend] = feats
+        if n > 0:  # 0: Inception skipped
+            ctx.reference[backend] = reference_features(ctx, backend, n)
 
 
 def _classifier(cfg: SweepConfig, run_dir: Path, device: torch.device) -> DomainClassifier:
@@ -333,7 +335,7 @@ def open_run(cfg: SweepConfig, n_needed: int, label_key: str | None = None) -> _
     if not log.done("environment"):
         log.append(environment(cfg, device))
     ctx = _Context(cfg, log, device, test, _classifier(cfg, cfg.out, device))
-    _reference(ctx, cfg.out)
+    _reference(ctx)
     return ctx
 
 

@@ -152,6 +152,24 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if not isinstance(num_images, int) or not 1 <= num_images <= MAX_BATCH:
             raise ValueError(f"Number of images must be an integer from 1 to {MAX_BATCH} (got {num_images!r}).")
 
+    def validate_condition(
+        self,
+        num_images: int,
+        labels: Sequence[int | str] | int | str | None = None,
+        prompt: Sequence[str] | str | None = None,
+        guidance_scale: float = 1.0,
+    ) -> tuple[float, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The guidance to apply and the (condition, null) ids; clear errors before any work.
+
+        With no label or prompt a conditional model samples its unconditional ("null")
+        model, where guidance changes nothing, so the guidance branch is skipped (g = 1).
+        """
+        guidance = validate_guidance(guidance_scale, self.condition)
+        ids = condition_ids(self.condition_encoder, self.tokenizer, num_images, labels, prompt)
+        if labels is None and prompt is None:
+            guidance = 1.0
+        return guidance, ids
+
     @torch.no_grad()
     def __call__(
         self,
@@ -177,8 +195,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         conditional branch runs, so the result is exactly the plain conditional model.
         """
         self.validate_request(num_images, num_inference_steps)
-        guidance = validate_guidance(guidance_scale, self.condition)
-        ids = condition_ids(self.condition_encoder, self.tokenizer, num_images, labels, prompt)
+        guidance, ids = self.validate_condition(num_images, labels, prompt, guidance_scale)
         cond_tokens = null_tokens = None
         if ids is not None:
             cond_tokens = encode_condition(self.condition_encoder, ids[0].to(self.device)).to(self.unet.dtype)
