@@ -1,38 +1,63 @@
 """What the demo does, without any UI: load models once, sample, reconstruct, time.
 
-Sampling and timing go through ``ldm_eval.profiling.timed_sampling`` and models through
-``pipelines.load_pipeline``, exactly as in the evaluation harness. Conditions (a class label,
-a text prompt, a guidance scale) go down the same path; the pipelines check them and the
-demo turns their errors into messages for the user.
+Everything goes through the core, exactly as in the evaluation harness: models through
+``pipelines.load_pipeline``, requests through ``LatentDiffusionPipeline.check_inputs`` (the
+one place that decides what steps, sampler, seed, label, prompt and guidance may be),
+sampling and timing through ``pipelines.sampling.timed_sampling``, reconstructions through
+``FirstStage.reconstruct`` and ``pipelines.fidelity``. The demo adds only its own policy
+(how many images one request may ask for, what a blank box means, how Compare maps one
+request onto models of every kind) and names the UI control at fault in every message.
 """
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ldm_eval.profiling import TimedSamples, timed_sampling
-from ldm_eval.reconstruction import psnr, ssim
-from pipelines.conditioning import MAX_GUIDANCE, ConditionError, class_caption
-from pipelines.first_stage import FirstStage
-from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline, resolve_device, to_uint8
+from pipelines.conditioning import class_caption
+from pipelines.errors import InputError, whole_number
+from pipelines.fidelity import psnr, ssim
+from pipelines.images import as_uint8_nchw, signed_to_unit, uint8_to_signed, unit_to_uint8
+from pipelines.pipeline import LatentDiffusionPipeline, SampleRequest, load_pipeline, resolve_device
+from pipelines.sampling import TimedSamples, timed_sampling
 
 from .zoo import ModelEntry, discover_models, latest_results, model_fid, sweep_results
 
-MAX_IMAGES = 16
-MAX_STEPS = 1000
+if TYPE_CHECKING:
+    import pandas as pd
+
+MAX_IMAGES = 16  # the demo's policy: one request stays quick on a CPU (the core allows far more)
+MAX_STEPS = 1000  # the Steps sliders' range; each model's own limit is the core's to enforce
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_UPLOAD_PIXELS = 40_000_000
 
+# The core names the keyword argument at fault; people see the demo's controls.
+CONTROLS = {"num_inference_steps": "Steps", "seed": "Seed", "guidance_scale": "Guidance scale",
+            "labels": "Class label", "prompt": "Prompt", "scheduler": "Sampler", "num_images": "Images"}
+
 
 class DemoInputError(ValueError):
-    """A request the demo refuses, with a message meant for the person who made it."""
+    """A request the demo refuses, with a message meant for the person who made it.
+
+    ``control`` is the UI control at fault (e.g. "Steps"), when one is.
+    """
+
+    def __init__(self, message: str, control: str | None = None):
+        super().__init__(message)
+        self.control = control
+
+    @classmethod
+    def of(cls, err: InputError) -> "DemoInputError":
+        """The core's message, led by the demo control it concerns unless it already starts with its name."""
+        control, message = CONTROLS.get(err.field or ""), str(err)
+        if control is None or message.startswith(control):
+            return cls(message, control)
+        return cls(f"{control}: {message}", control)
 
 
 @dataclass
@@ -52,78 +77,52 @@ class Timing:
                    condition, guidance)
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise DemoInputError(f"{name} must be a whole number from {low} to {high}.") from None
-    if number != value and not (isinstance(value, float) and value.is_integer()):
-        raise DemoInputError(f"{name} must be a whole number from {low} to {high}.")
-    if not low <= number <= high:
-        raise DemoInputError(f"{name} must be from {low} to {high} (got {number}).")
-    return number
-
-
-def _check_guidance(value: object) -> float:
-    """A real number in 0..MAX_GUIDANCE; checked here too so the message names the demo's control."""
-    message = f"Guidance must be a number from 0 to {MAX_GUIDANCE:g} (1 = plain conditional model)"
-    if isinstance(value, bool):
-        raise DemoInputError(f"{message}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DemoInputError(f"{message}; got {value!r}.") from None
-    if not math.isfinite(number) or not 0.0 <= number <= MAX_GUIDANCE:
-        raise DemoInputError(f"{message}; got {value!r}.")
-    return number
-
-
-def _blank(text: str | None) -> bool:
+def _blank(text: object) -> bool:
     return text is None or not str(text).strip()
+
+
+def _image_count(n: object) -> int:
+    """The demo's own limit on images per request (the core's limit is much larger)."""
+    try:
+        return whole_number(n, "num_images", CONTROLS["num_images"], 1, MAX_IMAGES)
+    except InputError as err:
+        raise DemoInputError.of(err) from None
 
 
 class Condition(NamedTuple):
     """What one model is asked for: the pipeline's keyword arguments and a caption for people."""
 
-    labels: str | None
-    prompt: str | None
-    guidance: float
+    labels: object  # as the user gave them (None: no condition); the core checks them
+    prompt: object
+    guidance: object
     caption: str
 
 
-def condition_for_one(entry: ModelEntry, label: str | None, prompt: str | None, guidance: float) -> Condition:
-    """Generate: one model, so a condition it cannot take is the user's mistake and is refused.
+def condition_from_boxes(entry: ModelEntry, label: object, prompt: object, guidance: object) -> Condition:
+    """Generate: what the boxes mean, and nothing more; whether the model can take it is the core's call.
 
-    A blank label or prompt box means "none" for models that do not read it; a text model
-    given a blank (not None) prompt is asked to write one, since that is almost always a slip.
+    A blank label box means no label. A blank prompt box means no prompt for a model that
+    reads no prompts; a text model gets a blank prompt as it is, so the core says it is empty
+    (almost always a slip). The caption is only shown once the core has accepted the request.
     """
-    label = None if _blank(label) else str(label).strip()
-    if entry.condition == "none":
-        if label is not None or not _blank(prompt) or guidance != 1.0:
-            raise DemoInputError(
-                f"{entry.label} is unconditional: it takes no label or prompt, and guidance must be 1.")
-        return Condition(None, None, 1.0, "unconditional")
+    label = None if _blank(label) else label
+    prompt = None if entry.condition != "text" and _blank(prompt) else prompt
     if entry.condition == "class":
-        if not _blank(prompt):
-            raise DemoInputError(f"{entry.label} takes class labels, not prompts: pick a label and clear the prompt.")
-        return Condition(label, None, guidance, f"label: {label}" if label else "no label (unconditional sample)")
-    if label is not None:
-        raise DemoInputError(f"{entry.label} takes text prompts, not labels: write a prompt such as "
-                             f"'{class_caption(label)}'.")
-    if prompt is None:
-        return Condition(None, None, guidance, "no prompt (unconditional sample)")
-    if _blank(prompt):
-        raise DemoInputError("The prompt is empty: write what to draw, e.g. 'a photo of an ankle boot'.")
-    prompt = str(prompt).strip()
-    return Condition(None, prompt, guidance, f"prompt: {prompt!r}")
+        caption = f"label: {str(label).strip()}" if label is not None else "no label (unconditional sample)"
+    elif entry.condition == "text":
+        caption = f"prompt: {str(prompt).strip()!r}" if prompt is not None else "no prompt (unconditional sample)"
+    else:
+        caption = "unconditional"
+    return Condition(label, prompt, guidance, caption)
 
 
-def condition_for_many(entry: ModelEntry, label: str | None, prompt: str | None, guidance: float) -> Condition:
+def condition_for_many(entry: ModelEntry, label: object, prompt: object, guidance: object) -> Condition:
     """Compare: one request across models of every kind, so each takes what it can read.
 
     A class model uses the label; a text model the prompt, or the label's caption when no
     prompt is written (so one label compares class and text models); an unconditional model
-    ignores the condition and guidance, and its caption says so.
+    ignores the condition and guidance, and its caption says so. Nothing is checked here:
+    the core checks what each model is given.
     """
     label = None if _blank(label) else str(label).strip()
     prompt = None if _blank(prompt) else str(prompt).strip()
@@ -162,9 +161,7 @@ def prepare_upload(image: Image.Image | np.ndarray | str | Path, resolution: int
         raise DemoInputError(f"The image is {image.width}x{image.height} pixels; the limit is 40 megapixels.")
     image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
     image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
-    array = np.asarray(image, dtype=np.float32)
-    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
-    return torch.from_numpy(array / 127.5 - 1.0)[None]
+    return uint8_to_signed(as_uint8_nchw(np.array(image)[None]))  # a copy: PIL's buffer is read-only
 
 
 def latent_pictures(latents: torch.Tensor, size: int) -> list[np.ndarray]:
@@ -181,23 +178,19 @@ def latent_pictures(latents: torch.Tensor, size: int) -> list[np.ndarray]:
 class Lab:
     """The demo's state: a model list and a cache of loaded pipelines (thread-safe)."""
 
-    def __init__(self, model_dirs: list[Path] | None = None, report_dirs: list[Path] | None = None, device: str = "auto"):
+    def __init__(self, model_dirs: list[Path] | None = None, report_dirs: list[Path] | None = None,
+                 device: str = "auto"):
         self.device = resolve_device(device)
-        self.model_dirs = model_dirs
         self.report_dirs = report_dirs
         self.models = discover_models(model_dirs) if model_dirs else discover_models()
         self._loaded: dict[str, LatentDiffusionPipeline] = {}
         self._lock = threading.Lock()
 
-    def refresh(self) -> list[ModelEntry]:
-        self.models = discover_models(self.model_dirs) if self.model_dirs else discover_models()
-        return self.models
-
     def entry(self, name: str) -> ModelEntry:
         for e in self.models:
             if name in (e.name, e.label):
                 return e
-        raise DemoInputError(f"Unknown model {name!r}; pick one from the list.")
+        raise DemoInputError(f"Unknown model {name!r}; pick one from the list.", "Model")
 
     def pipeline(self, name: str) -> LatentDiffusionPipeline:
         entry = self.entry(name)
@@ -208,71 +201,84 @@ class Lab:
                 self._loaded[entry.name] = load_pipeline(entry.path, device=self.device, dtype=dtype)
             return self._loaded[entry.name]
 
-    def results(self):
+    def results(self) -> tuple[pd.DataFrame | None, Path | None]:
+        """The Results tab's table and the run folder it comes from (the newest compression run)."""
         return latest_results(self.report_dirs) if self.report_dirs else latest_results()
 
     # --- the four actions ---------------------------------------------------------------
 
-    def generate(self, model: str, sampler: str, steps: int, seed: int, n: int, trajectory: bool = False, *,
-                 label: str | None = None, prompt: str | None = None, guidance: float = 1.0):
-        """Samples from one model; a label, prompt or guidance it cannot take is refused."""
-        timed, timing, _ = self._sample(model, sampler, steps, seed, n, trajectory, label, prompt, guidance,
-                                        condition_for_one)
-        return timed, timing
+    def generate(self, model: str, sampler: object, steps: object, seed: object, n: object, trajectory: bool = False,
+                 *, label: object = None, prompt: object = None,
+                 guidance: object = 1.0) -> tuple[TimedSamples, Timing]:
+        """Samples from one model; the core refuses what the model cannot take, in the demo's words."""
+        entry, n = self.entry(model), _image_count(n)
+        condition = condition_from_boxes(entry, label, prompt, guidance)
+        request = self._check(entry, sampler, steps, seed, n, condition)
+        return self._sample(entry, request, condition, trajectory)
 
-    def compare(self, models: list[str], sampler: str, steps: int, seed: int, n: int = 1, *,
-                label: str | None = None, prompt: str | None = None, guidance: float = 1.0) -> list[ComparedModel]:
-        """The same seed (and condition, where a model reads one) through every chosen model."""
+    def compare(self, models: list[str], sampler: object, steps: object, seed: object, n: object = 1, *,
+                label: object = None, prompt: object = None, guidance: object = 1.0) -> list[ComparedModel]:
+        """The same seed (and condition, where a model reads one) through every chosen model.
+
+        Every model's request is checked before the first one samples, so a bad input fails at once.
+        """
         if not models:
-            raise DemoInputError("Pick at least one model to compare.")
-        results = [table for table, _ in (sweep_results(self.report_dirs) if self.report_dirs else sweep_results())]
-        rows = []
+            raise DemoInputError("Pick at least one model to compare.", "Models")
+        n = _image_count(n)
+        plans = []
         for name in models:
-            timed, timing, condition = self._sample(name, sampler, steps, seed, n, False, label, prompt, guidance,
-                                                    condition_for_many)
-            rows.append(ComparedModel(self.entry(name), timed, timing, model_fid(results, self.entry(name)), condition))
+            entry = self.entry(name)
+            condition = condition_for_many(entry, label, prompt, guidance)
+            plans.append((entry, condition, self._check(entry, sampler, steps, seed, n, condition)))
+        runs = [results for results, _ in (sweep_results(self.report_dirs) if self.report_dirs else sweep_results())]
+        rows = []
+        for entry, condition, request in plans:
+            timed, timing = self._sample(entry, request, condition, False)
+            rows.append(ComparedModel(entry, timed, timing, model_fid(runs, entry), condition))
         return rows
 
-    def _sample(self, model, sampler, steps, seed, n, trajectory, label, prompt, guidance, resolve):
-        """Check every input, then sample through the harness's timing path (one code path for both actions)."""
-        if sampler not in ("ddim", "ddpm"):
-            raise DemoInputError("Sampler must be DDIM or DDPM.")
-        steps = _check_int("Steps", steps, 1, MAX_STEPS)
-        n = _check_int("Number of images", n, 1, MAX_IMAGES)
-        seed = _check_int("Seed", seed, 0, 2**31 - 1)
-        condition = resolve(self.entry(model), label, prompt, _check_guidance(guidance))
-        pipe = self.pipeline(model)
+    def _check(self, entry: ModelEntry, sampler: object, steps: object, seed: object, n: int,
+               condition: Condition) -> SampleRequest:
+        """The core's verdict on the raw values, its errors named by the demo's controls."""
+        if seed is None:  # the core reads None as "fresh noise"; the demo always shows a reproducible sample
+            raise DemoInputError("Seed: write a whole number (the same seed gives the same images).", "Seed")
         try:
-            timed = timed_sampling(pipe, n, steps, sampler, seed=seed, batch_size=MAX_IMAGES,
-                                   return_trajectory=trajectory, labels=condition.labels, prompt=condition.prompt,
-                                   guidance_scale=condition.guidance)
-        except ConditionError as err:  # unknown label, over-long prompt...: the user's to fix
-            raise DemoInputError(str(err)) from None
-        return timed, Timing.of(timed, str(self.device), condition.caption, condition.guidance), condition
+            return self.pipeline(entry.name).check_inputs(n, steps, sampler, seed, condition.labels, condition.prompt,
+                                                          condition.guidance)
+        except InputError as err:
+            raise DemoInputError.of(err) from None
+
+    def _sample(self, entry: ModelEntry, request: SampleRequest, condition: Condition,
+                trajectory: bool) -> tuple[TimedSamples, Timing]:
+        """Sample a checked request through the harness's timing path (one code path for every action).
+
+        The checked values are passed on, so the guidance shown is the one used (1 when a
+        conditional model is asked for no condition).
+        """
+        timed = timed_sampling(self.pipeline(entry.name), request.num_images, request.steps, request.scheduler,
+                               seed=request.seed, batch_size=MAX_IMAGES, return_trajectory=trajectory,
+                               labels=condition.labels, prompt=condition.prompt, guidance_scale=request.guidance)
+        return timed, Timing.of(timed, str(self.device), condition.caption, request.guidance)
 
     def reconstruct(self, image, models: list[str]) -> list[dict]:
         """The image through each model's first stage: reconstruction, PSNR/SSIM, latents."""
         if image is None:
             raise DemoInputError("Upload an image or pick one from the data set first.")
         if not models:
-            raise DemoInputError("Pick at least one model.")
+            raise DemoInputError("Pick at least one model.", "Models")
         out = []
         for name in models:
             entry, pipe = self.entry(name), self.pipeline(name)
+            stage = pipe.first_stage
             x = prepare_upload(image, pipe.resolution, pipe.image_channels).to(self.device)
-            stage: FirstStage = pipe.first_stage
-            dtype = pipe.vae.dtype if pipe.vae is not None else x.dtype
-            with torch.no_grad():
-                mean, _ = stage.encode_moments(x.to(dtype))
-                latents = mean * stage.scale
-                recon = stage.decode(latents).float().clamp(-1, 1)
-            real01, recon01 = (x.cpu() + 1) / 2, (recon.cpu() + 1) / 2
+            latents, recon = stage.reconstruct(x)
+            real, recon = signed_to_unit(x.cpu()), signed_to_unit(recon.cpu())
             c, h, w = stage.latent_shape(pipe.resolution)
             out.append({
                 "model": entry.label, "factor": stage.factor, "kind": stage.kind,
-                "input": to_uint8(real01.permute(0, 2, 3, 1).numpy())[0],
-                "reconstruction": to_uint8(recon01.permute(0, 2, 3, 1).numpy())[0],
-                "psnr": psnr(real01, recon01), "ssim": ssim(real01, recon01),
+                "input": unit_to_uint8(real.permute(0, 2, 3, 1).numpy())[0],
+                "reconstruction": unit_to_uint8(recon.permute(0, 2, 3, 1).numpy())[0],
+                "psnr": psnr(real, recon), "ssim": ssim(real, recon),
                 "latent_shape": (c, h, w),
                 "compression_ratio": (pipe.image_channels * pipe.resolution**2) / (c * h * w),
                 "latents": latent_pictures(latents.cpu(), max(64, pipe.resolution)),

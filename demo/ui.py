@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipelines.conditioning import MAX_GUIDANCE
 from pipelines.data import FASHION_MNIST_CLASSES, load_dataset
-from pipelines.pipeline import to_uint8
+from pipelines.images import unit_to_uint8
 
 from .service import MAX_IMAGES, MAX_STEPS, DemoInputError, Lab
 from .zoo import CONDITION_WORDS, ModelEntry
@@ -21,21 +22,41 @@ Same denoiser size everywhere: watch time and memory fall as f grows, and detail
 
 NO_LABEL = ("(no label)", "")
 PROMPT_EXAMPLE = "a photo of an ankle boot"
-GUIDANCE_MAX = 15  # the slider's range; the service accepts up to 50 from the API
 GUIDANCE_INFO = "1 = plain conditional model; higher = more faithful, less diverse"
 
 
 def _user_errors(fn):
-    """Turn the service's input errors into messages shown to the user (no traceback)."""
+    """Turn refused input into a message shown to the user (no traceback).
+
+    ``DemoInputError`` carries the service's messages (the core's, named by control); other
+    ValueErrors are the core's refusals the service does not rename (an unreadable model folder).
+    """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DemoInputError as err:
-            raise gr.Error(str(err)) from None
-        except ValueError as err:  # the pipelines' own validation (steps, shapes, files)
+        except ValueError as err:  # DemoInputError included
             raise gr.Error(str(err)) from None
     return wrapper
+
+
+# Generate, Compare and Reconstruct run with ``preprocess=False``: their values reach the
+# service as sent, and the service and the core check them and say what is wrong in words
+# that name the control and the allowed range. Gradio's own checks would answer first, with
+# messages that do neither ("Value 50.5 is greater than maximum value 50.", or, for a file
+# that is not an image, only "the upstream Gradio app has raised an exception"). Gradio still
+# validates the shape of each value and keeps uploads inside its cache.
+RAW = {"preprocess": False}
+
+
+def _upload_path(payload: dict | str | None) -> str | None:
+    """The uploaded file (in Gradio's cache) from an unprocessed image value; the service reads it."""
+    return payload.get("path") if isinstance(payload, dict) else payload
+
+
+def _sampler(name: object) -> object:
+    """The radio shows "DDIM"/"DDPM"; the core reads "ddim"/"ddpm" (anything else goes on as it is, to be refused)."""
+    return name.lower() if isinstance(name, str) else name
 
 
 def _pil(image: np.ndarray) -> Image.Image:
@@ -80,9 +101,9 @@ def build_app(lab: Lab) -> gr.Blocks:
 
     @_user_errors
     def generate(model, sampler, steps, seed, n, label=None, prompt=None, guidance=1.0):
-        timed, timing = lab.generate(model, sampler.lower(), steps, seed, n, label=label, prompt=prompt,
+        timed, timing = lab.generate(model, _sampler(sampler), steps, seed, n, label=label, prompt=prompt,
                                      guidance=1.0 if guidance is None else guidance)
-        images = [_upscale(_pil(img)) for img in to_uint8(timed.images)]
+        images = [_upscale(_pil(img)) for img in unit_to_uint8(timed.images)]
         return images, timing.__dict__
 
     def generate_model_changed(model, label):
@@ -100,22 +121,22 @@ def build_app(lab: Lab) -> gr.Blocks:
 
     @_user_errors
     def compare(models, sampler, steps, seed, label=None, prompt=None, guidance=1.0):
-        rows = lab.compare(models or [], sampler.lower(), steps, seed, label=label, prompt=prompt,
+        rows = lab.compare(models or [], _sampler(sampler), steps, seed, label=label, prompt=prompt,
                            guidance=1.0 if guidance is None else guidance)
         gallery, table = [], []
         for entry, timed, timing, fid, condition in rows:
             caption = (f"f={entry.factor} ({condition.caption}): {timing.wall_seconds:.2f} s, "
                        f"{timing.peak_memory_mb or 0:.0f} MB; {fid}")
-            gallery.append((_upscale(_pil(to_uint8(timed.images)[0])), caption))
+            gallery.append((_upscale(_pil(unit_to_uint8(timed.images)[0])), caption))
             table.append({"model": entry.label, "factor": entry.factor, "condition": condition.caption,
-                          "guidance": condition.guidance, "wall_s": timing.wall_seconds,
+                          "guidance": timing.guidance, "wall_s": timing.wall_seconds,
                           "samples_per_s": timing.samples_per_s, "peak_memory_mb": timing.peak_memory_mb,
                           "memory": timing.memory_method, "fid (latest report)": fid})
         return gallery, pd.DataFrame(table)
 
     @_user_errors
     def reconstruct(image, models):
-        rows = lab.reconstruct(image, models or [])
+        rows = lab.reconstruct(_upload_path(image), models or [])
         gallery = [(_upscale(_pil(rows[0]["input"])), "input")]
         gallery += [(_upscale(_pil(r["reconstruction"])), f"f={r['factor']}: PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}")
                     for r in rows]
@@ -128,7 +149,7 @@ def build_app(lab: Lab) -> gr.Blocks:
     @_user_errors
     def trajectory(model, steps, seed):
         timed, timing = lab.generate(model, "ddim", steps, seed, 1, trajectory=True)
-        xt, x0 = to_uint8(timed.trajectory_xt[:, 0]), to_uint8(timed.trajectory_x0[:, 0])
+        xt, x0 = unit_to_uint8(timed.trajectory_xt[:, 0]), unit_to_uint8(timed.trajectory_x0[:, 0])
         frames = [np.concatenate([a, b], axis=1) for a, b in zip(xt, x0)]
         pil = [_upscale(_pil(f), 256) for f in frames]
         gif = Path(_tmpdir()) / f"trajectory-{abs(hash((model, steps, seed)))}.gif"
@@ -163,7 +184,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                                       info="Class-conditional models only")
                 g_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="generate-prompt",
                                       interactive=default_kind == "text", info="Text-conditional models only")
-                g_guidance = gr.Slider(0, GUIDANCE_MAX, value=1, step=0.5, label="Guidance scale",
+                g_guidance = gr.Slider(0, MAX_GUIDANCE, value=1, step=0.5, label="Guidance scale",
                                        info=GUIDANCE_INFO, elem_id="generate-guidance",
                                        interactive=default_kind != "none")
             g_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
@@ -172,7 +193,7 @@ def build_app(lab: Lab) -> gr.Blocks:
             g_model.change(generate_model_changed, [g_model, g_label], [g_label, g_prompt, g_guidance, g_note],
                            api_visibility="private")
             g_button.click(generate, [g_model, g_sampler, g_steps, g_seed, g_n, g_label, g_prompt, g_guidance],
-                           [g_gallery, g_timing], api_name="generate")
+                           [g_gallery, g_timing], api_name="generate", **RAW)
         with gr.Tab("Compare factors"):
             c_models = gr.CheckboxGroup(labels, value=labels[:6], label="Models")
             with gr.Row():
@@ -185,13 +206,13 @@ def build_app(lab: Lab) -> gr.Blocks:
                                       info="Class models use it; text models without a prompt use its caption")
                 c_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="compare-prompt",
                                       info="Text-conditional models only; unconditional models ignore both")
-                c_guidance = gr.Slider(0, GUIDANCE_MAX, value=1, step=0.5, label="Guidance scale",
+                c_guidance = gr.Slider(0, MAX_GUIDANCE, value=1, step=0.5, label="Guidance scale",
                                        info=GUIDANCE_INFO, elem_id="compare-guidance")
             c_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             c_gallery = gr.Gallery(label="Same seed, every factor", columns=6, elem_id="compare-gallery")
             c_table = gr.Dataframe(label="Time, memory and FID")
             c_button.click(compare, [c_models, c_sampler, c_steps, c_seed, c_label, c_prompt, c_guidance],
-                           [c_gallery, c_table], api_name="compare")
+                           [c_gallery, c_table], api_name="compare", **RAW)
         with gr.Tab("Autoencoder explorer"):
             with gr.Row():
                 r_image = gr.Image(type="filepath", label="Upload an image (up to 10 MB)")
@@ -204,7 +225,8 @@ def build_app(lab: Lab) -> gr.Blocks:
             r_latents = gr.Gallery(label="Latent channels", columns=8)
             r_table = gr.Dataframe(label="Quality and compression")
             r_pick.click(pick_from_data, [r_index], [r_image], api_visibility="private")
-            r_button.click(reconstruct, [r_image, r_models], [r_gallery, r_latents, r_table], api_name="reconstruct")
+            r_button.click(reconstruct, [r_image, r_models], [r_gallery, r_latents, r_table], api_name="reconstruct",
+                           **RAW)
         with gr.Tab("Denoising trajectory"):
             with gr.Row():
                 t_model = gr.Dropdown(labels, value=default, label="Model")
@@ -222,7 +244,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                 gr.Markdown("No harness report found yet: run `python -m ldm_eval`.")
             else:
                 gr.Markdown(f"Latest harness results: `{report_dir}` (see `report.html` there for the full report).")
-                gr.Dataframe(results, label="results.csv")
+                source = "results.csv" if (report_dir / "results.csv").is_file() else "FID records (results.jsonl)"
+                gr.Dataframe(results, label=source)
                 for plot in sorted((report_dir / "plots").glob("*.png")):
                     gr.Image(str(plot), label=plot.stem, type="filepath")
     return app

@@ -2,17 +2,24 @@
 
 A model is any folder with a ``model_index.json`` that ``pipelines.load_pipeline`` opens.
 Its facts (factor, data, training time) come from the ``training.json`` the trainer wrote
-and its FID from the newest ``results.csv`` the harness wrote next to it. Its condition
+and its FID from the model's own ``metrics.json`` or the newest harness run that measured
+it, read through ``pipelines.results.read_results`` like every other consumer. Its condition
 (none, class labels, text prompts) is read from the pipeline's own files, so the lists can
 say which models take labels or prompts without loading any weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from pipelines.results import RESULTS, ConditioningRecord, FidRecord, RecordError, Results, TrainingRecord, read_results
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 CONDITION_WORDS = {"none": "unconditional", "class": "class labels", "text": "text prompts"}
@@ -93,18 +100,42 @@ def discover_models(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) ->
                   key=lambda e: (e.dataset, e.resolution, e.factor, e.kind, e.condition != "none", e.name))
 
 
-def sweep_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> list[tuple[pd.DataFrame, Path]]:
-    """Every compression-sweep ``results.csv`` (with its folder), newest first."""
-    candidates = [p for d in dirs if Path(d).is_dir() for p in Path(d).rglob("results.csv")]
-    # the conditioning sweep's tables have another shape; conditional zoo models carry metrics.json
-    candidates = [p for p in candidates if "condition" not in p.open().readline().split(",")]
-    return [(pd.read_csv(p), p.parent) for p in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True)]
+def sweep_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> list[tuple[Results, Path]]:
+    """Every compression-sweep run (its records and its folder), newest first.
+
+    A run is a folder holding a ``results.jsonl`` with FID records. Conditioning sweeps (those
+    with conditioning records) measure other models and are left out: conditional zoo models
+    carry their own ``metrics.json``. A run whose file cannot be read is skipped with a
+    warning, so one broken folder under ``runs/`` does not stop the demo.
+    """
+    files = dict.fromkeys(p.resolve() for d in dirs if Path(d).is_dir() for p in Path(d).rglob(RESULTS))
+    runs = []
+    for path in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            results = read_results(path.parent)
+        except RecordError as err:
+            log.warning("Skipping %s: %s", path, err)
+            continue
+        if results.of(FidRecord) and not results.of(ConditioningRecord):
+            runs.append((results, path.parent))
+    return runs
+
+
+def results_table(results: Results, folder: Path) -> pd.DataFrame:
+    """The run's table for people: the ``results.csv`` its report step wrote, else its FID records."""
+    csv = folder / "results.csv"
+    if csv.is_file():
+        return pd.read_csv(csv)
+    return pd.DataFrame([dataclasses.asdict(r) for r in results.of(FidRecord)])
 
 
 def latest_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> tuple[pd.DataFrame | None, Path | None]:
-    """The newest harness ``results.csv`` (and its folder), or (None, None)."""
-    tables = sweep_results(dirs)
-    return tables[0] if tables else (None, None)
+    """The newest compression run's table (and its folder), or (None, None)."""
+    runs = sweep_results(dirs)
+    if not runs:
+        return None, None
+    results, folder = runs[0]
+    return results_table(results, folder), folder
 
 
 def _own_metrics(entry: ModelEntry) -> str | None:
@@ -121,28 +152,39 @@ def _own_metrics(entry: ModelEntry) -> str | None:
     return "; ".join(parts)
 
 
-def model_fid(results: pd.DataFrame | list[pd.DataFrame] | None, entry: ModelEntry) -> str:
+def _resolution(results: Results, kind: str, factor: int) -> int | None:
+    """The resolution a run trained this model at: its training record's, else the run's configured one."""
+    trained = results.one(TrainingRecord, kind=kind, factor=factor, condition="none")
+    if trained is not None and trained.resolution is not None:
+        return trained.resolution
+    env = results.environment
+    return None if env is None else env.config.get("resolution")
+
+
+def model_fid(runs: Results | list[Results] | None, entry: ModelEntry) -> str:
     """The model's FID (and conditioning accuracy), labelled with backend, N, DDIM steps, guidance.
 
-    A zoo model's own exported metrics come first; otherwise the newest compression report
-    (of those given, newest first) that measured this factor at this resolution.
+    A zoo model's own exported metrics come first; otherwise the newest compression run (of
+    those given, newest first) that measured this factor and kind at this resolution, with
+    the largest DDIM step count per feature backend.
     """
     own = _own_metrics(entry)
     if own is not None:
         return own
-    tables = [] if results is None else [results] if isinstance(results, pd.DataFrame) else list(results)
-    if not tables:
+    runs = [] if runs is None else [runs] if isinstance(runs, Results) else list(runs)
+    if not runs:
         return "no report yet"
     if entry.condition != "none":
         return "not in the compression reports (they measure unconditional models)"
     kind = "pixel" if entry.factor == 1 else entry.kind
-    for table in tables:
-        rows = table[(table["factor"] == entry.factor) & (table["kind"] == kind)
-                     & (table["resolution"] == entry.resolution)]
-        if len(rows):
+    for results in runs:
+        fids = results.of(FidRecord, kind=kind, factor=entry.factor, condition="none")
+        if fids and _resolution(results, kind, entry.factor) == entry.resolution:
             break
     else:
         return "not in the latest reports"
-    rows = rows.sort_values(["fid_backend", "ddim_steps"]).groupby("fid_backend").tail(1)
-    return "; ".join(f"FID {r.fid:.1f} ({r.fid_backend}, N={int(r.fid_samples)}, DDIM {int(r.ddim_steps)})"
-                     for r in rows.itertuples())
+    best: dict[str, FidRecord] = {}
+    for r in sorted(fids, key=lambda r: (r.fid_backend, r.ddim_steps)):  # stable: a re-measurement wins a tie
+        best[r.fid_backend] = r
+    return "; ".join(f"FID {r.fid:.1f} ({r.fid_backend}, N={r.fid_samples}, DDIM {r.ddim_steps})"
+                     for r in best.values())

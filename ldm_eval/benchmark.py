@@ -14,9 +14,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pipelines.atomic import atomic_path, write_text_atomic
 from pipelines.data import load_dataset
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder, set_scaling_factor
+from pipelines.images import uint8_to_signed
 from pipelines.latent_cache import encode_dataset
+from pipelines.memory import PeakMemory
 from pipelines.pipeline import resolve_device
 from pipelines.training import (
     TrainConfig,
@@ -28,7 +31,6 @@ from pipelines.training import (
     sample_cached_batch,
 )
 
-from .profiling import PeakMemory
 
 WARMUP_STEPS = 2
 
@@ -69,7 +71,7 @@ def benchmark_config(factor: int, resolution: int, batch_size: int, steps: int, 
 
     def on_the_fly(unet, generator):
         index = torch.randint(0, len(images), (batch_size,), generator=generator, device=device)
-        latents = stage.encode(images[index].float() / 127.5 - 1.0, generator)
+        latents = stage.encode(uint8_to_signed(images[index]), generator)
         return diffusion_loss(unet, scheduler, latents, generator)
 
     counts = pipe.parameter_counts()
@@ -117,7 +119,8 @@ def run_train_benchmark(resolutions: list[int], factors: list[int], batch_size: 
     print(shown.to_markdown(index=False))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "train_benchmark.csv", index=False)
-        (out / "train_benchmark.md").write_text(f"{header}\n\nmemory: {table['memory_method'].iloc[0]}\n\n"
-                                                + shown.to_markdown(index=False) + "\n")
+        with atomic_path(out / "train_benchmark.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_text_atomic(out / "train_benchmark.md",
+                          f"{header}\n\nmemory: {table['memory_method'].iloc[0]}\n\n{shown.to_markdown(index=False)}\n")
     return table

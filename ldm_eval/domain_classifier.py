@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipelines.atomic import atomic_path, write_json_atomic
+from pipelines.errors import InputError
+from pipelines.images import as_uint8_nchw
+
 log = logging.getLogger(__name__)
 
 Task = Literal["class", "rotation"]
@@ -33,7 +37,7 @@ WEIGHTS_NAME = "model.safetensors"
 MIN_RESOLUTION = 16
 
 
-class ClassifierError(ValueError):
+class ClassifierError(InputError):
     """Bad input to the domain classifier: wrong dtype/shape, missing files, no labels."""
 
 
@@ -51,25 +55,6 @@ class DomainClassifierConfig:
     steps: int = 0
     batch_size: int = 0
     seed: int = 0
-
-
-def as_uint8_nchw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 (N,C,H,W) from (N,C,H,W), (N,H,W,C) or (N,H,W); C in {1, 3}.
-
-    When both axis 1 and the last axis could be channels (e.g. 3x3 images), NCHW wins.
-    """
-    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
-    if x.dtype != torch.uint8:
-        raise ClassifierError(f"Images must be uint8 in [0, 255], got dtype {x.dtype}.")
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    if x.ndim != 4:
-        raise ClassifierError(f"Images must be (N,C,H,W), (N,H,W,C) or (N,H,W); got shape {tuple(x.shape)}.")
-    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-        x = x.permute(0, 3, 1, 2)
-    if x.shape[1] not in (1, 3):
-        raise ClassifierError(f"Images must have 1 or 3 channels; got shape {tuple(x.shape)}.")
-    return x.contiguous()
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -174,8 +159,9 @@ class DomainClassifier(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        with atomic_path(out / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        write_json_atomic(out / CONFIG_NAME, asdict(self.config))  # written last: its presence marks a complete save
         return out
 
     @classmethod

@@ -1,88 +1,155 @@
 """Export a sweep's trained models as a small model zoo: fp16 safetensors plus a model card.
 
 The card states what produced the weights (data, resolution, steps, time, hardware) and
-the model's own measurements from the same run's ``results.jsonl``.
+the model's own measurements from the same run's ``results.jsonl``, read through
+:func:`pipelines.results.read_results` like every other consumer.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from pipelines.checkpoint import write_json_atomic
+from pipelines.atomic import write_json_atomic, write_text_atomic
 from pipelines.pipeline import load_pipeline
+from pipelines.results import AutoencoderRecord, ConditioningRecord, EnvironmentRecord, FidRecord, Results, read_results
 
-from .results import ResultsLog
+from .results import domain_fid
 
 UTKFACE_LICENCE = ("Trained on UTKFace (Zhang, Song, Qi, CVPR 2017), released for non-commercial research only; "
                    "these weights inherit that licence: non-commercial research use only.")
 FASHION_LICENCE = "Trained on Fashion-MNIST (Zalando Research, MIT licence)."
 
 
-def _card(name: str, facts: dict, run_env: dict, rows: list[dict], ae: dict | None) -> str:
-    licence = FASHION_LICENCE if facts.get("dataset") == "fashion-mnist" else UTKFACE_LICENCE
-    condition = facts.get("condition") or "none"
-    command = "cond-sweep" if condition != "none" else "sweep"
+@dataclass
+class ModelFacts:
+    """The part of a model's ``training.json`` that its card states.
+
+    ``training.json`` is written by several generations of the trainers (the first layout, or
+    :class:`pipelines.training.TrainingSummary` with more keys); both carry these, and a file
+    lacking one is reported by name instead of failing with a bare KeyError mid-card.
+    """
+
+    factor: int
+    kind: str
+    dataset: str
+    resolution: int
+    latent_shape: list[int]
+    unet_params: int
+    ae_params: int
+    train_steps: int
+    train_seconds: float
+    train_images_per_s: float
+    batch_size: int
+    device_name: str
+    seed: int
+    condition: str = "none"
+    condition_params: int = 0
+    condition_dropout: float | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> tuple["ModelFacts", dict[str, Any]]:
+        """The facts and the whole file (copied verbatim into the export)."""
+        raw = json.loads(path.read_text())
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in raw]
+        if missing:
+            raise ValueError(f"{path} lacks {missing}: not a diffusion model's training summary.")
+        facts = cls(**{k: raw[k] for k in names if k in raw})
+        facts.condition = facts.condition or "none"  # the first layout may write null
+        return facts, raw
+
+
+@dataclass
+class MetricRow:
+    """One measurement of the model, as listed on the card and stored in ``metrics.json``."""
+
+    fid: float | None
+    kid: float | None
+    fid_backend: str | None
+    fid_samples: int | None
+    ddim_steps: int
+    accuracy: float | None = None  # conditional models only
+    guidance: float | None = None  # conditional models only
+
+    def card_line(self) -> str:
+        accuracy = f"conditioning accuracy {self.accuracy:.3f}, " if self.accuracy is not None else ""
+        fid = f"FID {self.fid:.2f}" if self.fid is not None else "FID not measured"
+        kid = f", KID {self.kid:.4f}" if self.kid is not None else ""
+        guidance = f", guidance {self.guidance:g}" if self.guidance is not None else ""
+        return (f"- {accuracy}{fid}{kid} ({self.fid_backend} features, N={self.fid_samples}, "
+                f"DDIM {self.ddim_steps} steps{guidance})")
+
+
+def model_rows(results: Results, facts: ModelFacts) -> list[MetricRow]:
+    """The model's FID rows, or for a conditional model its accuracy and domain FID per guidance."""
+    if facts.condition == "none":
+        kind = "pixel" if facts.factor == 1 else facts.kind
+        return [MetricRow(f.fid, f.kid, f.fid_backend, f.fid_samples, f.ddim_steps)
+                for f in results.of(FidRecord, kind=kind, factor=facts.factor, condition="none")]
+    rows = []
+    for c in results.of(ConditioningRecord, condition=facts.condition, factor=facts.factor):
+        f = domain_fid(results, c)
+        rows.append(MetricRow(f.fid, f.kid, f.fid_backend, f.fid_samples, c.ddim_steps, c.accuracy, c.guidance))
+    return rows
+
+
+def _card(name: str, facts: ModelFacts, env: EnvironmentRecord | None, rows: list[MetricRow],
+          ae: AutoencoderRecord | None) -> str:
+    licence = FASHION_LICENCE if facts.dataset == "fashion-mnist" else UTKFACE_LICENCE
+    command = "cond-sweep" if facts.condition != "none" else "sweep"
+    preset = env.config.get("preset") if env else None
     lines = [
         f"# {name}", "",
-        f"LDM Lab {'pixel-space DDPM' if facts['factor'] == 1 else 'latent diffusion model'}, factor f = {facts['factor']} "
-        f"({facts.get('kind')}), latent {'x'.join(map(str, facts['latent_shape']))}.", "",
-        f"- data: `{facts['dataset']}` at {facts['resolution']} px (train split)",
-        f"- training: {facts['train_steps']} steps, batch {facts['batch_size']}, {facts['train_seconds']:.0f} s on "
-        f"{facts['device_name']} ({facts['train_images_per_s']:.0f} images/s), seed {facts['seed']}",
-        f"- parameters: UNet {facts['unet_params']:,}, autoencoder {facts['ae_params']:,}",
-        f"- produced by `python -m ldm_eval {command} --preset {run_env.get('config', {}).get('preset')}` "
-        f"(torch {run_env.get('torch')}, diffusers {run_env.get('diffusers')}); weights stored in fp16",
+        f"LDM Lab {'pixel-space DDPM' if facts.factor == 1 else 'latent diffusion model'}, factor f = {facts.factor} "
+        f"({facts.kind}), latent {'x'.join(map(str, facts.latent_shape))}.", "",
+        f"- data: `{facts.dataset}` at {facts.resolution} px (train split)",
+        f"- training: {facts.train_steps} steps, batch {facts.batch_size}, {facts.train_seconds:.0f} s on "
+        f"{facts.device_name} ({facts.train_images_per_s:.0f} images/s), seed {facts.seed}",
+        f"- parameters: UNet {facts.unet_params:,}, autoencoder {facts.ae_params:,}",
+        f"- produced by `python -m ldm_eval {command} --preset {preset}` "
+        f"(torch {env.torch if env else None}, diffusers {env.diffusers if env else None}); weights stored in fp16",
     ]
-    if condition != "none":
-        lines[4:4] = [f"Conditioned through cross-attention on **{condition}** "
-                        f"({'a learned token per class' if condition == 'class' else 'a text transformer trained from scratch with its own BPE tokenizer'}), "
-                        f"condition dropout {facts.get('condition_dropout')}, so classifier-free guidance works; "
-                        f"condition encoder {facts.get('condition_params', 0):,} parameters.", ""]
+    if facts.condition != "none":
+        encoder = ("a learned token per class" if facts.condition == "class"
+                   else "a text transformer trained from scratch with its own BPE tokenizer")
+        lines[4:4] = [f"Conditioned through cross-attention on **{facts.condition}** ({encoder}), condition dropout "
+                      f"{facts.condition_dropout}, so classifier-free guidance works; condition encoder "
+                      f"{facts.condition_params:,} parameters.", ""]
     lines += ["", "## Measured by the harness in the same run", ""]
-    for r in rows:
-        kid = f", KID {r['kid']:.4f}" if r.get("kid") is not None else ""
-        accuracy = f"conditioning accuracy {r['accuracy']:.3f}, " if "accuracy" in r else ""
-        guidance = f", guidance {r['guidance']:g}" if "guidance" in r else ""
-        lines.append(f"- {accuracy}FID {r['fid']:.2f}{kid} ({r['fid_backend']} features, N={r['fid_samples']}, "
-                     f"DDIM {r['ddim_steps']} steps{guidance})")
+    lines += [row.card_line() for row in rows]
     if ae:
-        rfid = f", rFID {ae['rfid']:.1f} (Inception, N={ae['rfid_samples']})" if ae.get("rfid") is not None else ""
-        lines.append(f"- autoencoder: PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f} (N={ae['recon_samples']}){rfid}")
+        rfid = f", rFID {ae.rfid:.1f} (Inception, N={ae.rfid_samples})" if ae.rfid is not None else ""
+        lines.append(f"- autoencoder: PSNR {ae.psnr:.2f} dB, SSIM {ae.ssim:.3f} (N={ae.recon_samples}){rfid}")
     lines += ["", "## Licence", "", licence, ""]
     return "\n".join(lines)
 
 
 def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = None) -> list[Path]:
     """Copy the diffusion models of ``run_dir`` (all, or those named in ``only``) into ``out/PREFIX-NAME`` as fp16."""
-    records = ResultsLog(run_dir).records()
-    env = next((r for r in records if r["record"] == "environment"), {})
+    run_dir, out = Path(run_dir), Path(out)
+    results = read_results(run_dir)
     written = []
     for folder in sorted((run_dir / "models").glob("*")):
         if not (folder / "model_index.json").is_file() or (only and folder.name not in only):
             continue
-        facts = json.loads((folder / "training.json").read_text())
-        kind = "pixel" if facts["factor"] == 1 else facts["kind"]
-        condition = facts.get("condition") or "none"
-        if condition == "none":
-            rows = [r for r in records if r["record"] == "fid" and r["kind"] == kind and r["factor"] == facts["factor"]]
-        else:
-            rows = [r for r in records if r["record"] == "cond_eval" and r["condition"] == condition
-                    and r["factor"] == facts["factor"]]
-        ae = next((r for r in records if r["record"] == "autoencoder" and r["kind"] == facts["kind"]
-                   and r["factor"] == facts["factor"]), None)
-        target = out / f"{prefix}-{folder.name}"
-        tmp = out / f".tmp-{prefix}-{folder.name}"
+        facts, training = ModelFacts.read(folder / "training.json")
+        rows = model_rows(results, facts)
+        ae = results.one(AutoencoderRecord, kind=facts.kind, factor=facts.factor)
+        name = f"{prefix}-{folder.name}"
+        target, tmp = out / name, out / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         pipe = load_pipeline(folder, device="cpu")
         pipe.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
-        write_json_atomic(tmp / "training.json", facts)
-        write_json_atomic(tmp / "metrics.json", {"run": str(run_dir), "rows": [
-            {k: r.get(k) for k in ("fid", "kid", "fid_backend", "fid_samples", "ddim_steps", "accuracy", "guidance")}
-            for r in rows]})
-        (tmp / "README.md").write_text(_card(f"{prefix}-{folder.name}", facts, env, rows, ae))
+        write_json_atomic(tmp / "training.json", training)
+        write_json_atomic(tmp / "metrics.json", {"run": str(run_dir), "rows": [dataclasses.asdict(r) for r in rows]})
+        write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         written.append(target)

@@ -34,7 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldm_eval.domain_classifier import ClassifierError, DomainClassifier, as_uint8_nchw
+from pipelines.errors import InputError
+from pipelines.images import as_rgb, as_uint8_nchw
+
+from .domain_classifier import ClassifierError, DomainClassifier
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ RESIZE = {
 }
 
 
-class MetricError(ValueError):
+class MetricError(InputError):
     """A metric that cannot be computed: missing/empty folder, unknown backend, too few images."""
 
 
@@ -122,17 +125,6 @@ class TorchmetricsInception(CleanInception):
         return super().forward(x.clamp(0, 255))
 
 
-# --- images --------------------------------------------------------------------------------
-
-def as_rgb_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 (N,3,H,W) on the CPU from NCHW / NHWC / NHW, gray repeated to 3 channels."""
-    try:
-        x = as_uint8_nchw(images)
-    except ClassifierError as err:
-        raise MetricError(str(err)) from err
-    return (x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x).cpu()
-
-
 class _CleanResized(torch.utils.data.Dataset):
     """In-memory images through clean-fid's own "clean" resizer, as its ResizeDataset does."""
 
@@ -152,7 +144,7 @@ class _CleanResized(torch.utils.data.Dataset):
 
 
 def _inception_features(images: torch.Tensor | np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    x = as_rgb_uint8(images)
+    x = as_rgb(images)
     model = CleanInception(device)
     loader = torch.utils.data.DataLoader(_CleanResized(x), batch_size=batch_size, shuffle=False, num_workers=0)
     feats = [
@@ -163,7 +155,7 @@ def _inception_features(images: torch.Tensor | np.ndarray, device: torch.device,
 
 
 def _torchmetrics_features(images: torch.Tensor | np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    x = as_rgb_uint8(images)
+    x = as_rgb(images)
     model = TorchmetricsInception(device)
     starts = range(0, len(x), batch_size)
     feats = [
@@ -197,10 +189,8 @@ def compute_features(
         return _torchmetrics_features(images_uint8, dev, batch_size)
     if classifier is None:
         raise MetricError("The 'domain' backend needs a trained DomainClassifier (classifier=...).")
-    try:  # runs where the classifier lives: moving it would change the caller's object
-        return classifier.features(as_uint8_nchw(images_uint8), batch_size=max(batch_size, 256))
-    except ClassifierError as err:
-        raise MetricError(str(err)) from err
+    # runs where the classifier lives: moving it would change the caller's object
+    return classifier.features(as_uint8_nchw(images_uint8), batch_size=max(batch_size, 256))
 
 
 # --- the formulas --------------------------------------------------------------------------
@@ -345,7 +335,7 @@ def torchmetrics_fid(
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     dev = _device(device)
-    xa, xb = as_rgb_uint8(images_a), as_rgb_uint8(images_b)
+    xa, xb = as_rgb(images_a), as_rgb(images_b)
     if len(xa) < 2 or len(xb) < 2:
         raise MetricError(f"FID needs at least 2 images per set; got {len(xa)} and {len(xb)}.")
     metric = FrechetInceptionDistance(feature=TorchmetricsInception(dev), normalize=False).to(dev)
@@ -465,16 +455,3 @@ def fid_between_folders(
         fa = classifier.features(_load_folder_uint8(files_a, res, ch))
         fb = classifier.features(_load_folder_uint8(files_b, res, ch))
     return _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size)
-
-
-def save_images_to_folder(images_uint8: torch.Tensor | np.ndarray, folder: str | os.PathLike, prefix: str = "img") -> Path:
-    """Write uint8 images as lossless PNGs (e.g. samples, for ``fid_between_folders``)."""
-    from PIL import Image
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    x = as_uint8_nchw(images_uint8).cpu()
-    for i, img in enumerate(x):
-        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
-        Image.fromarray(np.ascontiguousarray(arr)).save(out / f"{prefix}_{i:06d}.png")
-    return out

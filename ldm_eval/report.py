@@ -1,22 +1,35 @@
 """Render a run folder's results as ``results.csv``, ``report.md`` and a self-contained ``report.html``.
 
-Everything here is derived from ``results.jsonl``: ``python -m ldm_eval report RUN_DIR``
-re-renders it at any time without measuring anything again.
+Everything here is derived from ``results.jsonl`` (read through :func:`pipelines.results.read_results`):
+``python -m ldm_eval report RUN_DIR`` re-renders it at any time without measuring anything again.
+The helpers below the compression report (reading a run, saving figures, writing the page)
+are shared with :mod:`ldm_eval.conditional_report`.
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
-import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import markdown
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from .results import ResultsLog, tidy_table, write_table  # noqa: E402
+from pipelines.atomic import atomic_path, write_text_atomic  # noqa: E402
+from pipelines.results import (  # noqa: E402
+    AutoencoderRecord, ConditioningRecord, EnvironmentRecord, ProgressRecord, Record, Results, TrainingRecord,
+    read_results,
+)
+
+from .results import Absent, tidy_table, write_table  # noqa: E402
 
 # The paper's numbers (Rombach et al., CVPR 2022), shown beside ours and labelled as the paper's.
 PAPER_AUTOENCODERS = pd.DataFrame(
@@ -34,25 +47,24 @@ PAPER_NOTES = [
     "in the same memory.",
     "Inpainting, LDM-1 vs LDM-4: training 0.11 vs 0.32 samples/s, sampling 0.26 vs 0.97 samples/s, FID@2k 24.74 vs 15.21.",
 ]
+SUMMARY_COLUMNS = ["factor", "kind", "latent_shape", "ddim_steps", "fid_backend", "fid_samples", "fid", "kid",
+                   "train_images_per_s", "samples_per_s", "psnr", "rfid"]
+AUTOENCODER_COLUMNS = ["kind", "factor", "latent_shape", "ae_params", "psnr", "ssim", "recon_samples", "rfid",
+                       "rfid_samples"]
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
+         "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")
 
+
+# --- the compression sweep's report ---------------------------------------------------------
 
 def _label(kind: str, factor: int) -> str:
     return "pixel f=1" if factor == 1 else f"{kind.upper()} f={factor}"
 
 
-def _fig_to_png(fig, path: Path) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-def make_plots(records: list[dict], table: pd.DataFrame, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """FID along training (Fig. 6), quality vs sampling speed (Fig. 7), training speed and memory per factor."""
     plots: dict[str, Path] = {}
-    progress = pd.DataFrame([r for r in records if r["record"] == "progress"])
+    progress = records_frame(results.of(ProgressRecord))
     if len(progress):
         fig, ax = plt.subplots(figsize=(6, 4))
         for (kind, factor), g in progress.groupby(["kind", "factor"]):
@@ -60,7 +72,7 @@ def make_plots(records: list[dict], table: pd.DataFrame, out: Path) -> dict[str,
         n = int(progress["fid_samples"].iloc[0])
         ax.set(xlabel="training steps", ylabel=f"FID (domain features, N={n})", title="FID along training (cf. paper Fig. 6)")
         ax.legend(fontsize=8)
-        plots["fid_vs_steps"] = _fig_to_png(fig, out / "fid_vs_steps.png")
+        plots["fid_vs_steps"] = save_figure(fig, out / "fid_vs_steps.png")
     for backend, g in table.groupby("fid_backend"):
         if g["samples_per_s"].isna().all():
             continue
@@ -75,8 +87,8 @@ def make_plots(records: list[dict], table: pd.DataFrame, out: Path) -> dict[str,
         ax.set(xlabel="sampling throughput (samples/s, log)", ylabel=f"FID ({backend}, N={n})",
                title="Quality vs speed; labels = DDIM steps (cf. Fig. 7)")
         ax.legend(fontsize=8)
-        plots[f"fid_vs_speed_{backend}"] = _fig_to_png(fig, out / f"fid_vs_speed_{backend}.png")
-    train = pd.DataFrame([r for r in records if r["record"] == "train"])
+        plots[f"fid_vs_speed_{backend}"] = save_figure(fig, out / f"fid_vs_speed_{backend}.png")
+    train = records_frame(results.of(TrainingRecord, condition="none"))
     if len(train):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
         for kind, g in train.groupby("kind"):
@@ -88,37 +100,27 @@ def make_plots(records: list[dict], table: pd.DataFrame, out: Path) -> dict[str,
             ax.set(xlabel="downsampling factor f", ylabel=ylabel)
             ax.legend(fontsize=8)
         axes[0].set_yscale("log")
-        plots["speed_memory"] = _fig_to_png(fig, out / "speed_memory.png")
+        plots["speed_memory"] = save_figure(fig, out / "speed_memory.png")
     return plots
 
 
-def _md_table(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, floatfmt=".4g") if len(df) else "(no rows yet)"
-
-
 def render_report(run_dir: Path) -> Path:
-    """Write results.csv, plots, report.md and report.html; returns report.md."""
+    """Write results.csv, plots, report.md and report.html of a compression sweep; returns report.md."""
     run_dir = Path(run_dir)
-    log = ResultsLog(run_dir)
-    records = log.records()
-    if not records:
-        raise FileNotFoundError(f"'{run_dir}' has no results.jsonl with measurements: run a sweep there first.")
-    table = tidy_table(records)
+    results = read_run(run_dir)
+    table = tidy_table(results)
     write_table(run_dir, table)
-    plots = make_plots(records, table, run_dir / "plots")
-    env = next((r for r in records if r["record"] == "environment"), {})
-    cfg = env.get("config", {})
-    ae = pd.DataFrame([r for r in records if r["record"] == "autoencoder"])
-    lines = [f"# LDM Lab report: {Path(run_dir).name}", ""]
+    plots = make_plots(results, table, run_dir / "plots")
+    env, cfg = environment(results)
+    ae = records_frame(results.of(AutoencoderRecord))
+    lines = [f"# LDM Lab report: {run_dir.name}", ""]
     lines += [
         f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px; factors "
         f"{cfg.get('factors')}; autoencoders {cfg.get('kinds')}. Every factor got the same training budget: "
         f"{cfg.get('train_budget')} {cfg.get('budget')} for the denoiser ({cfg.get('ae_budget')} {cfg.get('budget')} "
         f"for each autoencoder), UNets matched at about {cfg.get('param_budget')} parameters.",
         "",
-        f"Measured on {env.get('device_name')} ({env.get('device')}), started {env.get('started')}; torch "
-        f"{env.get('torch')}, diffusers {env.get('diffusers')}, accelerate {env.get('accelerate')}, torchmetrics "
-        f"{env.get('torchmetrics')}, clean-fid {env.get('clean_fid')}, Python {env.get('python')}; seed {cfg.get('seed')}.",
+        measured_on(env, cfg),
         "",
         "FID backends: `inception` = standard InceptionV3 features, clean-fid 'clean' resize (the comparable "
         "number, but small N here: FID is biased upward at small N, compare only at equal N and read KID beside "
@@ -130,71 +132,117 @@ def render_report(run_dir: Path) -> Path:
         *[f"- `{b}` FID/KID: N={int(g['fid_samples'].iloc[0])} generated images against as many held-out real images."
           for b, g in table.groupby("fid_backend")],
         "",
-        _md_table(table.drop(columns=["notes"]).assign(latent_shape=table["latent_shape"])),
+        md_table(table.drop(columns=["notes"])),
         "",
     ]
     degenerate = table.loc[table["degenerate"], "factor"].unique().tolist()
     if degenerate:
         lines += [f"Factors {degenerate} leave a latent of 2x2 or smaller here: run and flagged as degenerate.", ""]
     if len(ae):
-        shown = ae[["kind", "factor", "latent_shape", "ae_params", "psnr", "ssim", "recon_samples", "rfid", "rfid_samples"]]
-        lines += ["## Autoencoders (cf. paper Tab. 8)", "", _md_table(shown), ""]
-    for name, path in plots.items():
-        lines += [f"![{name}](plots/{path.name})", ""]
-    grids = sorted((run_dir / "grids").glob("samples-*.png")) if (run_dir / "grids").is_dir() else []
-    if grids:
-        lines += ["## Samples", ""] + [f"**{g.stem}**\n\n![{g.stem}](grids/{g.name})\n" for g in grids]
+        lines += ["## Autoencoders (cf. paper Tab. 8)", "", md_table(ae[AUTOENCODER_COLUMNS]), ""]
+    lines += image_lines(plots)
+    lines += grid_lines(run_dir, "samples-*.png", "## Samples")
     lines += ["## The paper's numbers (Rombach et al., CVPR 2022), for comparison", "",
               "First stages, trained on OpenImages, evaluated on ImageNet val (paper Tab. 8):", "",
-              _md_table(PAPER_AUTOENCODERS), ""] + [f"- {n}" for n in PAPER_NOTES] + [""]
-    md = "\n".join(lines)
-    md_path = run_dir / "report.md"
-    _write_atomic(md_path, md)
-    _write_atomic(run_dir / "report.html", _html(md, run_dir))
-    return md_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _html(markdown_text: str, run_dir: Path) -> str:
-    """A self-contained page: images inlined as data URIs, tables as HTML."""
-    body = []
-    for block in markdown_text.split("\n\n"):
-        block = block.strip()
-        if not block:
-            continue
-        if block.startswith("#"):
-            level = len(block) - len(block.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(block.lstrip('#').strip())}</h{level}>")
-        elif block.startswith("!["):
-            src = block[block.index("(") + 1 : block.rindex(")")]
-            data = base64.b64encode((run_dir / src).read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(src)}" src="data:image/png;base64,{data}"></p>')
-        elif block.startswith("|"):
-            rows = [r.strip().strip("|").split("|") for r in block.splitlines() if not set(r) <= set("|-: ")]
-            head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
-            cells = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
-        elif block.startswith("- "):
-            items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in block.splitlines())
-            body.append(f"<ul>{items}</ul>")
-        else:
-            text = html.escape(block).replace("**", "")
-            body.append(f"<p>{text}</p>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>LDM Lab report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+              md_table(PAPER_AUTOENCODERS), ""] + [f"- {n}" for n in PAPER_NOTES] + [""]
+    return write_report(run_dir, lines)
 
 
 def summary_table(run_dir: Path) -> str:
     """The results table as printed at the end of a sweep."""
-    table = tidy_table(ResultsLog(Path(run_dir)).records())
-    cols = ["factor", "kind", "latent_shape", "ddim_steps", "fid_backend", "fid_samples", "fid", "kid",
-            "train_images_per_s", "samples_per_s", "psnr", "rfid"]
-    return _md_table(table[cols])
+    return md_table(tidy_table(read_run(run_dir))[SUMMARY_COLUMNS])
 
 
+def render_any_report(run_dir: Path) -> tuple[Path, str]:
+    """Render whichever report the run is (conditioning if it scored conditioning, else compression).
+
+    Returns the report.md path and the summary table; a missing folder or one without results
+    raises ValueError with a message meant for the command line.
+    """
+    from .conditional_report import conditional_summary, render_conditional_report  # imports this module
+
+    if read_run(run_dir).of(ConditioningRecord):
+        return render_conditional_report(run_dir), conditional_summary(run_dir)
+    return render_report(run_dir), summary_table(run_dir)
+
+
+# --- shared by both reports ---------------------------------------------------------------
+
+def read_run(run_dir: str | Path) -> Results:
+    """The run's records; a clear ValueError (not an empty report) when there is nothing to render."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"Run folder '{run_dir}' does not exist.")
+    results = read_results(run_dir)
+    if not len(results):
+        raise ValueError(f"'{run_dir}' has no results.jsonl with measurements: run a sweep there first.")
+    return results
+
+
+def records_frame(records: Sequence[Record]) -> pd.DataFrame:
+    """Records of one type as a DataFrame, one column per field (for plots and plain listings)."""
+    return pd.DataFrame([dataclasses.asdict(r) for r in records])
+
+
+def environment(results: Results) -> tuple[EnvironmentRecord | Absent, dict[str, Any]]:
+    """The run's environment record (an :class:`Absent` stand-in if it was lost) and its sweep config."""
+    env = results.environment
+    return (env, env.config) if env is not None else (Absent(EnvironmentRecord), {})
+
+
+def measured_on(env: EnvironmentRecord | Absent, cfg: dict[str, Any]) -> str:
+    """Where and with which library versions the run was measured, as one sentence."""
+    return (f"Measured on {env.device_name} ({env.device}), started {env.started}; torch {env.torch}, diffusers "
+            f"{env.diffusers}, accelerate {env.accelerate}, torchmetrics {env.torchmetrics}, clean-fid "
+            f"{env.clean_fid}, Python {env.python}; seed {cfg.get('seed')}.")
+
+
+def md_table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".4g") if len(df) else "(no rows yet)"
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Save ``fig`` as a PNG atomically (a report never links half a file) and free it."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def image_lines(plots: dict[str, Path]) -> list[str]:
+    return [line for name, path in plots.items() for line in (f"![{name}](plots/{path.name})", "")]
+
+
+def grid_lines(run_dir: Path, pattern: str, heading: str) -> list[str]:
+    """A section of the sample grids in ``run_dir/grids`` matching ``pattern`` (none: no section)."""
+    grids = sorted((run_dir / "grids").glob(pattern))
+    if not grids:
+        return []
+    return [heading, ""] + [f"**{g.stem}**\n\n![{g.stem}](grids/{g.name})\n" for g in grids]
+
+
+def write_report(run_dir: Path, lines: list[str]) -> Path:
+    """Write report.md and its self-contained report.html atomically; returns report.md."""
+    md = "\n".join(lines)
+    md_path = write_text_atomic(run_dir / "report.md", md)
+    write_text_atomic(run_dir / "report.html", to_html(md, run_dir))
+    return md_path
+
+
+_LOCAL_IMAGE = re.compile(r'src="((?:plots|grids)/[^"]+)"')
+
+
+def to_html(markdown_text: str, run_dir: Path) -> str:
+    """A self-contained page: the Markdown rendered with tables, local images inlined as data URIs."""
+    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+
+    def inline(match: re.Match[str]) -> str:
+        data = base64.b64encode((run_dir / html.unescape(match.group(1))).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = _LOCAL_IMAGE.sub(inline, body)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>LDM Lab report: {html.escape(run_dir.name)}"
+            f"</title><style>{STYLE}</style></head><body>{body}</body></html>")

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from .data import FASHION_MNIST_CLASSES, UTK_RACES, ImageDataset
+from .errors import InputError, quote, real_number
 
 ConditionKind = Literal["none", "class", "text"]
 CONDITION_KINDS: tuple[str, ...] = ("none", "class", "text")
@@ -30,7 +31,7 @@ MAX_GUIDANCE = 50.0
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
 
-class ConditionError(ValueError):
+class ConditionError(InputError):
     """A condition the model cannot take: unknown label, empty prompt, wrong kind..."""
 
 
@@ -63,14 +64,14 @@ class ClassEmbedder(ModelMixin, ConfigMixin):
         if isinstance(label, (int,)) and not isinstance(label, bool):
             if 0 <= label < len(names):
                 return int(label)
-            raise ConditionError(f"Label {label} is out of range: this model knows labels 0 to {len(names) - 1}.")
+            raise ConditionError(f"Label {label} is out of range: this model knows labels 0 to {len(names) - 1}.", "labels")
         text = str(label).strip()
         if text.isdigit():
             return self.label_id(int(text))
         lowered = [n.lower() for n in names]
         if text.lower() in lowered:
             return lowered.index(text.lower())
-        raise ConditionError(f"Unknown label {text!r}; this model knows: {', '.join(names)}.")
+        raise ConditionError(f"Unknown label {quote(text)}; this model knows: {', '.join(names)}.", "labels")
 
 
 ConditionEncoder = ClassEmbedder | CLIPTextModel
@@ -199,7 +200,8 @@ def tokenize(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> torch.
     for text, ids in zip(texts, out):
         if len(ids) > length:
             raise ConditionError(
-                f"The prompt {text!r} is {len(ids) - 2} tokens long; this model reads at most {length - 2}."
+                f"The prompt {quote(text)} is {len(ids) - 2} tokens long; this model reads at most {length - 2}.",
+                "prompt",
             )
     return torch.tensor(out, dtype=torch.long)
 
@@ -224,12 +226,12 @@ def build_condition_encoder(
 # --- requests at sampling time -----------------------------------------------------------
 
 
-def _broadcast(values: Sequence | str | int, n: int, what: str) -> list:
+def _broadcast(values: Sequence | str | int, n: int, what: str, field: str) -> list:
     items = [values] if isinstance(values, (str, int)) else list(values)
     if len(items) == 1:
         return items * n
     if len(items) != n:
-        raise ConditionError(f"Give one {what} or one per image ({n}); got {len(items)}.")
+        raise ConditionError(f"Give one {what} or one per image ({n}); got {len(items)}.", field)
     return items
 
 
@@ -247,32 +249,40 @@ def condition_ids(
     kind = condition_kind(encoder)
     if kind == "none":
         if labels is not None or prompt is not None:
-            raise ConditionError("This model is unconditional: it takes no label or prompt.")
+            raise ConditionError("This model is unconditional: it takes no label or prompt.",
+                                 "labels" if labels is not None else "prompt")
         return None
     if kind == "class":
         if prompt is not None:
-            raise ConditionError("This model is class-conditional: give a label, not a prompt.")
+            raise ConditionError("This model is class-conditional: give a label, not a prompt.", "prompt")
         null = torch.full((num_images,), encoder.null_id, dtype=torch.long)
         if labels is None:
             return null, null
-        ids = torch.tensor([encoder.label_id(v) for v in _broadcast(labels, num_images, "label")], dtype=torch.long)
+        ids = torch.tensor([encoder.label_id(v) for v in _broadcast(labels, num_images, "label", "labels")], dtype=torch.long)
         return ids, null
     if labels is not None:
-        raise ConditionError("This model is text-conditional: give a prompt, not a label.")
+        first = labels if isinstance(labels, (str, int)) else next(iter(labels), "")
+        example = class_caption(first) if isinstance(first, str) and first.strip() and not first.isdigit() else \
+            "a photo of an ankle boot"
+        raise ConditionError(f"This model is text-conditional: give a prompt, not a label (e.g. {quote(example)}).",
+                             "labels")
     null = tokenize(tokenizer, [""]).repeat(num_images, 1)
     if prompt is None:
         return null, null
-    prompts = _broadcast(prompt, num_images, "prompt")
+    prompts = _broadcast(prompt, num_images, "prompt", "prompt")
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
-            raise ConditionError("The prompt is empty: write what to draw, e.g. 'a photo of an ankle boot'.")
+            raise ConditionError("The prompt is empty: write what to draw, e.g. 'a photo of an ankle boot'.", "prompt")
     return tokenize(tokenizer, [p.strip() for p in prompts]), null
 
 
-def validate_guidance(guidance_scale: float, kind: ConditionKind) -> float:
-    value = float(guidance_scale)
-    if not (value == value) or not 0.0 <= value <= MAX_GUIDANCE:
-        raise ConditionError(f"Guidance scale must be from 0 to {MAX_GUIDANCE:g} (got {guidance_scale!r}).")
+def validate_guidance(guidance_scale: object, kind: ConditionKind) -> float:
+    """The one check of a guidance scale: a number from 0 to ``MAX_GUIDANCE``; only 1 for unconditional models."""
+    try:
+        value = real_number(guidance_scale, "guidance_scale", "Guidance scale", 0.0, MAX_GUIDANCE)
+    except InputError as err:
+        raise ConditionError(str(err), err.field) from None
     if kind == "none" and value != 1.0:
-        raise ConditionError("Guidance needs a conditional model; this one is unconditional (use guidance 1).")
+        raise ConditionError("Guidance needs a conditional model; this one is unconditional (use guidance 1).",
+                             "guidance_scale")
     return value

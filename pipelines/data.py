@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .errors import InputError
+from .images import uint8_to_signed
+
 log = logging.getLogger(__name__)
 
 Split = Literal["train", "test"]
@@ -34,7 +37,7 @@ UTK_RACES = ("White", "Black", "Asian", "Indian", "Other")
 HELD_OUT_SHARE = 0.1  # folders have no official split: 10 % held out for FID / reconstruction
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A data set that cannot be read: missing path, empty folder, bad resolution..."""
 
 
@@ -60,14 +63,10 @@ class ImageDataset:
 
     def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
         """Float images in [-1, 1]."""
-        return to_float(self.images[index])
+        return uint8_to_signed(self.images[index])
 
     def subset(self, n: int) -> "ImageDataset":
         return ImageDataset(self.images[:n], self.name, {k: v[:n] for k, v in self.labels.items()}, self.class_names)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 127.5 - 1.0
 
 
 def load_dataset(

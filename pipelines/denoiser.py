@@ -52,34 +52,17 @@ def _build(spec: DenoiserSpec, k: int) -> Denoiser:
     # at every level but the full-resolution one, for every f alike. This is what makes
     # pixel space expensive: at 64 px the first attention level already has 32x32 tokens.
     first = ("DownBlock2D",) if levels > 1 else ()
-    if spec.cross_attention_dim is None:
-        down = first + ("AttnDownBlock2D",) * (levels - len(first))
-        up = ("AttnUpBlock2D",) * (levels - len(first)) + tuple(b.replace("Down", "Up") for b in first)
-        return UNet2DModel(
-            sample_size=spec.side,
-            in_channels=spec.channels,
-            out_channels=spec.channels,
-            block_out_channels=widths,
-            down_block_types=down,
-            up_block_types=up,
-            layers_per_block=spec.layers_per_block,
-            attention_head_dim=spec.attention_head_dim,
-            norm_num_groups=NORM_GROUPS,
-        )
-    down = first + ("CrossAttnDownBlock2D",) * (levels - len(first))
-    up = ("CrossAttnUpBlock2D",) * (levels - len(first)) + tuple(b.replace("Down", "Up") for b in first)
-    return UNet2DConditionModel(
-        sample_size=spec.side,
-        in_channels=spec.channels,
-        out_channels=spec.channels,
-        block_out_channels=widths,
-        down_block_types=down,
-        up_block_types=up,
-        layers_per_block=spec.layers_per_block,
-        attention_head_dim=spec.attention_head_dim,
-        norm_num_groups=NORM_GROUPS,
-        cross_attention_dim=spec.cross_attention_dim,
-    )
+    conditional = spec.cross_attention_dim is not None
+    attn = "CrossAttn" if conditional else "Attn"
+    down = first + (f"{attn}DownBlock2D",) * (levels - len(first))
+    up = (f"{attn}UpBlock2D",) * (levels - len(first)) + tuple(b.replace("Down", "Up") for b in first)
+    config = dict(sample_size=spec.side, in_channels=spec.channels, out_channels=spec.channels,
+                  block_out_channels=widths, down_block_types=down, up_block_types=up,
+                  layers_per_block=spec.layers_per_block, attention_head_dim=spec.attention_head_dim,
+                  norm_num_groups=NORM_GROUPS)
+    if conditional:
+        return UNet2DConditionModel(**config, cross_attention_dim=spec.cross_attention_dim)
+    return UNet2DModel(**config)
 
 
 def build_denoiser(spec: DenoiserSpec) -> Denoiser:

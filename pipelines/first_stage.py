@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from diffusers import AutoencoderKL, VQModel
 
+from .errors import InputError
+
 AutoencoderKind = Literal["kl", "vq"]
 Autoencoder = AutoencoderKL | VQModel
 
@@ -30,18 +32,18 @@ DEFAULT_LATENT_CHANNELS: dict[str, dict[int, int]] = {
 }
 
 
-class FirstStageError(ValueError):
+class FirstStageError(InputError):
     """A first stage that cannot be built or trusted (bad factor, bad latent scale...)."""
 
 
 def check_factor(factor: int, resolution: int | None = None) -> None:
     """Raise a clear error for an unknown factor or one that does not divide the image."""
     if factor not in FACTORS:
-        raise FirstStageError(f"Unknown downsampling factor {factor}; choose one of {list(FACTORS)}.")
+        raise FirstStageError(f"Unknown downsampling factor {factor}; choose one of {list(FACTORS)}.", "factor")
     if resolution is not None and resolution % factor != 0:
         raise FirstStageError(
             f"Factor {factor} does not divide the resolution {resolution}: "
-            f"the latent would not have an integer size. Pick a resolution divisible by {factor}."
+            f"the latent would not have an integer size. Pick a resolution divisible by {factor}.", "resolution"
         )
 
 
@@ -168,6 +170,22 @@ class FirstStage:
         if self.vae is None:
             return latents
         return self.vae.decode(latents / self.scale).sample
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaled latents, reconstructions clamped to [-1, 1]) of images in [-1, 1], in batches.
+
+        Uses the posterior mean (no sampling noise): what the autoencoder keeps of the image.
+        Runs in the autoencoder's dtype; returns float32 on the images' device.
+        """
+        dtype = self.vae.dtype if self.vae is not None else images.dtype
+        latents, recons = [], []
+        for start in range(0, images.shape[0], batch_size):
+            mean, _ = self.encode_moments(images[start : start + batch_size].to(dtype))
+            z = mean * self.scale
+            latents.append(z.float())
+            recons.append(self.decode(z).float().clamp(-1, 1))
+        return torch.cat(latents), torch.cat(recons)
 
 
 @torch.no_grad()

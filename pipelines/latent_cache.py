@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path
 from .data import ImageDataset
 from .first_stage import FirstStage
 
@@ -87,11 +88,9 @@ def cached_latents(
         except (SafetensorError, OSError, KeyError) as err:
             log.warning("Latent cache %s is unreadable (%s); encoding again.", path, err)
     cache = encode_dataset(first_stage, dataset, device)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tensors = {"mean": cache.mean.contiguous()}
     if cache.std is not None:
         tensors["std"] = cache.std.contiguous()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp)
     return cache

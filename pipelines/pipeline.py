@@ -35,15 +35,19 @@ from .conditioning import (
     encode_condition,
     validate_guidance,
 )
+from .errors import InputError, quote, whole_number
 from .first_stage import Autoencoder, FirstStage, count_parameters
+from .images import save_png, signed_to_unit
 
 log = logging.getLogger(__name__)
 
 SamplerName = Literal["ddim", "ddpm"]
+SAMPLERS: tuple[str, ...] = ("ddim", "ddpm")
 MAX_BATCH = 4096
+MAX_SEED = 2**63 - 1
 
 
-class PipelineLoadError(ValueError):
+class PipelineLoadError(InputError):
     """A model folder that cannot be loaded (missing, corrupt, unsafe or not a pipeline)."""
 
 
@@ -60,6 +64,28 @@ class SampleOutput(BaseOutput):
     timesteps: list[int]
     trajectory_xt: np.ndarray | None = None
     trajectory_x0: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """A checked sampling request (:meth:`LatentDiffusionPipeline.check_inputs`)."""
+
+    num_images: int
+    steps: int
+    scheduler: str
+    seed: int | None
+    guidance: float
+    condition: tuple[torch.Tensor, torch.Tensor] | None  # (asked, null) condition ids; None: unconditional model
+
+
+def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image: image ``i`` of ``seed`` never depends on the batch it is drawn in.
+
+    The generator's seed mixes (seed, i) through NumPy's ``SeedSequence``, so the images of
+    nearby seeds do not overlap (``seed + i`` would make image 1 of seed 0 image 0 of seed 1).
+    """
+    return [torch.Generator("cpu").manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0]))
+            for i in indices]
 
 
 def make_scheduler(kind: SamplerName, config: dict) -> DDIMScheduler | DDPMScheduler:
@@ -144,31 +170,34 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         return {"unet": count_parameters(self.unet), "vae": count_parameters(self.vae),
                 "condition_encoder": count_parameters(self.condition_encoder)}
 
-    def validate_request(self, num_images: int, num_inference_steps: int) -> None:
-        """Clear errors for absurd requests before any work starts."""
-        limit = int(self.scheduler.config.num_train_timesteps)
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= limit:
-            raise ValueError(f"Steps must be an integer from 1 to {limit} (got {num_inference_steps!r}).")
-        if not isinstance(num_images, int) or not 1 <= num_images <= MAX_BATCH:
-            raise ValueError(f"Number of images must be an integer from 1 to {MAX_BATCH} (got {num_images!r}).")
-
-    def validate_condition(
+    def check_inputs(
         self,
-        num_images: int,
+        num_images: object = 1,
+        num_inference_steps: object = 50,
+        scheduler: object = "ddim",
+        seed: object = None,
         labels: Sequence[int | str] | int | str | None = None,
         prompt: Sequence[str] | str | None = None,
-        guidance_scale: float = 1.0,
-    ) -> tuple[float, tuple[torch.Tensor, torch.Tensor] | None]:
-        """The guidance to apply and the (condition, null) ids; clear errors before any work.
+        guidance_scale: object = 1.0,
+    ) -> SampleRequest:
+        """The one place that decides what a sampling request may be; clear errors before any work.
 
-        With no label or prompt a conditional model samples its unconditional ("null")
-        model, where guidance changes nothing, so the guidance branch is skipped (g = 1).
+        Raises :class:`~pipelines.errors.InputError` (``ConditionError`` for conditions) whose
+        ``field`` is the keyword argument at fault. With no label or prompt a conditional model
+        samples its unconditional ("null") model, where guidance changes nothing, so the
+        guidance branch is skipped (g = 1).
         """
+        limit = int(self.scheduler.config.num_train_timesteps)
+        steps = whole_number(num_inference_steps, "num_inference_steps", "Steps", 1, limit)
+        n = whole_number(num_images, "num_images", "Number of images", 1, MAX_BATCH)
+        if scheduler not in SAMPLERS:
+            raise InputError(f"Unknown scheduler {quote(scheduler)}; choose {' or '.join(SAMPLERS)}.", "scheduler")
+        seed = None if seed is None else whole_number(seed, "seed", "Seed", 0, MAX_SEED)
         guidance = validate_guidance(guidance_scale, self.condition)
-        ids = condition_ids(self.condition_encoder, self.tokenizer, num_images, labels, prompt)
+        ids = condition_ids(self.condition_encoder, self.tokenizer, n, labels, prompt)
         if labels is None and prompt is None:
             guidance = 1.0
-        return guidance, ids
+        return SampleRequest(n, steps, str(scheduler), seed, guidance, ids)
 
     @torch.no_grad()
     def __call__(
@@ -187,30 +216,31 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     ) -> SampleOutput:
         """Draw ``num_images`` samples.
 
-        ``seed`` is a shortcut for a CPU generator: the initial noise is drawn on the CPU so
-        a seed gives the same images on every device. ``labels`` (class models: names or
+        ``seed`` gives every image its own CPU generator (:func:`image_generators`): image i
+        of seed s is the same whatever the batch it is drawn in and on every device.
+        ``generator`` (one, or one per image) is the diffusers-style alternative. ``labels`` (class models: names or
         indices) or ``prompt`` (text models), one for all images or one per image, pick the
         condition; none samples the learned unconditional model. ``guidance_scale`` g is
         classifier-free guidance, eps = eps_null + g (eps_cond - eps_null): at g = 1 only the
         conditional branch runs, so the result is exactly the plain conditional model.
         """
-        self.validate_request(num_images, num_inference_steps)
-        guidance, ids = self.validate_condition(num_images, labels, prompt, guidance_scale)
+        request = self.check_inputs(num_images, num_inference_steps, scheduler, seed, labels, prompt, guidance_scale)
+        num_images, guidance, ids = request.num_images, request.guidance, request.condition
         cond_tokens = null_tokens = None
         if ids is not None:
             cond_tokens = encode_condition(self.condition_encoder, ids[0].to(self.device)).to(self.unet.dtype)
             if guidance != 1.0:
                 null_tokens = encode_condition(self.condition_encoder, ids[1].to(self.device)).to(self.unet.dtype)
-        if generator is None and seed is not None:
-            generator = torch.Generator("cpu").manual_seed(int(seed))
-        sampler = make_scheduler(scheduler, self.scheduler.config)
-        sampler.set_timesteps(num_inference_steps)
+        if generator is None and request.seed is not None:
+            generator = image_generators(request.seed, range(num_images))
+        sampler = make_scheduler(request.scheduler, self.scheduler.config)
+        sampler.set_timesteps(request.steps)
         first_stage = self.first_stage
         unet_dtype = self.unet.dtype
         shape = (num_images, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         x = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         x = (x * sampler.init_noise_sigma).to(self.device)
-        step_kwargs = {"eta": eta} if scheduler == "ddim" else {}
+        step_kwargs = {"eta": eta} if request.scheduler == "ddim" else {}
         xts, x0s = [], []
         timesteps = sampler.timesteps.tolist()
         iterator = self.progress_bar(timesteps) if progress else timesteps
@@ -239,13 +269,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     def _to_images(self, first_stage: FirstStage, latents: torch.Tensor) -> np.ndarray:
         vae_dtype = self.vae.dtype if self.vae is not None else latents.dtype
-        images = first_stage.decode(latents.to(vae_dtype)).float()
-        return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] (n, H, W, C) to uint8, rounding like PIL does."""
-    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return signed_to_unit(first_stage.decode(latents.to(vae_dtype))).permute(0, 2, 3, 1).cpu().numpy()
 
 
 # --- loading --------------------------------------------------------------------------
@@ -320,22 +344,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but this machine has no CUDA GPU (use --device cpu).")
+        raise InputError("Device 'cuda' was asked for, but this machine has no CUDA GPU (use 'cpu').", "device")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"Unknown device {name!r}; use auto, cpu or cuda.")
+        raise InputError(f"Unknown device {quote(name)}; use auto, cpu or cuda.", "device")
     return torch.device(name)
 
 
 def save_images(images: np.ndarray, out: Path, start: int = 0, prefix: str = "sample") -> list[Path]:
-    """Write float images in [0, 1] as PNG files, each atomically (write, then rename)."""
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(to_uint8(images)):
-        path = out / f"{prefix}_{start + i:05d}.png"
-        tmp = out / f".{path.name}.tmp"
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
-        tmp.replace(path)
-        paths.append(path)
-    return paths
+    """Write float images in [0, 1] as PNG files ``PREFIX_NNNNN.png``, each atomically."""
+    return [save_png(img, out / f"{prefix}_{start + i:05d}.png") for i, img in enumerate(images)]

@@ -1,18 +1,27 @@
 """Training loops for autoencoders and diffusion models, built on accelerate.
 
-Both trainers share :func:`run_training`, which owns the budget (steps or wall-clock
-seconds), the progress bar, EMA, atomic checkpoints and resuming. Each step draws its
-batch and noise from a generator seeded by (seed, step, rank), so a run resumed from a
-checkpoint continues exactly as the uninterrupted run would have.
+Both trainers share :func:`run_training`, which owns the loop: the budget (steps or
+wall-clock seconds), the progress bar, EMA, peak memory, atomic checkpoints, resuming, and
+callbacks -- an evaluation at chosen points of training (:class:`Milestones`, e.g. the
+paper's Fig. 6 FID along training) or any progress hook -- so a caller measures inside one
+run instead of restarting training per point. Each step draws its batch and noise from a
+generator seeded by (seed, step, rank), so a run resumed from a checkpoint continues
+exactly as the uninterrupted run would have.
+
+The trainers return what they trained, in memory, with a typed :class:`TrainingSummary`
+(also written to ``training.json`` beside the weights).
 """
 from __future__ import annotations
 
 import logging
 import math
+import platform
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +31,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from .atomic import write_json_atomic
 from .checkpoint import (
     CheckpointError,
     TrainState,
@@ -29,10 +39,10 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
-    write_json_atomic,
 )
 from .conditioning import CONDITION_KINDS, ConditionEncoder, ConditionKind, build_condition_encoder, encode_condition
 from .data import ImageDataset, load_dataset
+from .errors import InputError
 from .denoiser import DenoiserSpec, build_denoiser
 from .first_stage import (
     Autoencoder,
@@ -44,7 +54,9 @@ from .first_stage import (
     measure_scaling_factor,
     set_scaling_factor,
 )
+from .images import uint8_to_signed
 from .latent_cache import LatentCache, cached_latents
+from .memory import MemoryReading, PeakMemory
 from .pipeline import LatentDiffusionPipeline, default_train_scheduler
 
 log = logging.getLogger(__name__)
@@ -53,8 +65,8 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 MAX_STEPS = 10_000_000
 
 
-class TrainingError(ValueError):
-    """A training request that cannot run as asked."""
+class TrainingError(InputError):
+    """A training request that cannot run as asked (``field`` names the setting at fault)."""
 
 
 @dataclass
@@ -77,15 +89,21 @@ class TrainConfig:
 
     def validate(self) -> None:
         if (self.max_steps is None) == (self.max_seconds is None):
-            raise TrainingError("Give exactly one budget: --max-steps N or --max-seconds S.")
+            raise TrainingError("Give exactly one budget: a number of steps (max_steps) or of seconds (max_seconds).",
+                                "max_steps")
         if self.max_steps is not None and not 1 <= self.max_steps <= MAX_STEPS:
-            raise TrainingError(f"--max-steps must be from 1 to {MAX_STEPS} (got {self.max_steps}).")
+            raise TrainingError(f"The step budget must be from 1 to {MAX_STEPS} (got {self.max_steps}).", "max_steps")
         if self.max_seconds is not None and not 0 < self.max_seconds <= 30 * 86400:
-            raise TrainingError(f"--max-seconds must be positive and at most 30 days (got {self.max_seconds}).")
+            raise TrainingError(f"The time budget must be positive and at most 30 days (got {self.max_seconds} s).",
+                                "max_seconds")
         if not 1 <= self.checkpoint_every <= MAX_STEPS:
-            raise TrainingError(f"--checkpoint-every must be a positive number of steps (got {self.checkpoint_every}).")
+            raise TrainingError(f"Checkpoints must come every 1 to {MAX_STEPS} steps (got {self.checkpoint_every}).",
+                                "checkpoint_every")
         if not 1 <= self.batch_size <= 65536:
-            raise TrainingError(f"Batch size must be from 1 to 65536 (got {self.batch_size}).")
+            raise TrainingError(f"Batch size must be from 1 to 65536 (got {self.batch_size}).", "batch_size")
+        if self.max_images is not None and self.max_images < 1:
+            raise TrainingError(f"The number of training images must be positive (got {self.max_images}).",
+                                "max_images")
 
 
 @dataclass
@@ -96,6 +114,7 @@ class TrainResult:
     device: str
     num_processes: int
     step_seconds: list[float] = field(default_factory=list)  # this process's steps (benchmarks)
+    peak_memory: MemoryReading | None = None  # the largest of the training steps' peaks
 
     @property
     def images_per_second(self) -> float:
@@ -103,6 +122,64 @@ class TrainResult:
 
 
 LossFn = Callable[[torch.nn.Module, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class Snapshot:
+    """What a callback sees after a training step (on the main process only).
+
+    ``evaluating()`` yields the trained artefact (a pipeline, an autoencoder) with the EMA
+    weights swapped in and in eval mode, then restores the training weights.
+    """
+
+    state: TrainState
+    finished: bool
+    _model: torch.nn.Module
+    _ema: EMAModel | None
+    _artefact: Any
+
+    @contextmanager
+    def evaluating(self) -> Iterator[Any]:
+        if self._ema is not None:
+            self._ema.store(self._model.parameters())
+            self._ema.copy_to(self._model.parameters())
+        self._model.eval()
+        try:
+            yield self._artefact
+        finally:
+            self._model.train()
+            if self._ema is not None:
+                self._ema.restore(self._model.parameters())
+
+
+Callback = Callable[[Snapshot], None]
+
+
+class Milestones:
+    """Call ``fn(snapshot, point)`` once when training first reaches each target (steps or seconds).
+
+    Points are numbered from 1. A run resumed past a target calls it at its first step; the
+    end of training reaches every target left.
+    """
+
+    def __init__(self, targets: Sequence[float], unit: Literal["steps", "seconds"],
+                 fn: Callable[[Snapshot, int], None]):
+        self.targets, self.unit, self.fn = list(targets), unit, fn
+        self._reached: set[int] = set()
+
+    @classmethod
+    def evenly(cls, budget: float, points: int, unit: Literal["steps", "seconds"],
+               fn: Callable[[Snapshot, int], None]) -> "Milestones":
+        """``points`` targets spread evenly up to ``budget`` (whole steps when counting steps)."""
+        targets = [budget * i / points for i in range(1, points + 1)]
+        return cls([int(t) for t in targets] if unit == "steps" else targets, unit, fn)
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        progress = snapshot.state.step if self.unit == "steps" else snapshot.state.seconds
+        for point, target in enumerate(self.targets, 1):
+            if point not in self._reached and (progress >= target or snapshot.finished):
+                self._reached.add(point)
+                self.fn(snapshot, point)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -117,8 +194,16 @@ def run_training(
     accelerator: Accelerator,
     use_ema: bool,
     run_key: dict,
+    callbacks: Sequence[Callback] = (),
+    artefact: Any = None,
 ) -> TrainResult:
-    """Optimise ``model`` on ``loss_fn`` within the budget, checkpointing atomically."""
+    """Optimise ``model`` on ``loss_fn`` within the budget, checkpointing atomically.
+
+    After every step (and once more when the budget is spent) each callback gets a
+    :class:`Snapshot` on the main process; ``artefact`` is what ``Snapshot.evaluating``
+    yields (the pipeline being trained, say). Time spent in callbacks is not training
+    time: it counts neither toward the budget nor in the throughput.
+    """
     cfg.validate()
     cfg.out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
@@ -127,8 +212,8 @@ def run_training(
     checkpoint = latest_checkpoint(cfg.out)
     if checkpoint is not None and not cfg.resume:
         raise TrainingError(
-            f"'{cfg.out}' already holds checkpoints (latest {checkpoint.name}): pass --resume to continue "
-            "or choose a new --out."
+            f"'{cfg.out}' already holds checkpoints (latest {checkpoint.name}): resume the run or choose a new "
+            "output folder.", "resume"
         )
     model.to(accelerator.device)
     if ema is not None:
@@ -138,7 +223,7 @@ def run_training(
         if state.run_key != run_key:
             raise CheckpointError(
                 f"Checkpoint {checkpoint} was made with other settings ({state.run_key}); "
-                f"this run asks for {run_key}. Use a new --out."
+                f"this run asks for {run_key}. Use a new output folder."
             )
         log.info("Resuming from %s (step %d).", checkpoint, state.step)
     model.train()
@@ -159,23 +244,33 @@ def run_training(
         done = torch.tensor(float(state.seconds >= cfg.max_seconds), device=accelerator.device)
         return bool(accelerator.reduce(done, reduction="max").item())  # every rank stops together
 
+    def notify(done: bool) -> None:
+        if callbacks and accelerator.is_main_process:
+            snapshot = Snapshot(state, done, accelerator.unwrap_model(wrapped), ema, artefact)
+            for callback in callbacks:
+                callback(snapshot)
+        if callbacks:
+            accelerator.wait_for_everyone()
+
     smooth = None
     step_seconds: list[float] = []
+    peak: MemoryReading | None = None
     while not finished():
-        tic = time.perf_counter()
-        generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
-        with accelerator.autocast():
-            loss = loss_fn(wrapped, generator)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"Loss became {loss.item()} at step {state.step}; lower the learning rate.")
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(wrapped).parameters())
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - tic
+        with PeakMemory(accelerator.device) as memory:
+            generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
+            with accelerator.autocast():
+                loss = loss_fn(wrapped, generator)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"Loss became {loss.item()} at step {state.step}; lower the learning rate.",
+                                    "learning_rate")
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(wrapped).parameters())
+        elapsed = memory.reading.seconds
+        if memory.reading.peak_mb is not None and (peak is None or memory.reading.peak_mb > peak.peak_mb):
+            peak = memory.reading
         value = float(accelerator.reduce(loss.detach(), reduction="mean").item())
         state.step += 1
         state.seconds += elapsed
@@ -185,56 +280,83 @@ def run_training(
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         bar.update(1 if cfg.max_steps is not None else int(state.seconds) - bar.n)
         bar.set_postfix(loss=f"{smooth:.4f}", img_s=f"{per_step_images / max(elapsed, 1e-9):.0f}")
+        notify(done=False)  # before the checkpoint: a checkpoint never runs ahead of the evaluations
         if state.step % cfg.checkpoint_every == 0:
             if accelerator.is_main_process:
                 save_checkpoint(cfg.out, state, accelerator.unwrap_model(wrapped), optimizer, ema)
             accelerator.wait_for_everyone()
     bar.close()
+    notify(done=True)
     model = accelerator.unwrap_model(wrapped)
     last = list_checkpoints(cfg.out)
     if accelerator.is_main_process and (not last or last[-1].name != f"step-{state.step:08d}"):
         save_checkpoint(cfg.out, state, model, optimizer, ema)
     accelerator.wait_for_everyone()
     model.eval()
-    return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes, step_seconds)
+    return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes, step_seconds, peak)
 
 
 def load_training_data(dataset: str, resolution: int, channels: int | None, max_images: int | None) -> ImageDataset:
     data = load_dataset(dataset, resolution, channels, split="train")
-    if max_images is not None:
-        if max_images < 1:
-            raise TrainingError(f"--max-images must be positive (got {max_images}).")
-        data = data.subset(max_images)
-    return data
+    return data.subset(max_images) if max_images is not None else data
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
 
 
-def _summary(result: TrainResult, cfg: TrainConfig, extra: dict) -> dict:
-    return {
-        **extra,
-        "train_steps": result.state.step,
-        "train_seconds": round(result.state.seconds, 3),
-        "train_images": result.state.images,
-        "train_images_per_s": round(result.images_per_second, 3),
-        "final_loss": result.state.losses[-1] if result.state.losses else None,
-        "batch_size": cfg.batch_size,
-        "num_processes": result.num_processes,
-        "device": result.device,
-        "device_name": device_name(result.device),
-        "mixed_precision": cfg.mixed_precision,
-        "seed": cfg.seed,
-        "budget": {"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
-    }
+@dataclass
+class TrainingSummary:
+    """What a training run did and on what: returned by the trainers and written to ``training.json``."""
+
+    factor: int
+    kind: str  # "pixel", "kl" or "vq"
+    dataset: str
+    resolution: int
+    latent_shape: list[int]
+    ae_params: int
+    train_steps: int
+    train_seconds: float
+    train_images: int
+    train_images_per_s: float
+    final_loss: float | None
+    batch_size: int
+    num_processes: int
+    device: str
+    device_name: str
+    mixed_precision: str
+    seed: int
+    budget: dict[str, float | None]  # {"max_steps": ..., "max_seconds": ...}
+    peak_mem_train_mb: float | None = None
+    memory_method: str = "unavailable"
+    unet_params: int = 0  # diffusion models
+    scaling_factor: float | None = None  # autoencoders: 1 / std of the training latents
+    condition: str = "none"
+    condition_params: int = 0
+    condition_dropout: float | None = None
+
+    @classmethod
+    def of(cls, result: TrainResult, cfg: TrainConfig, **facts: Any) -> "TrainingSummary":
+        peak = result.peak_memory
+        return cls(
+            **facts,
+            train_steps=result.state.step, train_seconds=round(result.state.seconds, 3),
+            train_images=result.state.images, train_images_per_s=round(result.images_per_second, 3),
+            final_loss=result.state.losses[-1] if result.state.losses else None, batch_size=cfg.batch_size,
+            num_processes=result.num_processes, device=result.device, device_name=device_name(result.device),
+            mixed_precision=cfg.mixed_precision, seed=cfg.seed,
+            budget={"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
+            peak_mem_train_mb=None if peak is None else round(peak.peak_mb, 1),
+            memory_method="unavailable" if peak is None else f"{peak.method}, largest training step",
+        )
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(folder / "training.json", asdict(self))
 
 
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    import platform
-
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -267,12 +389,18 @@ def autoencoder_loss(vae: Autoencoder, x: torch.Tensor, generator: torch.Generat
     return F.l1_loss(recon.float(), x) + kl_weight * kl
 
 
-def train_autoencoder(cfg: AutoencoderTrainConfig) -> dict:
+@dataclass
+class TrainedAutoencoder:
+    vae: Autoencoder  # on the training device, in eval mode, latent scale measured
+    summary: TrainingSummary
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig, callbacks: Sequence[Callback] = ()) -> TrainedAutoencoder:
     """Train a first stage, measure its latent scale, save it in diffusers layout to ``cfg.out``."""
     cfg.validate()
     check_factor(cfg.factor, cfg.resolution)
     if cfg.factor == 1:
-        raise TrainingError("f = 1 is pixel space and has no autoencoder to train.")
+        raise TrainingError("f = 1 is pixel space and has no autoencoder to train.", "factor")
     accelerator = make_accelerator(cfg)
     data = load_training_data(cfg.dataset, cfg.resolution, cfg.channels, cfg.max_images)
     spec = AutoencoderSpec(
@@ -285,25 +413,25 @@ def train_autoencoder(cfg: AutoencoderTrainConfig) -> dict:
 
     def loss_fn(model: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(images), (cfg.batch_size,), generator=generator, device=images.device)
-        x = images[index].float() / 127.5 - 1.0
-        return autoencoder_loss(model, x, generator, cfg.kl_weight)
+        return autoencoder_loss(model, uint8_to_signed(images[index]), generator, cfg.kl_weight)
 
     run_key = {"kind": "autoencoder", **asdict(spec), "dataset": cfg.dataset, "seed": cfg.seed, "batch_size": cfg.batch_size,
                "max_images": cfg.max_images}
-    result = run_training(vae, loss_fn, cfg, accelerator, use_ema=False, run_key=run_key)
+    result = run_training(vae, loss_fn, cfg, accelerator, use_ema=False, run_key=run_key, callbacks=callbacks,
+                          artefact=vae)
     vae = result.model
-    summary = {}
+    probe = data.batch(slice(0, 512)).to(accelerator.device)
+    set_scaling_factor(vae, measure_scaling_factor(vae, probe))
+    summary = TrainingSummary.of(
+        result, cfg, factor=cfg.factor, kind=cfg.kind, dataset=cfg.dataset, resolution=cfg.resolution,
+        ae_params=count_parameters(vae), scaling_factor=vae.config.scaling_factor,
+        latent_shape=list(FirstStage(vae).latent_shape(cfg.resolution)),
+    )
     if accelerator.is_main_process:
-        probe = data.batch(slice(0, 512)).to(accelerator.device)
-        set_scaling_factor(vae, measure_scaling_factor(vae, probe))
         vae.save_pretrained(cfg.out, safe_serialization=True)
-        summary = _summary(result, cfg, {
-            "factor": cfg.factor, "kind": cfg.kind, "dataset": cfg.dataset, "resolution": cfg.resolution,
-            "ae_params": count_parameters(vae), "scaling_factor": vae.config.scaling_factor,
-            "latent_shape": list(FirstStage(vae).latent_shape(cfg.resolution)),
-        })
-        write_json_atomic(cfg.out / "training.json", summary)
-    return summary
+        summary.save(cfg.out)
+    accelerator.wait_for_everyone()
+    return TrainedAutoencoder(vae, summary)
 
 
 def load_autoencoder(path: str | Path) -> Autoencoder:
@@ -313,15 +441,15 @@ def load_autoencoder(path: str | Path) -> Autoencoder:
     root = Path(path)
     config = root / "config.json"
     if not config.is_file():
-        raise TrainingError(f"'{root}' is not an autoencoder folder (no config.json).")
+        raise TrainingError(f"'{root}' is not an autoencoder folder (no config.json).", "autoencoder")
     try:
         class_name = json.loads(config.read_text()).get("_class_name")
         cls = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}[class_name]
         vae = cls.from_pretrained(root, use_safetensors=True, local_files_only=True)
     except KeyError as err:
-        raise TrainingError(f"'{root}' holds a {err} model, not an AutoencoderKL or VQModel.") from err
+        raise TrainingError(f"'{root}' holds a {err} model, not an AutoencoderKL or VQModel.", "autoencoder") from err
     except (OSError, ValueError, RuntimeError) as err:
-        raise TrainingError(f"Could not load the autoencoder in '{root}': {err}") from err
+        raise TrainingError(f"Could not load the autoencoder in '{root}': {err}", "autoencoder") from err
     FirstStage(vae)  # validates the latent scale
     return vae
 
@@ -346,11 +474,14 @@ class DiffusionTrainConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         if self.condition not in CONDITION_KINDS:
-            raise TrainingError(f"Unknown --condition {self.condition!r}; choose one of {', '.join(CONDITION_KINDS)}.")
+            raise TrainingError(f"Unknown condition {self.condition!r}; choose one of {', '.join(CONDITION_KINDS)}.",
+                                "condition")
         if not 0.0 <= self.condition_dropout < 1.0:
-            raise TrainingError(f"--condition-dropout must be from 0 to below 1 (got {self.condition_dropout}).")
+            raise TrainingError(f"Condition dropout must be from 0 to below 1 (got {self.condition_dropout}).",
+                                "condition_dropout")
         if self.condition_width < 4 or self.condition_width % 4:
-            raise TrainingError(f"--condition-width must be a positive multiple of 4 (got {self.condition_width}).")
+            raise TrainingError(f"The condition width must be a positive multiple of 4 (got {self.condition_width}).",
+                                "condition_width")
 
 
 class ConditionalDenoiser(torch.nn.Module):
@@ -412,21 +543,32 @@ def build_diffusion_pipeline(
                                    tokenizer=tokenizer)
 
 
-def train_diffusion(cfg: DiffusionTrainConfig) -> dict:
-    """Train a denoiser on cached latents; save the EMA pipeline to ``cfg.out``."""
+@dataclass
+class TrainedDiffusion:
+    pipeline: LatentDiffusionPipeline  # EMA weights, on the training device, in eval mode
+    summary: TrainingSummary
+
+
+def train_diffusion(cfg: DiffusionTrainConfig, callbacks: Sequence[Callback] = ()) -> TrainedDiffusion:
+    """Train a denoiser on cached latents; save the EMA pipeline to ``cfg.out`` and return it.
+
+    Callbacks' ``Snapshot.evaluating()`` yields the pipeline with the EMA weights so far.
+    """
     cfg.validate()
     check_factor(cfg.factor, cfg.resolution)
     if cfg.factor == 1 and cfg.autoencoder is not None:
-        raise TrainingError("f = 1 is pixel-space diffusion: --autoencoder is not allowed.")
+        raise TrainingError("f = 1 is pixel-space diffusion: it takes no autoencoder.", "autoencoder")
     if cfg.factor > 1 and cfg.autoencoder is None:
-        raise TrainingError(f"f = {cfg.factor} needs --autoencoder DIR (train one with train-autoencoder).")
+        raise TrainingError(f"f = {cfg.factor} needs a trained autoencoder folder.", "autoencoder")
     vae = load_autoencoder(cfg.autoencoder) if cfg.autoencoder is not None else None
     if vae is not None:
         first_stage = FirstStage(vae)
         if first_stage.factor != cfg.factor:
-            raise TrainingError(f"The autoencoder in '{cfg.autoencoder}' has f = {first_stage.factor}, not {cfg.factor}.")
+            raise TrainingError(f"The autoencoder in '{cfg.autoencoder}' has f = {first_stage.factor}, not {cfg.factor}.",
+                                "autoencoder")
         if cfg.channels not in (None, vae.config.in_channels):
-            raise TrainingError(f"The autoencoder takes {vae.config.in_channels}-channel images, not {cfg.channels}.")
+            raise TrainingError(f"The autoencoder takes {vae.config.in_channels}-channel images, not {cfg.channels}.",
+                                "channels")
     channels = vae.config.in_channels if vae is not None else cfg.channels
     accelerator = make_accelerator(cfg)
     data = load_training_data(cfg.dataset, cfg.resolution, channels, cfg.max_images)
@@ -459,18 +601,20 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> dict:
     if cfg.condition != "none":
         run_key.update(condition=cfg.condition, condition_dropout=cfg.condition_dropout,
                        condition_width=cfg.condition_width)
-    result = run_training(model, loss_fn, cfg, accelerator, use_ema=True, run_key=run_key)
-    summary = {}
+    pipe.to(accelerator.device)
+    result = run_training(model, loss_fn, cfg, accelerator, use_ema=True, run_key=run_key, callbacks=callbacks,
+                          artefact=pipe)
+    result.ema.copy_to(model.parameters())
+    pipe.unet.eval()
+    counts = pipe.parameter_counts()
+    summary = TrainingSummary.of(
+        result, cfg, factor=cfg.factor, kind=first_stage.kind, dataset=cfg.dataset, resolution=cfg.resolution,
+        latent_shape=list(first_stage.latent_shape(cfg.resolution)), unet_params=counts["unet"],
+        ae_params=counts["vae"], condition=cfg.condition, condition_params=counts["condition_encoder"],
+        condition_dropout=cfg.condition_dropout if cfg.condition != "none" else None,
+    )
     if accelerator.is_main_process:
-        result.ema.copy_to(model.parameters())
-        pipe.to("cpu").save_pretrained(cfg.out, safe_serialization=True)
-        counts = pipe.parameter_counts()
-        summary = _summary(result, cfg, {
-            "factor": cfg.factor, "kind": first_stage.kind, "dataset": cfg.dataset, "resolution": cfg.resolution,
-            "latent_shape": list(first_stage.latent_shape(cfg.resolution)),
-            "unet_params": counts["unet"], "ae_params": counts["vae"],
-            "condition": cfg.condition, "condition_params": counts["condition_encoder"],
-            "condition_dropout": cfg.condition_dropout if cfg.condition != "none" else None,
-        })
-        write_json_atomic(cfg.out / "training.json", summary)
-    return summary
+        pipe.save_pretrained(cfg.out, safe_serialization=True)
+        summary.save(cfg.out)
+    accelerator.wait_for_everyone()
+    return TrainedDiffusion(pipe, summary)

@@ -18,6 +18,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["LDM_LAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+def write_pngs(images_uint8, folder: Path, prefix: str = "img") -> Path:
+    """uint8 images (any layout) as lossless PNG files in ``folder`` (for the folder-based metrics)."""
+    from pipelines.images import as_uint8_nchw, save_png
+
+    for i, image in enumerate(as_uint8_nchw(images_uint8).permute(0, 2, 3, 1).numpy()):
+        save_png(image, Path(folder) / f"{prefix}_{i:06d}.png")
+    return Path(folder)
+
+
 def run_cli(*args: str) -> int:
     from ldm_eval.cli import main
 

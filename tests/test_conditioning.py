@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from conftest import run_cli
 from pipelines.conditioning import (
@@ -18,7 +19,7 @@ from pipelines.conditioning import (
     tokenize,
 )
 from pipelines.data import FASHION_MNIST_CLASSES, ImageDataset, load_dataset
-from pipelines.pipeline import PipelineLoadError, load_pipeline
+from pipelines.pipeline import PipelineLoadError, image_generators, load_pipeline
 from pipelines.training import drop_conditions
 
 
@@ -82,7 +83,7 @@ def _plain_conditional_ddim(pipe, tokens: torch.Tensor, steps: int, seed: int) -
     sampler = DDIMScheduler.from_config(pipe.scheduler.config)
     sampler.set_timesteps(steps)
     shape = (tokens.shape[0], pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    x = randn_tensor(shape, generator=image_generators(seed, range(shape[0])))  # the pipeline's per-image noise
     with torch.no_grad():
         for t in sampler.timesteps:
             eps = pipe.unet(x, t, encoder_hidden_states=tokens).sample
@@ -129,7 +130,7 @@ def test_bad_conditions_get_clear_errors(tiny_class_ldm: Path, tiny_text_dm: Pat
     for empty in ("", "   "):
         with pytest.raises(ConditionError, match="prompt is empty"):
             text(num_images=1, num_inference_steps=1, prompt=empty)
-    with pytest.raises(ConditionError, match="Guidance scale must be from 0 to 50"):
+    with pytest.raises(ConditionError, match=r"Guidance scale must be a number from 0 to 50 \(got nan\)"):
         text(num_images=1, num_inference_steps=1, prompt="a photo of a bag", guidance_scale=float("nan"))
     with pytest.raises(ConditionError, match="unconditional"):
         plain(num_images=1, num_inference_steps=1, labels=1)
@@ -148,9 +149,9 @@ def test_sample_cli_with_label_prompt_and_errors(tiny_class_ldm: Path, tiny_text
     assert len(list((tmp_path / "bags").glob("*.png"))) == 2
     capsys.readouterr()
     assert run_cli("sample", tiny_class_ldm, "--n", 2, "--steps", 2, "--label", "spaceship", "--out", tmp_path / "x") == 2
-    assert "error: Unknown label 'spaceship'" in capsys.readouterr().err
+    assert "error: --label: Unknown label 'spaceship'" in capsys.readouterr().err
     assert run_cli("sample", tiny_text_dm, "--n", 2, "--steps", 2, "--prompt", "", "--out", tmp_path / "y") == 2
-    assert "error: The prompt is empty" in capsys.readouterr().err
+    assert "error: --prompt: The prompt is empty" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, run_cli
+from gradio_client.exceptions import AppError
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
+JUNK_IMAGE = r"^That file is not an image this demo can read"
 
 
 def _free_port() -> int:
@@ -113,25 +115,91 @@ def test_lab_labels_prompts_and_guidance_change_the_samples(server) -> None:
 
 
 def test_lab_refuses_conditions_a_model_cannot_take(server) -> None:
+    """The core decides; the message names the demo's control at fault and, for numbers, the allowed range."""
     from demo.service import DemoInputError
 
     lab = server[1]
     cls, text, plain = _label(lab, 4, "class"), _label(lab, 1, "text"), _label(lab, 4)
-    for model, condition, message in [
-        (cls, {"label": "zebra"}, r"Unknown label 'zebra'; this model knows: T-shirt/top, .*ankle boot"),
-        (text, {"prompt": "   "}, r"The prompt is empty: write what to draw"),
-        (plain, {"label": "bag"}, r"is unconditional: it takes no label or prompt"),
-        (plain, {"prompt": "a photo of a bag"}, r"is unconditional"),
-        (plain, {"guidance": 3}, r"is unconditional.*guidance must be 1"),
-        (cls, {"prompt": "a photo of a bag"}, r"takes class labels, not prompts"),
-        (text, {"label": "bag"}, r"takes text prompts, not labels: write a prompt such as 'a photo of a bag'"),
-        (cls, {"label": "bag", "guidance": 51}, r"Guidance must be a number from 0 to 50"),
-        (cls, {"label": "bag", "guidance": float("nan")}, r"Guidance must be a number from 0 to 50"),
-        (cls, {"label": "bag", "guidance": "lots"}, r"Guidance must be a number from 0 to 50"),
-        (text, {"prompt": "a photo of " + "very " * 40 + "long boot"}, r"tokens long"),
+    long_prompt = "a photo of " + "very " * 40 + "long boot"
+    for model, condition, control, message in [
+        (cls, {"label": "zebra"}, "Class label",
+         r"^Class label: Unknown label 'zebra'; this model knows: T-shirt/top, .*ankle boot\.$"),
+        (text, {"prompt": "   "}, "Prompt", r"^Prompt: The prompt is empty: write what to draw"),
+        (plain, {"label": "bag"}, "Class label",
+         r"^Class label: This model is unconditional: it takes no label or prompt"),
+        (plain, {"prompt": "a photo of a bag"}, "Prompt", r"^Prompt: This model is unconditional"),
+        (plain, {"guidance": 3}, "Guidance scale",
+         r"^Guidance scale: Guidance needs a conditional model; this one is unconditional \(use guidance 1\)"),
+        (cls, {"prompt": "a photo of a bag"}, "Prompt", r"^Prompt: This model is class-conditional: give a label, not"),
+        (text, {"label": "bag"}, "Class label", r"^Class label: This model is text-conditional: give a prompt, not"),
+        (cls, {"label": "bag", "guidance": 51}, "Guidance scale",
+         r"^Guidance scale must be a number from 0 to 50 \(got 51\)\.$"),
+        (cls, {"label": "bag", "guidance": float("nan")}, "Guidance scale",
+         r"^Guidance scale must be a number from 0 to 50 \(got nan\)\.$"),
+        (cls, {"label": "bag", "guidance": "lots"}, "Guidance scale",
+         r"^Guidance scale must be a number from 0 to 50 \(got 'lots'\)\.$"),
+        (text, {"prompt": long_prompt}, "Prompt",
+         r"^Prompt: The prompt 'a photo of very very .{20,50}…' is \d+ tokens long"),
+    ]:
+        with pytest.raises(DemoInputError, match=message) as err:
+            lab.generate(model, "ddim", 2, 0, 1, **condition)
+        assert err.value.control == control
+        assert long_prompt not in str(err.value)  # user text is quoted short
+
+
+def test_lab_passes_raw_numbers_to_the_core(server) -> None:
+    """Steps, seed, sampler and image count as typed (text, floats from JSON): the core's checks answer."""
+    from demo.service import DemoInputError
+
+    lab = server[1]
+    plain, cls = _label(lab, 4), _label(lab, 4, "class")
+    for args, message in [
+        (("ddim", "abc", 0, 1), r"^Steps must be a whole number from 1 to 1000 \(got 'abc'\)\.$"),
+        (("ddim", 0, 0, 1), r"^Steps must be a whole number from 1 to 1000 \(got 0\)\.$"),
+        (("ddim", 2.5, 0, 1), r"^Steps must be a whole number from 1 to 1000 \(got 2\.5\)\.$"),
+        (("ddim", 2, -1, 1), r"^Seed must be a whole number from 0 to \d+ \(got -1\)\.$"),
+        (("ddim", 2, None, 1), r"^Seed: write a whole number"),
+        (("euler", 2, 0, 1), r"^Sampler: Unknown scheduler 'euler'; choose ddim or ddpm\.$"),
+        (("ddim", 2, 0, 17), r"^Images must be a whole number from 1 to 16 \(got 17\)\.$"),
+        (("ddim", 2, 0, 0), r"^Images must be a whole number from 1 to 16 \(got 0\)\.$"),
     ]:
         with pytest.raises(DemoInputError, match=message):
-            lab.generate(model, "ddim", 2, 0, 1, **condition)
+            lab.generate(plain, *args)
+    # integral floats (what JSON gives) are whole numbers; the images are the same
+    as_floats = lab.generate(cls, "ddim", 3.0, 5.0, 2.0, label="bag", guidance=2)[0].images
+    np.testing.assert_array_equal(as_floats, lab.generate(cls, "ddim", 3, 5, 2, label="bag", guidance=2.0)[0].images)
+    # Compare checks every model's request before the first one samples
+    with pytest.raises(DemoInputError, match=r"^Guidance scale must be a number from 0 to 50 \(got 51\)\.$"):
+        lab.compare([plain, cls], "ddim", 2, 0, label="bag", guidance=51)
+
+
+def test_generate_is_the_core_sampler(server) -> None:
+    """Generate gives exactly the images of ``timed_sampling`` and of ``pipe(seed=...)`` for the same request.
+
+    Drawn in other batches, the images are the same noise through the same model, up to float
+    rounding: batched convolutions on a CPU may sum in another order (differences near 1e-6).
+    """
+    from demo.service import MAX_IMAGES
+    from pipelines.sampling import timed_sampling
+
+    lab = server[1]
+    for model, sampler, asked, core in [
+        (_label(lab, 4), "ddim", {}, {}),
+        (_label(lab, 1), "ddpm", {}, {}),
+        (_label(lab, 4, "class"), "ddim", {"label": "ankle boot", "guidance": 3}, {"labels": "ankle boot",
+                                                                                  "guidance_scale": 3.0}),
+        (_label(lab, 1, "text"), "ddim", {"prompt": "a photo of a bag", "guidance": 2}, {"prompt": "a photo of a bag",
+                                                                                        "guidance_scale": 2.0}),
+    ]:
+        demo = lab.generate(model, sampler, 4, 11, 3, **asked)[0].images
+        pipe = lab.pipeline(model)
+        harness = timed_sampling(pipe, 3, 4, sampler, seed=11, batch_size=MAX_IMAGES, **core).images
+        direct = pipe(num_images=3, num_inference_steps=4, scheduler=sampler, seed=11, **core).images
+        assert demo.shape == (3, 16, 16, pipe.image_channels)
+        np.testing.assert_array_equal(demo, harness)
+        np.testing.assert_array_equal(demo, direct)
+        one_by_one = timed_sampling(pipe, 3, 4, sampler, seed=11, batch_size=1, **core).images
+        np.testing.assert_allclose(demo, one_by_one, rtol=0, atol=1e-5)
 
 
 def test_generate_endpoint_with_label_and_guidance(client, server) -> None:
@@ -144,22 +212,42 @@ def test_generate_endpoint_with_label_and_guidance(client, server) -> None:
     assert [Path(b["image"]).read_bytes() for b in boot] == [Path(b["image"]).read_bytes() for b in boot_again]
     # gallery images are lossy WebP: the served boot is near the Lab's boot and far from its bag
     from demo.ui import _pil, _upscale
-    from pipelines.pipeline import to_uint8
+    from pipelines.images import unit_to_uint8
 
     def expected(label: str) -> np.ndarray:
         images = lab.generate(cls, "ddim", 4, 3, 2, label=label, guidance=3)[0].images
-        return np.asarray(_upscale(_pil(to_uint8(images)[0])).convert("L"), dtype=np.float32)
+        return np.asarray(_upscale(_pil(unit_to_uint8(images)[0])).convert("L"), dtype=np.float32)
 
     served = _gallery_arrays(boot)[0]
     assert np.abs(served - expected("ankle boot")).mean() < 0.5 * np.abs(served - expected("bag")).mean()
     assert np.abs(served - _gallery_arrays(bag)[0]).max() > 5
     text, _ = client.predict(_label(lab, 1, "text"), "DDIM", 4, 3, 1, "", "a photo of a bag", 2, api_name="/generate")
     assert len(text) == 1
-    for args, message in [((_label(lab, 4), "DDIM", 4, 3, 1, "bag", "", 1), "is unconditional"),
-                          ((cls, "DDIM", 4, 3, 1, "zebra", "", 1), "not in the list of choices"),
-                          ((cls, "DDIM", 4, 3, 1, "bag", "", 16), "greater than maximum value 15")]:
-        with pytest.raises(Exception, match=message):
+    for args, message in [((_label(lab, 4), "DDIM", 4, 3, 1, "bag", "", 1),
+                           r"Class label: This model is unconditional: it takes no label or prompt"),
+                          ((cls, "DDIM", 4, 3, 1, "zebra", "", 1),
+                           r"^Class label: Unknown label 'zebra'; this model knows"),
+                          ((_label(lab, 1, "text"), "DDIM", 4, 3, 1, "", "", 2), r"Prompt: The prompt is empty")]:
+        with pytest.raises(AppError, match=message):
             client.predict(*args, api_name="/generate")
+
+
+def test_guidance_range_is_the_cores(client, server) -> None:
+    """One maximum guidance: the sliders offer MAX_GUIDANCE, the API takes it, and one step past it is refused
+    with a message that names the control and the range."""
+    from pipelines.conditioning import MAX_GUIDANCE
+
+    cls = _label(server[1], 4, "class")
+    sliders = [c["props"] for c in client.config["components"]
+               if c["props"].get("elem_id") in ("generate-guidance", "compare-guidance")]
+    assert [(s["minimum"], s["maximum"]) for s in sliders] == [(0, MAX_GUIDANCE)] * 2
+    gallery, timing = client.predict(cls, "DDIM", 2, 0, 1, "bag", "", MAX_GUIDANCE, api_name="/generate")
+    assert len(gallery) == 1 and timing["guidance"] == MAX_GUIDANCE == 50
+    for guidance in (MAX_GUIDANCE + 0.5, -0.5):
+        with pytest.raises(AppError, match=rf"^Guidance scale must be a number from 0 to 50 \(got {guidance:g}\)\.$"):
+            client.predict(cls, "DDIM", 2, 0, 1, "bag", "", guidance, api_name="/generate")
+    with pytest.raises(AppError, match=r"^Guidance scale must be a number from 0 to 50 \(got 50\.5\)\.$"):
+        client.predict([cls], "DDIM", 2, 0, "bag", "", 50.5, api_name="/compare")
 
 
 def test_compare_endpoint_with_a_label_across_conditions(client, server) -> None:
@@ -196,16 +284,93 @@ def test_bad_inputs_get_clear_messages(client, server, tmp_path: Path) -> None:
     from gradio_client import handle_file
 
     label = _label(server[1], 4)
-    # the sliders' own bounds check answers first for out-of-range numbers; ours backs it up
-    for args, message in [((label, "DDIM", 0, 0, 1), "Steps|less than minimum value 1"),
-                          ((label, "DDIM", 5, 0, 17), "Number of images|greater than maximum value 16"),
-                          (("nope", "DDIM", 5, 0, 1), "Unknown model|not in the list of choices")]:
-        with pytest.raises(Exception, match=message):
+    # Generate reads the values as sent: the core (and the demo's image limit) answer, not Gradio's checks
+    for args, message in [((label, "DDIM", 0, 0, 1), r"^Steps must be a whole number from 1 to 1000 \(got 0\)\.$"),
+                          ((label, "DDIM", 5, 0, 17), r"^Images must be a whole number from 1 to 16 \(got 17\)\.$"),
+                          ((label, "DDIM", 5, 3.5, 1), r"^Seed must be a whole number from 0 to \d+ \(got 3\.5\)\.$"),
+                          ((label, "Euler", 5, 0, 1), r"^Sampler: Unknown scheduler 'euler'; choose ddim or ddpm\.$"),
+                          (("nope", "DDIM", 5, 0, 1), r"^Unknown model 'nope'; pick one from the list\.$")]:
+        with pytest.raises(AppError, match=message):
             client.predict(*args, api_name="/generate")
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
-    with pytest.raises(Exception):
+    with pytest.raises(AppError, match=JUNK_IMAGE):
         client.predict(handle_file(str(junk)), [label], api_name="/reconstruct")
+
+
+def _environment(resolution: int):
+    from pipelines.results import EnvironmentRecord
+
+    return EnvironmentRecord(started="2026-01-01T00:00:00+00:00", python="3.11", platform="linux", torch="2",
+                             diffusers="0", accelerate="1", torchmetrics="1", clean_fid="0", device="cpu",
+                             device_name="CPU", threads=2,
+                             config={"preset": "test", "dataset": "fashion-mnist", "resolution": resolution})
+
+
+def _trained(kind: str, factor: int, resolution: int | None = None, condition: str = "none"):
+    from pipelines.results import TrainingRecord
+
+    return TrainingRecord(kind=kind, factor=factor, latent_shape=[3, 4, 4], unet_params=1, ae_params=1, train_steps=1,
+                          train_seconds=1.0, train_images_per_s=1.0, device="cpu", device_name="CPU", batch_size=1,
+                          peak_mem_train_mb=None, memory_method="rss", degenerate=False, budget="steps",
+                          budget_value=1, resolution=resolution, condition=condition)
+
+
+def _fid(kind: str, factor: int, steps: int, fid: float, backend: str = "domain", n: int = 100,
+         condition: str = "none"):
+    from pipelines.results import FidRecord
+
+    return FidRecord(kind=kind, factor=factor, ddim_steps=steps, fid=fid, kid=None, kid_std=None, fid_backend=backend,
+                     fid_samples=n, reference_samples=n, device="cpu", condition=condition)
+
+
+def test_fid_lookup_reads_the_runs_records(tmp_path: Path) -> None:
+    """The FID shown beside a model comes from ``results.jsonl`` through ``read_results``: the newest
+    compression run that measured this factor and kind at this resolution, the largest DDIM step count
+    per backend; conditioning sweeps and unreadable runs are left out."""
+    import os
+
+    from demo.zoo import ModelEntry, latest_results, model_fid, sweep_results
+    from pipelines.results import ConditioningRecord, ResultsLog
+
+    def run(folder: Path, age: int, *records) -> None:
+        log = ResultsLog(folder)
+        for record in records:
+            log.append(record)
+        os.utime(log.path, (1_700_000_000 - age, 1_700_000_000 - age))
+
+    reports, runs = tmp_path / "reports", tmp_path / "runs"
+    run(reports / "old", 300, _environment(16), _trained("kl", 4), _fid("kl", 4, 50, 40.0))
+    # newer; configured for 32 px, but its f = 4 model says it trained at 16 px
+    run(runs / "new", 200, _environment(32), _trained("kl", 4, resolution=16), _trained("pixel", 1),
+        _fid("kl", 4, 10, 30.0), _fid("kl", 4, 50, 25.0), _fid("kl", 4, 50, 20.0),  # re-measured: the last one counts
+        _fid("kl", 4, 50, 300.0, backend="inception", n=64), _fid("pixel", 1, 25, 90.0))
+    run(runs / "cond", 100, _environment(16), _trained("kl", 4, condition="class"),
+        _fid("kl", 4, 50, 5.0, condition="class"),
+        ConditioningRecord(condition="class", kind="kl", factor=4, guidance=1.0, ddim_steps=50, n=10,
+                           samples_per_class=1, class_names=["a"], accuracy=1.0, per_class_accuracy=[1.0],
+                           per_class_fid=[5.0], per_class_reference=[1], device="cpu"))
+    (runs / "broken").mkdir()
+    (runs / "broken" / "results.jsonl").write_text('{"schema": 2, "record": "nonsense"}\n')
+
+    found = sweep_results([reports, runs])
+    assert [folder.name for _, folder in found] == ["new", "old"]
+    table, folder = latest_results([reports, runs])
+    assert folder.name == "new" and len(table) == 5 and set(table["fid_backend"]) == {"domain", "inception"}
+
+    def entry(factor: int, kind: str, resolution: int, condition: str = "none") -> ModelEntry:
+        return ModelEntry(name="m", path=tmp_path / "model", factor=factor, kind=kind, dataset="fashion-mnist",
+                          resolution=resolution, condition=condition)
+
+    records = [results for results, _ in found]
+    assert model_fid(records, entry(4, "kl", 16)) == ("FID 20.0 (domain, N=100, DDIM 50); "
+                                                      "FID 300.0 (inception, N=64, DDIM 50)")
+    assert model_fid(records[1:], entry(4, "kl", 16)) == "FID 40.0 (domain, N=100, DDIM 50)"
+    assert model_fid(records, entry(1, "pixel", 32)) == "FID 90.0 (domain, N=100, DDIM 25)"
+    assert model_fid(records, entry(4, "kl", 32)) == "not in the latest reports"
+    assert model_fid(records, entry(4, "vq", 16)) == "not in the latest reports"
+    assert model_fid(records, entry(4, "kl", 16, "class")).startswith("not in the compression reports")
+    assert model_fid(None, entry(4, "kl", 16)) == "no report yet"
 
 
 def test_twenty_concurrent_requests(client, server) -> None:

@@ -25,11 +25,14 @@ from ldm_eval.fid import (
     fid_between_images,
     fid_from_features,
     kid_from_features,
-    save_images_to_folder,
     torchmetrics_fid,
 )
-from ldm_eval.reconstruction import psnr, reconstruction_metrics, ssim, uint8_to_unit
+from conftest import write_pngs
+from ldm_eval.reconstruction import reconstruction_metrics
 from pipelines.data import load_dataset
+from pipelines.errors import InputError
+from pipelines.fidelity import psnr, ssim
+from pipelines.images import ImageFormatError, uint8_to_unit
 
 N_INCEPTION = 20
 N_DOMAIN = 1000
@@ -124,8 +127,8 @@ def test_nhwc_and_gray_inputs_give_same_features(inception):
 def test_folders_match_in_memory_clean_fid(inception, tmp_path):
     """The folder route is clean-fid's own get_files_features; in memory must agree with it."""
     a, b = inception["a"][:10], inception["b"][:10]
-    dir_a = save_images_to_folder(a, tmp_path / "a")
-    dir_b = save_images_to_folder(b, tmp_path / "b")
+    dir_a = write_pngs(a, tmp_path / "a")
+    dir_b = write_pngs(b, tmp_path / "b")
     result = fid_between_folders(dir_a, dir_b, backend="inception", kid=True, device="cpu")
     assert isinstance(result, FIDResult)
     assert (result.n_a, result.n_b, result.backend) == (10, 10, "inception")
@@ -179,7 +182,7 @@ def test_fid_formula_matches_scipy_on_random_features(n_a, n_b, dim):
 
 
 def test_too_few_features():
-    with pytest.raises(MetricError):
+    with pytest.raises(MetricError, match="at least 2 images per set; got 1 and 5"):
         fid_from_features(np.zeros((1, 8)), np.zeros((5, 8)))
 
 
@@ -201,7 +204,7 @@ def test_domain_classifier_save_load_round_trip(classifier, fmnist_test, tmp_pat
     assert f0.shape == (64, classifier.config.feature_dim)
     np.testing.assert_array_equal(f0, f1)
     assert torch.equal(classifier.predict(x), loaded.predict(x))
-    with pytest.raises(ClassifierError):
+    with pytest.raises(ClassifierError, match="No domain classifier in .*nothing-here"):
         DomainClassifier.load(tmp_path / "nothing-here")
 
 
@@ -235,7 +238,7 @@ def test_domain_between_images_and_folders(domain, classifier, tmp_path):
     assert in_memory.backend == "domain" and in_memory.kid is not None and in_memory.n_a == 50
     classifier.save(tmp_path / "clf")
     from_folders = fid_between_folders(
-        save_images_to_folder(a, tmp_path / "a"), save_images_to_folder(noise, tmp_path / "n"),
+        write_pngs(a, tmp_path / "a"), write_pngs(noise, tmp_path / "n"),
         backend="domain", kid=True, classifier_path=tmp_path / "clf", device="cpu",
     )
     assert from_folders.fid == pytest.approx(in_memory.fid, rel=1e-6)
@@ -252,7 +255,7 @@ def test_rotation_classifier_without_labels(fmnist_train, fmnist_test):
 # --- errors ----------------------------------------------------------------------------------
 
 def _one_png(folder: Path, n: int = 1) -> Path:
-    return save_images_to_folder(noise_like(torch.zeros(n, 1, 16, 16, dtype=torch.uint8)), folder)
+    return write_pngs(noise_like(torch.zeros(n, 1, 16, 16, dtype=torch.uint8)), folder)
 
 
 def test_folder_errors(tmp_path):
@@ -282,7 +285,7 @@ def test_unknown_backend_and_bad_images():
         compute_features(x, "vgg")  # type: ignore[arg-type]
     with pytest.raises(MetricError, match="classifier"):
         compute_features(x, "domain")
-    with pytest.raises(MetricError, match="uint8"):
+    with pytest.raises(ImageFormatError, match="Images must be uint8 in \\[0, 255\\], got dtype torch.float32"):
         compute_features(x.float(), "inception")
 
 
@@ -305,10 +308,10 @@ def test_reconstruction_metrics(fmnist_test):
     real = fmnist_test.images[:8]
     recon = (real.float() + torch.randn(real.shape, generator=torch.Generator().manual_seed(0)) * 20).clamp(0, 255).byte()
     out = reconstruction_metrics(real, recon, device="cpu")
-    assert out["n"] == 8 and 10 < out["psnr"] < 40 and 0 < out["ssim"] < 1
-    assert out["rfid"] is not None and math.isfinite(out["rfid"]) and out["rfid"] > 0
-    assert out["rfid_backend"].startswith("inception")
+    assert out.n == 8 and 10 < out.psnr < 40 and 0 < out.ssim < 1
+    assert out.rfid is not None and math.isfinite(out.rfid) and out.rfid > 0
+    assert out.rfid_backend.startswith("inception")
     single = reconstruction_metrics(real[:1], real[:1], device="cpu")
-    assert single["rfid"] is None and "at least 2" in single["rfid_skipped"] and single["psnr"] == math.inf
-    with pytest.raises(MetricError):
+    assert single.rfid is None and "at least 2" in single.rfid_skipped and single.psnr == math.inf
+    with pytest.raises(InputError, match="differ in shape"):
         reconstruction_metrics(real[:2], real[:3])

@@ -8,7 +8,10 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline
 
 from pipelines.denoiser import DenoiserSpec, build_denoiser
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder
-from pipelines.pipeline import LatentDiffusionPipeline, PipelineLoadError, load_pipeline, to_uint8
+from pipelines.errors import InputError
+from pipelines.images import unit_to_uint8
+from pipelines.pipeline import LatentDiffusionPipeline, PipelineLoadError, image_generators, load_pipeline
+from pipelines.sampling import sample_batches, timed_sampling
 from pipelines.training import build_diffusion_pipeline
 
 
@@ -28,7 +31,7 @@ def test_saved_and_reloaded_pipeline_gives_identical_samples(tmp_path: Path, fac
     reloaded = load_pipeline(tmp_path)
     after = reloaded(num_images=3, num_inference_steps=4, scheduler=sampler, seed=7).images
     assert before.shape == (3, 16, 16, 1)
-    np.testing.assert_array_equal(to_uint8(before), to_uint8(after))
+    np.testing.assert_array_equal(unit_to_uint8(before), unit_to_uint8(after))
     np.testing.assert_allclose(before, after, atol=1e-5)
     assert reloaded.factor == factor and reloaded.resolution == 16
 
@@ -43,10 +46,67 @@ def test_seed_controls_samples_and_trajectory_shapes() -> None:
     assert a.timesteps == sorted(a.timesteps, reverse=True) and len(a.timesteps) == 5
 
 
-@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5])
+@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5, "abc", None, True])
 def test_absurd_step_counts_refused(steps) -> None:
-    with pytest.raises(ValueError, match="Steps must be an integer from 1 to 1000"):
+    with pytest.raises(InputError, match=r"Steps must be a whole number from 1 to 1000 \(got ") as err:
         _pipe(1)(num_images=1, num_inference_steps=steps)
+    assert err.value.field == "num_inference_steps"
+
+
+def test_check_inputs_is_the_one_place_for_sampling_rules() -> None:
+    pipe = _pipe(1)
+    request = pipe.check_inputs(num_images=3.0, num_inference_steps=20.0, scheduler="ddpm", seed=4)
+    assert (request.num_images, request.steps, request.scheduler, request.seed, request.guidance) == (3, 20, "ddpm", 4, 1.0)
+    for kwargs, field, message in [
+        ({"scheduler": "euler"}, "scheduler", "Unknown scheduler 'euler'; choose ddim or ddpm."),
+        ({"seed": -1}, "seed", "Seed must be a whole number from 0 to"),
+        ({"num_images": 0}, "num_images", "Number of images must be a whole number from 1 to 4096 (got 0)."),
+        ({"guidance_scale": 3.0}, "guidance_scale", "Guidance needs a conditional model"),
+        ({"guidance_scale": "x" * 500}, "guidance_scale", "Guidance scale must be a number from 0 to 50 (got 'xxxx"),
+    ]:
+        with pytest.raises(InputError) as err:
+            pipe.check_inputs(**kwargs)
+        assert err.value.field == field and message in str(err.value)
+        assert len(str(err.value)) < 200  # a user's long input is quoted short
+
+
+# Golden values: a few pixels of a seeded sample of tiny fixed (seeded random-init) models, like diffusers'
+# expected_slice: a refactor that changes what a seed draws, or the sampling arithmetic, fails here.
+GOLDEN = {
+    (1, "kl", "ddim"): [0.4935, 0.0965, 0.5634, 0.1552, 0.5121, 0.5307, 0.4880, 0.0659, 0.2430],
+    (1, "kl", "ddpm"): [0.0393, 0.0105, 0.0, 0.8391, 0.0, 1.0, 0.3945, 0.0, 0.5354],
+    (4, "kl", "ddim"): [0.0, 0.0, 0.0, 0.1689, 0.2726, 0.1552, 0.3269, 0.3918, 0.4188],
+    (4, "vq", "ddim"): [0.6901, 0.4189, 0.2043, 0.1858, 0.1464, 0.2977, 0.0344, 0.0414, 0.0],
+}
+
+
+@pytest.mark.parametrize("factor,kind,sampler", list(GOLDEN))
+def test_golden_pixels_of_a_seeded_sample(factor: int, kind: str, sampler: str) -> None:
+    images = _pipe(factor, kind)(num_images=2, num_inference_steps=4, scheduler=sampler, seed=123).images
+    got = np.round(images[1, 6:9, 6:9, 0].ravel(), 4).tolist()
+    np.testing.assert_allclose(got, GOLDEN[(factor, kind, sampler)], atol=2e-3)
+
+
+@pytest.mark.parametrize("factor,sampler", [(1, "ddpm"), (4, "ddim")])
+def test_image_i_of_a_seed_does_not_depend_on_the_batch_size(factor: int, sampler: str) -> None:
+    """Each image has its own generator: the noise is identical, the images equal up to float round-off.
+
+    (CPU kernels pick their algorithm by batch size, so the network's outputs can differ in the
+    last bits between batch sizes; the seed's noise itself never does.)
+    """
+    pipe = _pipe(factor)
+    whole = pipe(num_images=7, num_inference_steps=3, scheduler=sampler, seed=5).images
+    for batch_size in (1, 3, 64):
+        timed = timed_sampling(pipe, 7, 3, sampler, seed=5, batch_size=batch_size).images
+        np.testing.assert_allclose(timed, whole, atol=1e-5, rtol=0)
+        diff = np.abs(unit_to_uint8(timed).astype(int) - unit_to_uint8(whole).astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    starts = [start for start, _ in sample_batches(pipe, 7, 3, sampler, seed=5, batch_size=3)]
+    assert starts == [0, 3, 6]
+    other_seed = pipe(num_images=7, num_inference_steps=3, scheduler=sampler, seed=6).images
+    assert np.abs(other_seed - whole).max() > 1e-2
+    seeds = [g.initial_seed() for g in image_generators(0, range(3))] + [g.initial_seed() for g in image_generators(1, range(3))]
+    assert len(set(seeds)) == 6  # neighbouring seeds share no image
 
 
 def test_loads_public_ddpm_layout(tmp_path: Path) -> None:

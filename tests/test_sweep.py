@@ -1,5 +1,6 @@
 import json
 import os
+from dataclasses import replace
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from conftest import ROOT, run_cli
 from ldm_eval.results import TABLE_COLUMNS
 from pipelines.first_stage import FACTORS
+from pipelines.results import ProgressRecord, TrainingRecord, read_results
 
 SMOKE = [sys.executable, "-m", "ldm_eval", "sweep", "--preset", "smoke"]
 NOT_APPLICABLE_TO_PIXELS = {"rfid", "psnr", "ssim"}
@@ -40,6 +42,14 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
     after = _keys(run)
     assert after[: len(before)] == before and len(after) == len(set(after)), "a finished measurement was redone"
 
+    results = read_results(run)
+    for factor in FACTORS:  # FID along training was measured inside the one training run of each model
+        kind = "pixel" if factor == 1 else "kl"
+        trained = results.one(TrainingRecord, kind=kind, factor=factor)
+        points = results.of(ProgressRecord, kind=kind, factor=factor)
+        assert [p.point for p in points] == [1, 2] and [p.train_steps for p in points] == [3, 6]
+        assert trained.train_steps == 6 and trained.peak_mem_train_mb > 0
+
     table = pd.read_csv(run / "results.csv")
     assert list(table.columns) == TABLE_COLUMNS
     assert sorted(table["factor"].unique()) == list(FACTORS)
@@ -65,18 +75,35 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--factors", "1,3"], "unknown factor 3"),
+    (["--factors", "1,3"], "--factors: Unknown downsampling factor 3; choose one of [1, 2, 4, 8, 16, 32]"),
     (["--resolution", "40"], "does not divide the resolution 40"),
-    (["--kinds", "gan"], "Unknown autoencoder kind"),
-    (["--ddim-steps", "0"], "DDIM steps must be from 1 to 1000"),
+    (["--kinds", "gan"], "--kinds: Unknown autoencoder kind 'gan'; choose kl and/or vq."),
+    (["--ddim-steps", "0"], "--ddim-steps: DDIM steps must be a whole number from 1 to 1000 (got 0)."),
+    (["--budget", "hours"], "argument --budget: invalid choice: 'hours'"),
+    (["--preset", "huge"], "--preset: Unknown preset 'huge'; choose one of smoke, quick, standard, paper"),
 ])
 def test_sweep_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
     try:
         code = run_cli("sweep", "--preset", "smoke", "--out", tmp_path / "r", *args)
-    except SystemExit as exit_:  # argparse rejects some values itself
+    except SystemExit as exit_:  # argparse refuses values outside a flag's choices itself
         code = exit_.code
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_flags_come_from_the_config_dataclasses_over_the_preset(tmp_path: Path) -> None:
+    from ldm_eval.cli import _preset_parse
+    from ldm_eval.run import RunSettings
+    from ldm_eval.sweep import PRESETS, CompressionSettings, preset_sweep
+
+    argv = ["--preset", "smoke", "--factors", "1,4", "--ddim_steps", "3", "5", "--max-images", "100", "--resume"]
+    name, (run, sweep) = _preset_parse("sweep", PRESETS, "quick", preset_sweep, [RunSettings, CompressionSettings], argv)
+    assert name == "smoke" and sweep.factors == [1, 4] and sweep.ddim_steps == [3, 5]
+    assert run.max_images == 100 and run.resume is True and run.out == Path("runs/smoke")
+    assert run.train_budget == PRESETS["smoke"][0].train_budget and sweep.progress_points == 2  # from the preset
+    _, (run, sweep) = _preset_parse("sweep", PRESETS, "quick", preset_sweep, [RunSettings, CompressionSettings], [])
+    assert run == replace(PRESETS["quick"][0], out=Path("runs/quick")) and sweep == PRESETS["quick"][1]
 
 
 def test_sweep_on_empty_folder_and_existing_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -85,9 +112,9 @@ def test_sweep_on_empty_folder_and_existing_results(tmp_path: Path, capsys: pyte
     assert run_cli("sweep", "--preset", "smoke", "--dataset", empty, "--out", tmp_path / "r") == 2
     assert "No readable images" in capsys.readouterr().err
     (tmp_path / "r2").mkdir()
-    (tmp_path / "r2" / "results.jsonl").write_text('{"key": "environment", "record": "environment"}\n')
+    (tmp_path / "r2" / "results.jsonl").write_text('{"schema": 2, "record": "classifier", "n": 5, "accuracy_on_real": 0.9}\n')
     assert run_cli("sweep", "--preset", "smoke", "--out", tmp_path / "r2") == 2
-    assert "pass --resume" in capsys.readouterr().err
+    assert "error: --resume: " in (err := capsys.readouterr().err) and "already holds results" in err
 
 
 def test_fid_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -95,4 +122,4 @@ def test_fid_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert run_cli("fid", tmp_path / "a", tmp_path / "missing") == 2
     assert run_cli("fid", tmp_path / "a", tmp_path / "a", "--backend", "nope") == 2
     err = capsys.readouterr().err
-    assert "Unknown backend 'nope'" in err
+    assert f"error: No images in '{tmp_path / 'a'}'" in err and "Unknown backend 'nope' for folders" in err

@@ -5,13 +5,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_cli
 from pipelines.checkpoint import latest_checkpoint
 from pipelines.pipeline import load_pipeline
-from pipelines.training import DiffusionTrainConfig, train_diffusion
+from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, train_diffusion
 
 
 def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:
@@ -19,12 +21,38 @@ def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:
         out=tmp_path / "dm", max_steps=40, batch_size=32, learning_rate=1e-3, factor=1, dataset="fashion-mnist",
         resolution=16, param_budget=40_000, max_images=512, progress=False,
     )
-    summary = train_diffusion(cfg)
+    summary = train_diffusion(cfg).summary
     losses = __import__("json").loads((latest_checkpoint(cfg.out) / "state.json").read_text())["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert len(losses) == 40 and last < 0.7 * first, (first, last)
-    assert summary["train_steps"] == 40 and summary["unet_params"] > 0 and summary["device"] == "cpu"
+    assert summary.train_steps == 40 and summary.unet_params > 0 and summary.device == "cpu"
     assert load_pipeline(cfg.out).factor == 1
+
+
+def test_evaluation_inside_one_training_run_sees_ema_weights_and_changes_nothing(tmp_path: Path) -> None:
+    """The Fig. 6 path: evaluations at milestones of one run, with EMA weights swapped in and then restored."""
+    def config(out: Path) -> DiffusionTrainConfig:
+        return DiffusionTrainConfig(out=out, max_steps=12, batch_size=8, factor=1, dataset="fashion-mnist",
+                                    resolution=16, param_budget=20_000, max_images=128, progress=False)
+
+    seen: list[tuple[int, int, np.ndarray, dict]] = []
+
+    def evaluate(snapshot: Snapshot, point: int) -> None:
+        with snapshot.evaluating() as pipe:
+            images = pipe(num_images=2, num_inference_steps=2, seed=0).images
+            weights = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+        seen.append((point, snapshot.state.step, images, weights))
+
+    evaluated = train_diffusion(config(tmp_path / "a"), callbacks=[Milestones.evenly(12, 3, "steps", evaluate)])
+    plain = train_diffusion(config(tmp_path / "b"))
+    assert [(point, step) for point, step, *_ in seen] == [(1, 4), (2, 8), (3, 12)]
+    final = dict(evaluated.pipeline.unet.named_parameters())
+    for name, param in plain.pipeline.unet.named_parameters():  # evaluating did not disturb training
+        assert torch.equal(param, final[name]), name
+    assert all(torch.equal(seen[-1][3][n], p) for n, p in final.items())  # the last check saw the final EMA weights
+    assert not all(torch.equal(seen[0][3][n], p) for n, p in final.items())
+    np.testing.assert_array_equal(seen[-1][2], evaluated.pipeline(num_images=2, num_inference_steps=2, seed=0).images)
+    assert evaluated.summary.peak_mem_train_mb > 0 and "largest training step" in evaluated.summary.memory_method
 
 
 def test_autoencoder_and_latent_diffusion_train_and_sample(tiny_ldm: Path, tmp_path: Path) -> None:
@@ -74,19 +102,23 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 def test_training_input_errors(tmp_path: Path, tiny_autoencoder: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["train-diffusion", "--dataset", "fashion-mnist", "--resolution", "16", "--max-steps", "2", "--param-budget", "20000"]
     cases = [
-        (["--factor", "4", "--out", tmp_path / "a"], "needs --autoencoder"),
-        (["--factor", "1", "--autoencoder", tiny_autoencoder, "--out", tmp_path / "b"], "--autoencoder is not allowed"),
+        (["--factor", "4", "--out", tmp_path / "a"], "--autoencoder: f = 4 needs a trained autoencoder folder"),
+        (["--factor", "1", "--autoencoder", tiny_autoencoder, "--out", tmp_path / "b"],
+         "--autoencoder: f = 1 is pixel-space diffusion: it takes no autoencoder"),
         (["--factor", "8", "--autoencoder", tiny_autoencoder, "--out", tmp_path / "c"], "has f = 4, not 8"),
         (["--factor", "1", "--dataset", tmp_path / "missing", "--out", tmp_path / "d"], "does not exist"),
-        (["--factor", "1", "--autoencoder", tmp_path, "--out", tmp_path / "e"], "not allowed"),
+        (["--factor", "1", "--autoencoder", tmp_path, "--out", tmp_path / "e"], "takes no autoencoder"),
+        (["--factor", "3", "--out", tmp_path / "g"], "Unknown downsampling factor 3; choose one of [1, 2, 4, 8, 16, 32]"),
+        (["--factor", "1", "--max-seconds", "5", "--out", tmp_path / "h"], "--max-steps: Give exactly one budget"),
+        (["--factor", "1", "--batch-size", "0", "--out", tmp_path / "i"],
+         "--batch-size: Batch size must be from 1 to 65536 (got 0)"),
     ]
     for extra, message in cases:
         assert run_cli(*base, *extra) == 2
         assert message in capsys.readouterr().err
     assert run_cli("train-autoencoder", "--factor", "8", "--dataset", "fashion-mnist", "--resolution", "20", "--max-steps", "1", "--out", tmp_path / "f") == 2
     assert "does not divide" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run_cli("train-diffusion", "--factor", "3", "--dataset", "fashion-mnist", "--resolution", "16", "--max-steps", "1", "--out", tmp_path / "g")
+    assert not any((tmp_path / name).exists() for name in "abcdfghi")
 
 
 def test_existing_checkpoints_need_resume_and_corrupt_checkpoint_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -95,11 +127,11 @@ def test_existing_checkpoints_need_resume_and_corrupt_checkpoint_is_reported(tmp
     assert run_cli(*args) == 0
     capsys.readouterr()
     assert run_cli(*args) == 2
-    assert "pass --resume" in capsys.readouterr().err
+    assert "--resume: " in (err := capsys.readouterr().err) and "already holds checkpoints" in err
     ckpt = latest_checkpoint(tmp_path / "run")
     (ckpt / "model.safetensors").write_bytes(b"garbage")
     assert run_cli(*args, "--resume") == 2
-    assert "corrupt" in capsys.readouterr().err
+    assert f"Checkpoint '{ckpt}' is corrupt or from another model" in capsys.readouterr().err
 
 
 def test_corrupt_autoencoder_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

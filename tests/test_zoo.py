@@ -1,12 +1,17 @@
 """The shipped model zoo: size cap, fp16 safetensors, model cards, conditional models among them."""
+import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
 from demo.zoo import discover_models, model_fid
+from ldm_eval.export import ModelFacts, export_zoo
 from pipelines.pipeline import load_pipeline
+from pipelines.training import TrainingSummary
 
 ZOO = ROOT / "models"
 MAX_BYTES = 60_000_000
@@ -43,3 +48,37 @@ def test_conditional_zoo_models_load_in_fp16_and_follow_their_condition(name: st
     assert images.shape == (2, 32, 32, 1) and np.isfinite(images).all()
     # an ankle boot and a trouser from the same noise are different pictures
     assert np.abs(images[0] - images[1]).mean() > 0.05
+
+
+@pytest.mark.parametrize("name,run", [("fmnist32-ldm-kl-f8-class", "cond-gpu"), ("fmnist32-dm-f1", "quick")])
+def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: str, run: str) -> None:
+    """Re-exporting a shipped model from its committed run gives the shipped card and metrics again."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ZOO / name, run_dir / "models" / name.removeprefix("fmnist32-"))
+    shutil.copy(ROOT / "reports" / run / "results.jsonl", run_dir)
+    [out] = export_zoo(run_dir, tmp_path / "zoo", "fmnist32")
+    assert out.name == name and not list((tmp_path / "zoo").glob(".tmp-*"))
+    assert (out / "README.md").read_text() == (ZOO / name / "README.md").read_text()
+    assert json.loads((out / "training.json").read_text()) == json.loads((ZOO / name / "training.json").read_text())
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert rows and all(list(r) == ["fid", "kid", "fid_backend", "fid_samples", "ddim_steps", "accuracy", "guidance"]
+                        for r in rows)
+    shipped = ZOO / name / "metrics.json"
+    if shipped.is_file():
+        assert rows == json.loads(shipped.read_text())["rows"]
+    else:  # unconditional: FID rows only
+        assert all(r["accuracy"] is None and r["guidance"] is None for r in rows)
+
+
+def test_model_facts_read_every_training_json_layout(tmp_path: Path) -> None:
+    shipped = json.loads((ZOO / "fmnist32-ldm-kl-f4" / "training.json").read_text())
+    names = {f.name for f in dataclasses.fields(TrainingSummary)}
+    summary = dataclasses.asdict(TrainingSummary(**{k: v for k, v in shipped.items() if k in names}))
+    for i, data in enumerate((shipped, summary, {**shipped, "condition": None})):
+        path = tmp_path / f"training-{i}.json"
+        path.write_text(json.dumps(data))
+        facts, raw = ModelFacts.read(path)
+        assert raw == data and facts.condition == "none" and facts.train_steps == shipped["train_steps"]
+    path.write_text(json.dumps({k: v for k, v in shipped.items() if k != "seed"}))
+    with pytest.raises(ValueError, match="seed"):
+        ModelFacts.read(path)

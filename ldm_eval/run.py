@@ -1,0 +1,243 @@
+"""What every sweep shares: its settings, its run folder, and the measurements both sweeps make.
+
+A sweep is a list of cells (one autoencoder or denoiser per factor x kind x condition).
+:func:`open_run` opens the run folder once -- results log, held-out images, the domain
+classifier, the environment record -- and the helpers here measure a cell's first stage
+(:func:`autoencoder_cell`) and the FID/KID of a sample set (:func:`fid_records`) the same
+way for the compression sweep (``sweep.py``) and the conditioning sweep (``conditional.py``).
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pipelines.atomic import atomic_path
+from pipelines.data import ImageDataset, load_dataset
+from pipelines.errors import InputError, whole_number
+from pipelines.first_stage import FirstStage, check_factor
+from pipelines.images import save_grid, signed_to_uint8
+from pipelines.pipeline import LatentDiffusionPipeline, resolve_device
+from pipelines.results import AutoencoderRecord, EnvironmentRecord, FidRecord, ResultsLog
+from pipelines.training import AutoencoderTrainConfig, device_name, train_autoencoder
+
+from .domain_classifier import DomainClassifier, train_domain_classifier
+from .fid import compute_features, fid_from_features, kid_from_features
+from .reconstruction import reconstruction_metrics
+
+WARMUP_SAMPLES = 2
+KID_SUBSETS = 50
+KID_SUBSET_SIZE = 1000
+
+
+class SweepError(InputError):
+    """A sweep that cannot run as asked."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class RunSettings:
+    """Settings every sweep shares: data, training budgets and sizes, evaluation size, where it runs."""
+
+    dataset: str = field(default="fashion-mnist", metadata=_help("'fashion-mnist' or a folder of images"))
+    resolution: int = field(default=32, metadata=_help("image side in pixels"))
+    budget: Literal["steps", "seconds"] = field(
+        default="seconds", metadata=_help("equal optimiser steps or equal wall-clock seconds for every model"))
+    train_budget: float = field(default=45, metadata=_help("denoiser budget per model (steps or seconds)"))
+    ae_budget: float = field(default=30, metadata=_help("autoencoder budget per factor (steps or seconds)"))
+    batch_size: int = field(default=64, metadata=_help("denoiser batch size"))
+    ae_batch_size: int = field(default=32, metadata=_help("autoencoder batch size"))
+    learning_rate: float = field(default=2e-4, metadata=_help("denoiser learning rate"))
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=_help("training precision"))
+    param_budget: int = field(default=1_000_000, metadata=_help("UNet parameters, matched across factors"))
+    ae_base_width: int = field(default=16, metadata=_help("autoencoder base channel width"))
+    max_images: int | None = field(default=10_000, metadata=_help("train on the first N images only"))
+    classifier_steps: int = field(default=500, metadata=_help("training steps of the domain classifier"))
+    fid_samples: int = field(default=500, metadata=_help("samples for domain-feature FID/KID"))
+    sample_batch: int = field(default=250, metadata=_help("images per sampling batch (never changes the images)"))
+    seed: int = field(default=0, metadata=_help("seed of training and sampling"))
+    device: str = field(default="auto", metadata=_help("auto, cpu or cuda"))
+    out: Path | None = field(default=None, metadata=_help("run folder (default runs/PRESET)"))
+    resume: bool = field(default=False, metadata=_help("continue a killed run; finished measurements are kept"))
+
+    def validate(self) -> None:
+        if self.budget not in ("steps", "seconds"):
+            raise SweepError(f"The budget must be counted in 'steps' or 'seconds', not {self.budget!r}.", "budget")
+        for name in ("train_budget", "ae_budget"):
+            if not getattr(self, name) > 0:
+                raise SweepError(f"The {name.replace('_', ' ')} must be positive (got {getattr(self, name)}).", name)
+        for name in ("batch_size", "ae_batch_size", "param_budget", "ae_base_width", "classifier_steps", "sample_batch"):
+            whole_number(getattr(self, name), name, name.replace("_", " ").capitalize(), 1, 10**9)
+        if self.max_images is not None:
+            whole_number(self.max_images, "max_images", "The number of training images", 1, 10**9)
+        whole_number(self.fid_samples, "fid_samples", "The number of FID samples", 2, 10**7)
+        whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
+
+    def budget_kwargs(self, value: float) -> dict[str, float]:
+        """``max_steps`` or ``max_seconds`` for a trainer config."""
+        return {"max_steps": int(value)} if self.budget == "steps" else {"max_seconds": float(value)}
+
+
+def check_factors(factors: list[int], resolution: int) -> None:
+    if not factors:
+        raise SweepError("Give at least one factor.", "factors")
+    for f in factors:
+        try:
+            check_factor(f, resolution)
+        except InputError as err:
+            raise SweepError(str(err), "factors" if err.field == "factor" else err.field) from None
+
+
+def check_ddim_steps(steps: list[int], field_name: str) -> None:
+    """Every step count as the pipeline will check it (training uses 1,000 diffusion steps)."""
+    for s in steps:
+        whole_number(s, field_name, "DDIM steps", 1, 1000)
+
+
+@dataclass
+class RunContext:
+    """One open run folder: its settings, results log, device, held-out images and domain classifier."""
+
+    settings: RunSettings
+    log: ResultsLog
+    device: torch.device
+    test: ImageDataset
+    classifier: DomainClassifier
+    _features: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        assert self.settings.out is not None
+        return self.settings.out
+
+    def reference(self, backend: str, n: int) -> np.ndarray:
+        """Features of the first ``n`` held-out images, computed once per run and kept for ``--resume``."""
+        if (backend, n) not in self._features:
+            path = self.out / "reference" / f"{backend}-{n}.npy"
+            if path.is_file():
+                feats = np.load(path)
+            else:
+                feats = compute_features(self.test.images[:n], backend, self.device, classifier=self.classifier)
+                with atomic_path(path) as tmp:
+                    np.save(tmp, feats)
+            self._features[(backend, n)] = feats
+        return self._features[(backend, n)]
+
+
+def environment(config: dict[str, Any], device: torch.device) -> EnvironmentRecord:
+    import accelerate
+    import diffusers
+    import torchmetrics
+
+    try:
+        clean_fid = version("clean-fid")
+    except PackageNotFoundError:  # pragma: no cover
+        clean_fid = "unknown"
+    return EnvironmentRecord(
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"), python=platform.python_version(),
+        platform=platform.platform(), torch=torch.__version__, diffusers=diffusers.__version__,
+        accelerate=accelerate.__version__, torchmetrics=torchmetrics.__version__, clean_fid=clean_fid,
+        device=str(device), device_name=device_name(str(device)), threads=torch.get_num_threads(), config=config,
+    )
+
+
+def _classifier(settings: RunSettings, folder: Path, device: torch.device) -> DomainClassifier:
+    if (folder / "config.json").is_file():
+        return DomainClassifier.load(folder, device)
+    train = load_dataset(settings.dataset, settings.resolution, split="train")
+    label_key = next((k for k in ("class", "race") if k in train.labels), None)
+    labels = train.labels[label_key] if label_key else None
+    names = train.class_names.get(label_key) if label_key else None
+    clf = train_domain_classifier(train.images, labels, steps=settings.classifier_steps, seed=settings.seed,
+                                  device=device, class_names=names)
+    clf.save(folder)
+    return clf
+
+
+def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label_key: str | None = None) -> RunContext:
+    """Open (or resume) the run folder: results log, held-out data, classifier, environment record.
+
+    ``config`` is the whole sweep configuration, flat, as the environment record stores it;
+    ``label_key`` names a label the held-out split must carry (checked before any training).
+    """
+    assert settings.out is not None, "the CLI fills the default run folder"
+    device = resolve_device(settings.device)
+    log = ResultsLog(settings.out)
+    if len(log.results) and not settings.resume:
+        raise SweepError(f"'{settings.out}' already holds results: resume the run, or choose a new run folder.",
+                         "resume")
+    test = load_dataset(settings.dataset, settings.resolution, split="test")
+    if label_key is not None and label_key not in test.labels:
+        raise SweepError(f"This sweep needs '{label_key}' labels; '{settings.dataset}' has none (use fashion-mnist).",
+                         "dataset")
+    if len(test) < n_needed:
+        raise SweepError(f"The held-out split has {len(test)} images; {n_needed} samples need as many.", "fid_samples")
+    if not log.has(EnvironmentRecord):
+        log.append(environment(config, device))
+    return RunContext(settings, log, device, test, _classifier(settings, settings.out / "domain_classifier", device))
+
+
+def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tuple[str, int]],
+                **cell: Any) -> list[FidRecord]:
+    """FID and KID of the first ``n`` samples against as many held-out images, per (backend, n)."""
+    out = []
+    for backend, n in backends:
+        ref = ctx.reference(backend, n)
+        feats = compute_features(samples_uint8[:n], backend, ctx.device, classifier=ctx.classifier)
+        kid, kid_std = kid_from_features(ref, feats, KID_SUBSETS, min(KID_SUBSET_SIZE, n, len(ref)))
+        out.append(FidRecord(**cell, fid=fid_from_features(ref, feats), kid=kid, kid_std=kid_std, fid_backend=backend,
+                             fid_samples=n, reference_samples=len(ref), device=str(ctx.device)))
+    return out
+
+
+def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int) -> Path:
+    """Train (or resume) the first stage of one factor and log its reconstruction quality; returns its folder."""
+    s = ctx.settings
+    folder = ctx.out / "models" / f"ae-{kind}-f{factor}"
+    if ctx.log.has(AutoencoderRecord, kind=kind, factor=factor):
+        return folder
+    trained = train_autoencoder(AutoencoderTrainConfig(
+        out=folder, **s.budget_kwargs(s.ae_budget), batch_size=s.ae_batch_size, checkpoint_every=500, seed=s.seed,
+        resume=True, cpu=ctx.device.type == "cpu", max_images=s.max_images, factor=factor, kind=kind,
+        dataset=s.dataset, resolution=s.resolution, base_width=s.ae_base_width,
+    ))
+    n = s.fid_samples
+    real = ctx.test.images[:n]
+    _, recon = FirstStage(trained.vae.eval()).reconstruct(ctx.test.batch(slice(0, n)).to(ctx.device), s.sample_batch)
+    recon = signed_to_uint8(recon).cpu()
+    quality = reconstruction_metrics(real, recon, ctx.device, rfid=False)
+    n_inc = min(rfid_samples, n)
+    rfid = reconstruction_metrics(real[:n_inc], recon[:n_inc], ctx.device) if n_inc else None
+    pairs = torch.cat([real[:32], recon[:32]]).permute(0, 2, 3, 1).numpy()
+    save_grid(pairs, ctx.out / "grids" / f"recon-{kind}-f{factor}.png")
+    summary = trained.summary
+    ctx.log.append(AutoencoderRecord(
+        kind=kind, factor=factor, ae_params=summary.ae_params, latent_shape=summary.latent_shape,
+        scaling_factor=summary.scaling_factor, ae_train_steps=summary.train_steps,
+        ae_train_seconds=summary.train_seconds, psnr=quality.psnr, ssim=quality.ssim, recon_samples=n,
+        rfid=rfid.rfid if rfid else None, rfid_samples=n_inc, rfid_backend=rfid.rfid_backend if rfid else None,
+        device=str(ctx.device),
+    ))
+    return folder
+
+
+def warm_up(pipe: LatentDiffusionPipeline, **condition: Any) -> None:
+    """One short untimed sample, so the first timed batch does not pay for lazy initialisation."""
+    pipe(num_images=WARMUP_SAMPLES, num_inference_steps=2, seed=0, **condition)
+
+
+def flat_config(preset: str, *parts: object) -> dict[str, Any]:
+    """A sweep's settings as one flat dict (what the environment record and the reports read)."""
+    values: dict[str, Any] = {"preset": preset}
+    for part in parts:
+        values.update(asdict(part))
+    return values

@@ -1,0 +1,401 @@
+"""What a run measured, as typed records in ``results.jsonl``, and the one function that reads them.
+
+The trainers and the timed sampler in this package produce the facts (a training summary,
+sampling speed and memory); the harness adds quality (FID/KID, reconstruction,
+conditioning accuracy). Every consumer -- the sweeps' ``--resume``, the reports, the zoo
+export and the demo's FID lookup -- reads a run through :func:`read_results`, so the
+schema lives here, beside the core, where both the harness and the demo can import it.
+
+Each line of ``results.jsonl`` is ``{"schema": 2, "record": TAG, "key": KEY, ...fields}``,
+appended and fsynced as soon as it exists, so a kill loses nothing already measured; a
+torn last line (killed mid-write) is ignored. Lines without ``schema`` are the first
+layout (plain dicts) and are converted on reading. A field that a record type does not
+have is an error, never a silent empty cell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .errors import InputError
+
+RESULTS = "results.jsonl"
+SCHEMA_VERSION = 2
+
+
+class RecordError(InputError):
+    """A results file whose lines do not match the record types."""
+
+
+@dataclass
+class Record:
+    """Base of every record: a tag naming the type and a key naming the measurement."""
+
+    tag: ClassVar[str] = ""
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "record": self.tag, "key": self.key, **dataclasses.asdict(self)}
+
+
+@dataclass
+class EnvironmentRecord(Record):
+    """Where and with what a run was measured (written once, when the run starts)."""
+
+    tag: ClassVar[str] = "environment"
+    started: str
+    python: str
+    platform: str
+    torch: str
+    diffusers: str
+    accelerate: str
+    torchmetrics: str
+    clean_fid: str
+    device: str
+    device_name: str
+    threads: int
+    config: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return "environment"
+
+
+@dataclass
+class TrainingRecord(Record):
+    """A trained denoiser: budget, speed and peak memory of its training (the paper's Tab. 13 facts)."""
+
+    tag: ClassVar[str] = "train"
+    kind: str  # "pixel", "kl" or "vq"
+    factor: int
+    latent_shape: list[int]
+    unet_params: int
+    ae_params: int
+    train_steps: int
+    train_seconds: float
+    train_images_per_s: float
+    device: str
+    device_name: str
+    batch_size: int
+    peak_mem_train_mb: float | None
+    memory_method: str
+    degenerate: bool  # latent side <= 2
+    budget: str  # "steps" or "seconds"
+    budget_value: float
+    resolution: int | None = None
+    condition: str = "none"
+    condition_params: int = 0
+    condition_dropout: float | None = None
+    final_loss: float | None = None
+
+    @property
+    def key(self) -> str:
+        if self.condition == "none":
+            return f"train/{self.kind}/f{self.factor}"
+        return f"cond-train/{self.condition}/{self.kind}/f{self.factor}"
+
+
+@dataclass
+class AutoencoderRecord(Record):
+    """A first stage's reconstruction quality (the paper's Tab. 8)."""
+
+    tag: ClassVar[str] = "autoencoder"
+    kind: str
+    factor: int
+    ae_params: int
+    latent_shape: list[int]
+    scaling_factor: float
+    ae_train_steps: int
+    ae_train_seconds: float
+    psnr: float
+    ssim: float
+    recon_samples: int
+    rfid: float | None
+    rfid_samples: int
+    rfid_backend: str | None
+    device: str
+
+    @property
+    def key(self) -> str:
+        return f"autoencoder/{self.kind}/f{self.factor}"
+
+
+@dataclass
+class ProgressRecord(Record):
+    """FID at one point along training (the paper's Fig. 6)."""
+
+    tag: ClassVar[str] = "progress"
+    kind: str
+    factor: int
+    point: int
+    train_steps: int
+    train_seconds: float
+    fid: float
+    fid_backend: str
+    fid_samples: int
+    ddim_steps: int
+
+    @property
+    def key(self) -> str:
+        return f"progress/{self.kind}/f{self.factor}/{self.point}"
+
+
+def _sampling_key(prefix: str, kind: str, factor: int, ddim_steps: int, condition: str, guidance: float) -> str:
+    if condition == "none":
+        return f"{prefix}/{kind}/f{factor}/ddim{ddim_steps}"
+    return f"{prefix}/{condition}/{kind}/f{factor}/ddim{ddim_steps}/g{guidance:g}"
+
+
+@dataclass
+class SamplingRecord(Record):
+    """Sampling speed and peak memory at one DDIM step count (the paper's Fig. 7, x axis)."""
+
+    tag: ClassVar[str] = "sampling"
+    kind: str
+    factor: int
+    ddim_steps: int
+    n: int
+    seconds: float
+    samples_per_s: float
+    sec_per_image: float
+    peak_mem_sample_mb: float | None
+    memory_method: str
+    sample_batch: int | None
+    scheduler: str
+    device: str
+    condition: str = "none"
+    guidance: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return _sampling_key("sampling", self.kind, self.factor, self.ddim_steps, self.condition, self.guidance)
+
+
+@dataclass
+class FidRecord(Record):
+    """FID and KID of one sample set, with the feature backend and N that produced them."""
+
+    tag: ClassVar[str] = "fid"
+    kind: str
+    factor: int
+    ddim_steps: int
+    fid: float
+    kid: float | None
+    kid_std: float | None
+    fid_backend: str
+    fid_samples: int
+    reference_samples: int
+    device: str
+    condition: str = "none"
+    guidance: float = 1.0
+
+    @property
+    def key(self) -> str:
+        prefix = _sampling_key("fid", self.kind, self.factor, self.ddim_steps, self.condition, self.guidance)
+        return f"{prefix}/{self.fid_backend}"
+
+
+@dataclass
+class ConditioningRecord(Record):
+    """How often a conditional model draws the class it was asked for, and FID per class."""
+
+    tag: ClassVar[str] = "conditioning"
+    condition: str
+    kind: str
+    factor: int
+    guidance: float
+    ddim_steps: int
+    n: int
+    samples_per_class: int
+    class_names: list[str]
+    accuracy: float
+    per_class_accuracy: list[float]
+    per_class_fid: list[float]
+    per_class_reference: list[int]
+    device: str
+
+    @property
+    def key(self) -> str:
+        return f"cond-eval/{self.condition}/{self.kind}/f{self.factor}/ddim{self.ddim_steps}/g{self.guidance:g}"
+
+
+@dataclass
+class ClassifierRecord(Record):
+    """The domain classifier that judges conditioning accuracy, scored on real held-out images."""
+
+    tag: ClassVar[str] = "classifier"
+    n: int
+    accuracy_on_real: float
+
+    @property
+    def key(self) -> str:
+        return "cond-classifier"
+
+
+RECORD_TYPES: dict[str, type[Record]] = {cls.tag: cls for cls in (
+    EnvironmentRecord, TrainingRecord, AutoencoderRecord, ProgressRecord, SamplingRecord, FidRecord,
+    ConditioningRecord, ClassifierRecord)}
+R = TypeVar("R", bound=Record)
+
+
+# --- the first layout (no "schema" field) ------------------------------------------------
+
+def _upgrade_v1(raw: dict[str, Any], env: dict[str, Any]) -> list[dict[str, Any]]:
+    """A first-layout line as one or more current ones (tag in "record", fields beside it)."""
+    r = {k: v for k, v in raw.items() if k != "key"}
+    tag = r.pop("record")
+    if tag in ("train", "cond_train"):
+        return [{"record": "train", **r}]
+    if tag == "progress":
+        for old in ("peak_mem_train_mb", "memory_method", "train_summary"):  # the whole run's, now in "train"
+            r.pop(old, None)
+        return [{"record": "progress", **r}]
+    if tag in ("fid", "sampling"):
+        r.pop("ae_kind", None)  # always equal to kind
+        return [{"record": tag, **r}]
+    if tag == "cond_classifier":
+        return [{"record": "classifier", **r}]
+    if tag == "cond_eval":  # one line held sampling speed, FID/KID and accuracy: now three records
+        cell = {k: r[k] for k in ("condition", "kind", "factor", "guidance", "ddim_steps", "device")}
+        sampling = {"record": "sampling", **cell, "n": r["n"], "seconds": r["n"] / r["samples_per_s"],
+                    "samples_per_s": r["samples_per_s"], "sec_per_image": 1.0 / r["samples_per_s"],
+                    "peak_mem_sample_mb": r["peak_mem_sample_mb"], "memory_method": r["memory_method"],
+                    "sample_batch": env.get("config", {}).get("sample_batch"), "scheduler": r["scheduler"]}
+        fid = {"record": "fid", **cell, **{k: r[k] for k in ("fid", "kid", "kid_std", "fid_backend", "fid_samples",
+                                                             "reference_samples")}}
+        conditioning = {"record": "conditioning", **cell, **{k: r[k] for k in (
+            "n", "samples_per_class", "class_names", "accuracy", "per_class_accuracy", "per_class_fid",
+            "per_class_reference")}}
+        return [sampling, fid, conditioning]
+    return [{"record": tag, **r}]
+
+
+def _build(data: dict[str, Any], where: str) -> Record:
+    data = dict(data)
+    tag = data.pop("record", None)
+    cls = RECORD_TYPES.get(tag)
+    if cls is None:
+        raise RecordError(f"{where}: unknown record type {tag!r} (known: {', '.join(RECORD_TYPES)}).")
+    data.pop("schema", None)
+    data.pop("key", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecordError(f"{where}: a {tag!r} record has no field(s) {unknown}.")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise RecordError(f"{where}: {err}") from err
+
+
+# --- reading and writing ------------------------------------------------------------------
+
+@dataclass
+class Results:
+    """Every record of one run, in the order they were written."""
+
+    records: list[Record] = field(default_factory=list)
+
+    def of(self, cls: type[R], **where: Any) -> list[R]:
+        """Records of type ``cls`` whose fields equal ``where`` (a misspelt field name is an error)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(where) - names)
+        if unknown:
+            raise RecordError(f"{cls.__name__} has no field(s) {unknown}.")
+        return [r for r in self.records if type(r) is cls and all(getattr(r, k) == v for k, v in where.items())]
+
+    def one(self, cls: type[R], **where: Any) -> R | None:
+        """The last matching record (a re-measurement replaces an earlier one), or None."""
+        found = self.of(cls, **where)
+        return found[-1] if found else None
+
+    @property
+    def environment(self) -> EnvironmentRecord | None:
+        return self.one(EnvironmentRecord)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_results(run_dir: str | os.PathLike) -> Results:
+    """The typed records of ``run_dir/results.jsonl`` (empty when the file does not exist yet).
+
+    Only the last line may be unreadable (torn by a kill while it was written); anything
+    else that does not match the record types is a :class:`RecordError` naming the line.
+    """
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return Results()
+    lines = path.read_text().splitlines()
+    raws: list[tuple[int, dict[str, Any]]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                continue  # a line torn by a kill
+            raise RecordError(f"{path} line {number}: not JSON ({err}).") from err
+        if not isinstance(raw, dict) or "record" not in raw:
+            raise RecordError(f"{path} line {number}: not a results record.")
+        raws.append((number, raw))
+    env = next((raw for _, raw in raws if raw.get("record") == "environment"), {})
+    records: list[Record] = []
+    for number, raw in raws:
+        where = f"{path} line {number}"
+        schema = raw.get("schema", 1)
+        if schema == 1:
+            try:
+                upgraded = _upgrade_v1(raw, env)
+            except (KeyError, TypeError, ZeroDivisionError) as err:
+                raise RecordError(f"{where}: an old-layout {raw['record']!r} record is incomplete ({err!r}).") from err
+            records += [_build(data, where) for data in upgraded]
+        elif schema == SCHEMA_VERSION:
+            records.append(_build(raw, where))
+        else:
+            raise RecordError(f"{where}: schema {schema!r} is newer than this code reads ({SCHEMA_VERSION}).")
+    return Results(records)
+
+
+class ResultsLog:
+    """A run folder's append-only ``results.jsonl``, with the records read so far."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / RESULTS
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.results = read_results(self.run_dir)
+
+    def has(self, cls: type[Record], **where: Any) -> bool:
+        """Whether such a measurement is already in the log (``--resume`` skips it)."""
+        return bool(self.results.of(cls, **where))
+
+    def append(self, record: Record) -> None:
+        line = json.dumps(record.to_json(), default=_jsonable) + "\n"
+        with open(self.path, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.results.records.append(record)
+
+    def append_once(self, record: Record) -> None:
+        """Append unless a record with the same key is already there."""
+        if all(r.key != record.key for r in self.results.records):
+            self.append(record)
+
+
+def _jsonable(value: object) -> object:
+    """NumPy / torch scalars and paths; anything else is a bug in the record, not something to stringify."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"A results record holds a {type(value).__name__}, which JSON cannot store.")

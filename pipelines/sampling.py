@@ -1,0 +1,135 @@
+"""Timed sampling and peak memory: the one way the CLI, the harness and the demo draw samples.
+
+:func:`sample_batches` is the only batcher. It draws image ``i`` of seed ``s`` with that
+image's own generator (:func:`pipelines.pipeline.image_generators`), so the noise never
+depends on the batch size: ``sample --batch-size 16`` and ``--batch-size 64``, the harness's
+timed sampling and the demo's Generate all start image i from the same noise and give the
+same image for the same model, seed, steps and condition -- up to float round-off, because
+CPU kernels pick their algorithm by batch size (measured: about 1e-6 apart, so a PNG pixel
+can land one level apart; same batch size is bit-identical).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError, whole_number
+from .memory import PeakMemory
+from .pipeline import MAX_BATCH, LatentDiffusionPipeline, SampleOutput, SampleRequest, image_generators
+
+Condition = Sequence[int | str] | int | str | None
+MAX_IMAGES = 10_000_000  # per request; each batch is at most MAX_BATCH
+
+
+@dataclass
+class TimedSamples:
+    """Samples with how long they took and how much memory they needed."""
+
+    images: np.ndarray  # float NHWC in [0, 1]
+    seconds: float
+    peak_mb: float | None
+    memory_method: str
+    steps: int
+    scheduler: str
+    trajectory_xt: np.ndarray | None = None
+    trajectory_x0: np.ndarray | None = None
+    timesteps: list[int] | None = None
+
+    @property
+    def samples_per_s(self) -> float:
+        return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def sec_per_image(self) -> float:
+        return self.seconds / len(self.images)
+
+
+def _slice(values: Condition, start: int, n: int) -> Condition:
+    """One condition for every image stays as it is; one per image is cut to this batch."""
+    if values is None or isinstance(values, (str, int)):
+        return values
+    values = list(values)
+    return values if len(values) == 1 else values[start : start + n]
+
+
+def _check_request(pipe, num_images, steps, scheduler, seed, batch_size, labels, prompt,
+                   guidance_scale) -> tuple[int, int, SampleRequest]:
+    """(images, batch size, the first batch's checked request); every distinct condition checked by the pipeline."""
+    num_images = whole_number(num_images, "num_images", "Number of images", 1, MAX_IMAGES)
+    batch_size = whole_number(batch_size, "batch_size", "Batch size", 1, MAX_BATCH)
+    request = pipe.check_inputs(min(num_images, batch_size), steps, scheduler, 0 if seed is None else seed,
+                                _slice(labels, 0, 1), _slice(prompt, 0, 1), guidance_scale)
+    for field, values in (("labels", labels), ("prompt", prompt)):
+        if values is None or isinstance(values, (str, int)):
+            continue
+        values = list(values)
+        if len(values) not in (1, num_images):
+            raise InputError(f"Give one {'label' if field == 'labels' else 'prompt'} or one per image ({num_images}); "
+                             f"got {len(values)}.", field)
+        for value in dict.fromkeys(values):
+            pipe.check_inputs(1, steps, scheduler, request.seed, **{field: value}, guidance_scale=guidance_scale)
+    return num_images, batch_size, request
+
+
+def sample_batches(
+    pipe: LatentDiffusionPipeline,
+    num_images: int,
+    steps: int,
+    scheduler: str = "ddim",
+    seed: int = 0,
+    batch_size: int = 64,
+    labels: Condition = None,
+    prompt: Condition = None,
+    guidance_scale: float = 1.0,
+    return_trajectory: bool = False,
+) -> Iterator[tuple[int, SampleOutput]]:
+    """Yield ``(first image index, output)`` per batch; the whole request is checked before any work.
+
+    ``labels`` / ``prompt`` are one condition for all images or one per image; no seed means seed 0.
+    """
+    num_images, batch_size, request = _check_request(pipe, num_images, steps, scheduler, seed, batch_size, labels,
+                                                     prompt, guidance_scale)
+    for start in range(0, num_images, batch_size):
+        n = min(batch_size, num_images - start)
+        yield start, pipe(
+            num_images=n, num_inference_steps=request.steps, scheduler=request.scheduler,
+            generator=image_generators(request.seed, range(start, start + n)), return_trajectory=return_trajectory,
+            labels=_slice(labels, start, n), prompt=_slice(prompt, start, n), guidance_scale=guidance_scale,
+        )
+
+
+def timed_sampling(
+    pipe: LatentDiffusionPipeline,
+    num_images: int,
+    steps: int,
+    scheduler: str = "ddim",
+    seed: int = 0,
+    batch_size: int = 250,
+    return_trajectory: bool = False,
+    labels: Condition = None,
+    prompt: Condition = None,
+    guidance_scale: float = 1.0,
+) -> TimedSamples:
+    """All batches of :func:`sample_batches` under :class:`PeakMemory`.
+
+    Warm-up is the caller's business (the harness warms up once per model; the demo's
+    models are warmed when they load).
+    """
+    chunks, xts, x0s, timesteps = [], [], [], None
+    with PeakMemory(pipe.device) as mem:
+        for _, out in sample_batches(pipe, num_images, steps, scheduler, seed, batch_size, labels, prompt,
+                                     guidance_scale, return_trajectory):
+            chunks.append(out.images)
+            timesteps = out.timesteps
+            if return_trajectory:
+                xts.append(out.trajectory_xt)
+                x0s.append(out.trajectory_x0)
+    cat = (lambda parts: np.concatenate(parts, axis=1)) if return_trajectory else (lambda parts: None)
+    return TimedSamples(
+        images=np.concatenate(chunks), seconds=mem.reading.seconds, peak_mb=mem.reading.peak_mb,
+        memory_method=mem.reading.method, steps=steps, scheduler=scheduler,
+        trajectory_xt=cat(xts), trajectory_x0=cat(x0s), timesteps=timesteps,
+    )
