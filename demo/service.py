@@ -170,7 +170,7 @@ def latent_pictures(latents: torch.Tensor, size: int) -> list[np.ndarray]:
     for channel in latents[0][:16]:
         c = channel.float()
         c = (c - c.min()) / (c.max() - c.min() + 1e-8)
-        img = Image.fromarray((c.numpy() * 255).astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+        img = Image.fromarray(unit_to_uint8(c.numpy())).resize((size, size), Image.Resampling.NEAREST)
         pictures.append(np.asarray(img))
     return pictures
 

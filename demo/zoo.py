@@ -12,12 +12,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from pipelines.results import RESULTS, ConditioningRecord, FidRecord, RecordError, Results, TrainingRecord, read_results
+from pipelines.results import (
+    RESULTS,
+    ConditioningRecord,
+    FidRecord,
+    RecordError,
+    Results,
+    TrainingRecord,
+    TrainingSummary,
+    read_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,7 @@ class ModelEntry:
     kind: str
     dataset: str
     resolution: int
-    facts: dict = field(default_factory=dict)
+    facts: TrainingSummary | None = None  # the training.json of the model folder
     condition: str = "none"  # "none", "class" or "text"
     class_names: tuple[str, ...] = ()
 
@@ -55,10 +64,10 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _condition(folder: Path, facts: dict) -> tuple[str, tuple[str, ...]]:
+def _condition(folder: Path, facts: TrainingSummary) -> tuple[str, tuple[str, ...]]:
     """The condition from ``model_index.json`` (what the loader will build), training.json as fallback."""
     encoder = _read_json(folder / "model_index.json").get("condition_encoder") or [None, None]
-    kind = {"ClassEmbedder": "class", "CLIPTextModel": "text"}.get(str(encoder[-1]), str(facts.get("condition")))
+    kind = {"ClassEmbedder": "class", "CLIPTextModel": "text"}.get(str(encoder[-1]), facts.condition)
     if kind not in CONDITION_WORDS:
         kind = "none"
     names = _read_json(folder / "condition_encoder" / "config.json").get("class_names", []) if kind == "class" else []
@@ -66,19 +75,18 @@ def _condition(folder: Path, facts: dict) -> tuple[str, tuple[str, ...]]:
 
 
 def _entry(folder: Path, root: Path) -> ModelEntry | None:
-    facts_file = folder / "training.json"
-    if not facts_file.is_file():
+    if not (folder / "training.json").is_file():
         return None
     try:
-        facts = json.loads(facts_file.read_text())
-    except json.JSONDecodeError:
+        facts = TrainingSummary.load(folder / "training.json")
+    except RecordError as err:
+        log.warning("Skipping %s: %s", folder, err)
         return None
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
     condition, class_names = _condition(folder, facts)
     return ModelEntry(
-        name=f"{root.name}/{name}", path=folder, factor=int(facts.get("factor", 1)), kind=str(facts.get("kind", "pixel")),
-        dataset=str(facts.get("dataset", "?")), resolution=int(facts.get("resolution", 0)), facts=facts,
-        condition=condition, class_names=class_names,
+        name=f"{root.name}/{name}", path=folder, factor=facts.factor, kind=facts.kind, dataset=facts.dataset,
+        resolution=facts.resolution, facts=facts, condition=condition, class_names=class_names,
     )
 
 

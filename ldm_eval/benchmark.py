@@ -31,7 +31,6 @@ from pipelines.training import (
     sample_cached_batch,
 )
 
-
 WARMUP_STEPS = 2
 
 

@@ -20,11 +20,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
+from .run import RunSettings, Sweep, help_text
 
 # --- the small commands' settings ----------------------------------------------------------
 
@@ -33,49 +29,49 @@ def _help(text: str) -> dict[str, str]:
 class SampleSettings:
     """``sample MODEL``: write N samples of a trained model as PNG files."""
 
-    n: int = field(metadata=_help("number of images"))
-    steps: int = field(metadata=_help("denoising steps"))
-    out: Path = field(metadata=_help("output folder"))
-    scheduler: Literal["ddim", "ddpm"] = field(default="ddim", metadata=_help("sampler"))
-    seed: int = field(default=0, metadata=_help("image i of a seed is the same whatever the batch size"))
-    batch_size: int = field(default=64, metadata=_help("images per batch (never changes the images)"))
-    device: str = field(default="auto", metadata=_help("auto, cpu or cuda"))
+    n: int = field(metadata=help_text("number of images"))
+    steps: int = field(metadata=help_text("denoising steps"))
+    out: Path = field(metadata=help_text("output folder"))
+    scheduler: Literal["ddim", "ddpm"] = field(default="ddim", metadata=help_text("sampler"))
+    seed: int = field(default=0, metadata=help_text("image i of a seed is the same whatever the batch size"))
+    batch_size: int = field(default=64, metadata=help_text("images per batch (never changes the images)"))
+    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     label: list[str] | None = field(default=None, metadata={
         "help": "class name or index (class models); several cycle over the images", "action": "extend"})
     prompt: list[str] | None = field(default=None, metadata={
         "help": "text prompt (text models); several cycle over the images", "action": "extend"})
-    guidance: float = field(default=1.0, metadata=_help("classifier-free guidance scale (1 = none)"))
+    guidance: float = field(default=1.0, metadata=help_text("classifier-free guidance scale (1 = none)"))
 
 
 @dataclass
 class FidSettings:
     """``fid DIR_A DIR_B``: FID (and KID) between two folders of images."""
 
-    backend: str = field(default="inception", metadata=_help("inception or domain"))
-    kid: bool = field(default=False, metadata=_help("also compute KID"))
-    classifier: Path | None = field(default=None, metadata=_help("domain classifier folder (a sweep's domain_classifier/)"))
-    device: str = field(default="auto", metadata=_help("auto, cpu or cuda"))
+    backend: str = field(default="inception", metadata=help_text("inception or domain"))
+    kid: bool = field(default=False, metadata=help_text("also compute KID"))
+    classifier: Path | None = field(default=None, metadata=help_text("domain classifier folder (a sweep's domain_classifier/)"))
+    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
 
 
 @dataclass
 class ExportSettings:
     """``export-zoo RUN_DIR``: copy a sweep's models as fp16 with model cards (the demo's zoo)."""
 
-    prefix: str = field(metadata=_help("name prefix, e.g. fmnist32"))
-    out: Path = field(default=Path("models"), metadata=_help("zoo folder"))
-    only: list[str] | None = field(default=None, metadata=_help("model names, e.g. dm-f1,ldm-kl-f4"))
+    prefix: str = field(metadata=help_text("name prefix, e.g. fmnist32"))
+    out: Path = field(default=Path("models"), metadata=help_text("zoo folder"))
+    only: list[str] | None = field(default=None, metadata=help_text("model names, e.g. dm-f1,ldm-kl-f4"))
 
 
 @dataclass
 class BenchSettings:
     """``bench-train``: training speed and memory for every factor (prints a table)."""
 
-    resolutions: list[int] = field(default_factory=lambda: [32, 64], metadata=_help("image sides, e.g. 32,64"))
-    factors: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata=_help("factors"))
-    batch_size: int = field(default=64, metadata=_help("training batch size"))
-    steps: int = field(default=4, metadata=_help("timed steps per configuration"))
-    device: str = field(default="auto", metadata=_help("auto, cpu or cuda"))
-    out: Path | None = field(default=None, metadata=_help("also write the table as CSV and Markdown here"))
+    resolutions: list[int] = field(default_factory=lambda: [32, 64], metadata=help_text("image sides, e.g. 32,64"))
+    factors: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata=help_text("factors"))
+    batch_size: int = field(default=64, metadata=help_text("training batch size"))
+    steps: int = field(default=4, metadata=help_text("timed steps per configuration"))
+    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
+    out: Path | None = field(default=None, metadata=help_text("also write the table as CSV and Markdown here"))
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -135,30 +131,24 @@ def parse(prog: str, types: Sequence[type], argv: list[str], positionals: Sequen
 
 @dataclass
 class PresetChoice:
-    preset: str = field(default="", metadata=_help("named settings this run starts from"))
+    preset: str = field(default="", metadata=help_text("named settings this run starts from"))
 
 
-def _preset_parse(prog: str, presets: dict, default: str, make: Callable, types: Sequence[type],
-                  argv: list[str]) -> tuple:
-    """Parse a sweep's flags over the defaults of its ``--preset``: (preset name, settings...)."""
+def parse_sweep(prog: str, presets: dict, default: str, settings: type, argv: list[str]) -> Sweep:
+    """A sweep's flags parsed over the defaults of its ``--preset`` (``settings``: the sweep kind's own dataclass)."""
     probe = HfArgumentParser([PresetChoice], prog=prog, add_help=False)
-    known, _ = probe.parse_known_args(argv)
-    name = known.preset or default
-    sweep = make(name)
-    defaults = {k: v for part in (sweep.run, sweep.sweep) for k, v in dataclasses.asdict(part).items()}
-    choice, *parts = parse(prog, [PresetChoice, *types], argv, defaults={**defaults, "preset": name})
-    return choice.preset, parts
+    name = probe.parse_known_args(argv)[0].preset or default
+    preset = Sweep.from_preset(presets, name)
+    defaults = {"preset": name, **dataclasses.asdict(preset.run), **dataclasses.asdict(preset.sweep)}
+    choice, run, sweep = parse(prog, [PresetChoice, RunSettings, settings], argv, defaults=defaults)
+    return Sweep(choice.preset, run, sweep)
 
 
 def cmd_sweep(argv: list[str]) -> int:
     from .report import render_report, summary_table
-    from .run import RunSettings
-    from .sweep import PRESETS, CompressionSettings, CompressionSweep, preset_sweep, run_sweep
+    from .sweep import PRESETS, CompressionSettings, run_sweep
 
-    name, (run, sweep) = _preset_parse("python -m ldm_eval sweep", PRESETS, "quick", preset_sweep,
-                                       [RunSettings, CompressionSettings], argv)
-    cfg = CompressionSweep(name, run, sweep)
-    run_dir = run_sweep(cfg)
+    run_dir = run_sweep(parse_sweep("python -m ldm_eval sweep", PRESETS, "quick", CompressionSettings, argv))
     report = render_report(run_dir)
     print(summary_table(run_dir))
     print(f"\nReport: {report} and {report.with_suffix('.html')}; table: {run_dir / 'results.csv'}")
@@ -166,13 +156,11 @@ def cmd_sweep(argv: list[str]) -> int:
 
 
 def cmd_cond_sweep(argv: list[str]) -> int:
-    from .conditional import PRESETS, ConditioningSettings, ConditioningSweep, preset_sweep, run_conditional_sweep
+    from .conditional import PRESETS, ConditioningSettings, run_conditional_sweep
     from .conditional_report import conditional_summary, render_conditional_report
-    from .run import RunSettings
 
-    name, (run, sweep) = _preset_parse("python -m ldm_eval cond-sweep", PRESETS, "cond-quick", preset_sweep,
-                                       [RunSettings, ConditioningSettings], argv)
-    run_dir = run_conditional_sweep(ConditioningSweep(name, run, sweep))
+    sweep = parse_sweep("python -m ldm_eval cond-sweep", PRESETS, "cond-quick", ConditioningSettings, argv)
+    run_dir = run_conditional_sweep(sweep)
     report = render_conditional_report(run_dir)
     print(conditional_summary(run_dir))
     print(f"\nReport: {report} and {report.with_suffix('.html')}; table: {run_dir / 'results.csv'}")

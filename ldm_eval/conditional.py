@@ -16,7 +16,7 @@ so a killed run resumes with ``--resume`` and redoes nothing already measured.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,65 +25,43 @@ from pipelines.conditioning import class_caption, validate_guidance
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
 from pipelines.results import ClassifierRecord, ConditioningRecord, SamplingRecord, TrainingRecord
-from pipelines.sampling import timed_sampling
+from pipelines.sampling import timed_sampling, warm_up
 from pipelines.training import DiffusionTrainConfig, train_diffusion
 
+from . import run
 from .fid import compute_features, fid_from_features
-from .run import (
-    RunContext,
-    RunSettings,
-    SweepError,
-    autoencoder_cell,
-    check_ddim_steps,
-    check_factors,
-    fid_records,
-    flat_config,
-    open_run,
-    warm_up,
-)
-from .sweep import training_record
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from .run import RunContext, RunSettings, Sweep, SweepError, help_text
 
 
 @dataclass
 class ConditioningSettings:
     """What the conditioning sweep compares: factors, conditions, guidance scales, samples per class."""
 
-    factors: list[int] = field(default_factory=lambda: [1, 4, 8, 16], metadata=_help("downsampling factors"))
-    kind: str = field(default="kl", metadata=_help("autoencoder kind of the latent models: kl or vq"))
-    conditions: list[str] = field(default_factory=lambda: ["class", "text"], metadata=_help("class and/or text"))
+    factors: list[int] = field(default_factory=lambda: [1, 4, 8, 16], metadata=help_text("downsampling factors"))
+    kind: str = field(default="kl", metadata=help_text("autoencoder kind of the latent models: kl or vq"))
+    conditions: list[str] = field(default_factory=lambda: ["class", "text"], metadata=help_text("class and/or text"))
     guidance: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.0],
-                                  metadata=_help("classifier-free guidance scales, e.g. 1,3,7"))
-    samples_per_class: int = field(default=50, metadata=_help("samples per class and guidance scale"))
-    ddim_steps: int = field(default=20, metadata=_help("DDIM steps of the evaluation samples"))
-    condition_dropout: float = field(default=0.1, metadata=_help("share of steps trained without the condition"))
-    condition_width: int = field(default=64, metadata=_help("condition token width"))
+                                  metadata=help_text("classifier-free guidance scales, e.g. 1,3,7"))
+    samples_per_class: int = field(default=50, metadata=help_text("samples per class and guidance scale"))
+    ddim_steps: int = field(default=20, metadata=help_text("DDIM steps of the evaluation samples"))
+    condition_dropout: float = field(default=0.1, metadata=help_text("share of steps trained without the condition"))
+    condition_width: int = field(default=64, metadata=help_text("condition token width"))
 
-
-@dataclass
-class ConditioningSweep:
-    """One conditioning sweep: the shared run settings composed with the sweep's own."""
-
-    preset: str
-    run: RunSettings
-    sweep: ConditioningSettings
 
     def validate(self) -> None:
-        self.run.validate()
-        check_factors(self.sweep.factors, self.run.resolution)
-        if self.sweep.kind not in ("kl", "vq"):
-            raise SweepError(f"Unknown autoencoder kind {self.sweep.kind!r}; choose kl or vq.", "kind")
-        for c in self.sweep.conditions:
+        if self.kind not in ("kl", "vq"):
+            raise SweepError(f"Unknown autoencoder kind {self.kind!r}; choose kl or vq.", "kind")
+        for c in self.conditions:
             if c not in ("class", "text"):
                 raise SweepError(f"Unknown condition {c!r}; choose class and/or text.", "conditions")
-        for g in self.sweep.guidance:
+        for g in self.guidance:
             validate_guidance(g, "class")  # the pipeline's own rule, so the sweep never asks what sampling refuses
-        if self.sweep.samples_per_class < 2:
+        if self.samples_per_class < 2:
             raise SweepError("Per-class FID needs at least 2 samples per class.", "samples_per_class")
-        check_ddim_steps([self.sweep.ddim_steps], "ddim_steps")
+        run.check_ddim_steps([self.ddim_steps], "ddim_steps")
+
+
+ConditioningSweep = Sweep[ConditioningSettings]
 
 
 PRESETS: dict[str, tuple[RunSettings, ConditioningSettings]] = {
@@ -103,10 +81,7 @@ PRESETS: dict[str, tuple[RunSettings, ConditioningSettings]] = {
 
 
 def preset_sweep(name: str) -> ConditioningSweep:
-    if name not in PRESETS:
-        raise SweepError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.", "preset")
-    run, sweep = PRESETS[name]
-    return ConditioningSweep(name, replace(run, out=Path("runs") / name), replace(sweep))
+    return Sweep.from_preset(PRESETS, name)
 
 
 def _denoiser_cell(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: int,
@@ -122,7 +97,7 @@ def _denoiser_cell(ctx: RunContext, cfg: ConditioningSweep, condition: str, fact
         condition_dropout=cfg.sweep.condition_dropout, condition_width=cfg.sweep.condition_width,
         learning_rate=s.learning_rate, mixed_precision=s.mixed_precision,
     ))
-    ctx.log.append(training_record(trained.summary, s))
+    ctx.log.append(run.training_record(trained.summary, s))
     return trained.pipeline
 
 
@@ -158,7 +133,7 @@ def _evaluate(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: i
                            sec_per_image=timed.sec_per_image, peak_mem_sample_mb=timed.peak_mb,
                            memory_method=timed.memory_method, sample_batch=s.sample_batch, scheduler="ddim",
                            device=str(ctx.device)),
-            *fid_records(ctx, images, [("domain", len(wanted))], **cell),
+            *run.fid_records(ctx, images, [("domain", len(wanted))], **cell),
             ConditioningRecord(  # last: its presence marks the whole cell as measured
                 **cell, n=len(wanted), samples_per_class=cfg.sweep.samples_per_class, class_names=list(names),
                 accuracy=float((predicted == wanted).mean()), per_class_accuracy=per_class_acc,
@@ -172,7 +147,7 @@ def _evaluate(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: i
 def run_conditional_sweep(cfg: ConditioningSweep) -> Path:
     """Run (or resume) a conditioning sweep; returns the run folder."""
     cfg.validate()
-    ctx = open_run(cfg.run, flat_config(cfg.preset, cfg.run, cfg.sweep), cfg.run.fid_samples, label_key="class")
+    ctx = run.open_run(cfg.run, cfg.flat_config(), cfg.run.fid_samples, label_key="class")
     test = ctx.test
     if not ctx.log.has(ClassifierRecord):
         ctx.log.append(ClassifierRecord(n=len(test), accuracy_on_real=ctx.classifier.accuracy(
@@ -180,7 +155,7 @@ def run_conditional_sweep(cfg: ConditioningSweep) -> Path:
     real_labels = test.labels["class"].numpy()
     all_real = ctx.reference("domain", len(test))  # every held-out image: per-class FID
     for factor in cfg.sweep.factors:
-        autoencoder = autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0) if factor > 1 else None
+        autoencoder = run.autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0) if factor > 1 else None
         for condition in cfg.sweep.conditions:
             print(f"== {condition} f={factor} ==", flush=True)
             pipe = _denoiser_cell(ctx, cfg, condition, factor, autoencoder)

@@ -17,7 +17,14 @@ import pandas as pd  # noqa: E402
 from pipelines.results import ClassifierRecord, ConditioningRecord  # noqa: E402
 
 from .report import (  # noqa: E402
-    environment, grid_lines, image_lines, md_table, measured_on, read_run, save_figure, write_report,
+    environment,
+    grid_lines,
+    image_lines,
+    md_table,
+    measured_on,
+    read_run,
+    save_figure,
+    write_report,
 )
 from .results import COND_COLUMNS, conditional_table, per_class_table, write_table  # noqa: E402, F401
 

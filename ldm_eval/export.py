@@ -7,63 +7,29 @@ the model's own measurements from the same run's ``results.jsonl``, read through
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from pipelines.atomic import write_json_atomic, write_text_atomic
+from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.pipeline import load_pipeline
-from pipelines.results import AutoencoderRecord, ConditioningRecord, EnvironmentRecord, FidRecord, Results, read_results
+from pipelines.results import (
+    AutoencoderRecord,
+    ConditioningRecord,
+    EnvironmentRecord,
+    FidRecord,
+    Results,
+    TrainingSummary,
+    read_results,
+)
 
 from .results import domain_fid
 
 UTKFACE_LICENCE = ("Trained on UTKFace (Zhang, Song, Qi, CVPR 2017), released for non-commercial research only; "
                    "these weights inherit that licence: non-commercial research use only.")
 FASHION_LICENCE = "Trained on Fashion-MNIST (Zalando Research, MIT licence)."
-
-
-@dataclass
-class ModelFacts:
-    """The part of a model's ``training.json`` that its card states.
-
-    ``training.json`` is written by several generations of the trainers (the first layout, or
-    :class:`pipelines.training.TrainingSummary` with more keys); both carry these, and a file
-    lacking one is reported by name instead of failing with a bare KeyError mid-card.
-    """
-
-    factor: int
-    kind: str
-    dataset: str
-    resolution: int
-    latent_shape: list[int]
-    unet_params: int
-    ae_params: int
-    train_steps: int
-    train_seconds: float
-    train_images_per_s: float
-    batch_size: int
-    device_name: str
-    seed: int
-    condition: str = "none"
-    condition_params: int = 0
-    condition_dropout: float | None = None
-
-    @classmethod
-    def read(cls, path: Path) -> tuple["ModelFacts", dict[str, Any]]:
-        """The facts and the whole file (copied verbatim into the export)."""
-        raw = json.loads(path.read_text())
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and f.name not in raw]
-        if missing:
-            raise ValueError(f"{path} lacks {missing}: not a diffusion model's training summary.")
-        facts = cls(**{k: raw[k] for k in names if k in raw})
-        facts.condition = facts.condition or "none"  # the first layout may write null
-        return facts, raw
 
 
 @dataclass
@@ -87,7 +53,7 @@ class MetricRow:
                 f"DDIM {self.ddim_steps} steps{guidance})")
 
 
-def model_rows(results: Results, facts: ModelFacts) -> list[MetricRow]:
+def model_rows(results: Results, facts: TrainingSummary) -> list[MetricRow]:
     """The model's FID rows, or for a conditional model its accuracy and domain FID per guidance."""
     if facts.condition == "none":
         kind = "pixel" if facts.factor == 1 else facts.kind
@@ -100,7 +66,7 @@ def model_rows(results: Results, facts: ModelFacts) -> list[MetricRow]:
     return rows
 
 
-def _card(name: str, facts: ModelFacts, env: EnvironmentRecord | None, rows: list[MetricRow],
+def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows: list[MetricRow],
           ae: AutoencoderRecord | None) -> str:
     licence = FASHION_LICENCE if facts.dataset == "fashion-mnist" else UTKFACE_LICENCE
     command = "cond-sweep" if facts.condition != "none" else "sweep"
@@ -139,18 +105,17 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
     for folder in sorted((run_dir / "models").glob("*")):
         if not (folder / "model_index.json").is_file() or (only and folder.name not in only):
             continue
-        facts, training = ModelFacts.read(folder / "training.json")
+        facts = TrainingSummary.load(folder / "training.json")
         rows = model_rows(results, facts)
         ae = results.one(AutoencoderRecord, kind=facts.kind, factor=facts.factor)
         name = f"{prefix}-{folder.name}"
-        target, tmp = out / name, out / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        pipe = load_pipeline(folder, device="cpu")
-        pipe.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
-        write_json_atomic(tmp / "training.json", training)
-        write_json_atomic(tmp / "metrics.json", {"run": str(run_dir), "rows": [dataclasses.asdict(r) for r in rows]})
-        write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        target = out / name
+        with atomic_folder(target) as tmp:
+            pipe = load_pipeline(folder, device="cpu")
+            pipe.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
+            shutil.copy2(folder / "training.json", tmp / "training.json")  # verbatim, whatever its generation
+            rows_json = {"run": str(run_dir), "rows": [dataclasses.asdict(r) for r in rows]}
+            write_json_atomic(tmp / "metrics.json", rows_json)
+            write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae))
         written.append(target)
     return written

@@ -25,7 +25,13 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from pipelines.atomic import atomic_path, write_text_atomic  # noqa: E402
 from pipelines.results import (  # noqa: E402
-    AutoencoderRecord, ConditioningRecord, EnvironmentRecord, ProgressRecord, Record, Results, TrainingRecord,
+    AutoencoderRecord,
+    ConditioningRecord,
+    EnvironmentRecord,
+    ProgressRecord,
+    Record,
+    Results,
+    TrainingRecord,
     read_results,
 )
 

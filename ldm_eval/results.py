@@ -15,7 +15,13 @@ import pandas as pd
 
 from pipelines.atomic import atomic_path
 from pipelines.results import (
-    AutoencoderRecord, ConditioningRecord, FidRecord, Record, Results, SamplingRecord, TrainingRecord,
+    AutoencoderRecord,
+    ConditioningRecord,
+    FidRecord,
+    Record,
+    Results,
+    SamplingRecord,
+    TrainingRecord,
 )
 
 TABLE_COLUMNS = [

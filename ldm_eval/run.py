@@ -9,11 +9,11 @@ way for the compression sweep (``sweep.py``) and the conditioning sweep (``condi
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -23,15 +23,21 @@ from pipelines.data import ImageDataset, load_dataset
 from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import FirstStage, check_factor
 from pipelines.images import save_grid, signed_to_uint8
-from pipelines.pipeline import LatentDiffusionPipeline, resolve_device
-from pipelines.results import AutoencoderRecord, EnvironmentRecord, FidRecord, ResultsLog
+from pipelines.pipeline import resolve_device
+from pipelines.results import (
+    AutoencoderRecord,
+    EnvironmentRecord,
+    FidRecord,
+    ResultsLog,
+    TrainingRecord,
+    TrainingSummary,
+)
 from pipelines.training import AutoencoderTrainConfig, device_name, train_autoencoder
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import compute_features, fid_from_features, kid_from_features
 from .reconstruction import reconstruction_metrics
 
-WARMUP_SAMPLES = 2
 KID_SUBSETS = 50
 KID_SUBSET_SIZE = 1000
 
@@ -40,7 +46,8 @@ class SweepError(InputError):
     """A sweep that cannot run as asked."""
 
 
-def _help(text: str) -> dict[str, str]:
+def help_text(text: str) -> dict[str, str]:
+    """A dataclass field's ``metadata``: its ``--help`` line on the command line."""
     return {"help": text}
 
 
@@ -48,26 +55,26 @@ def _help(text: str) -> dict[str, str]:
 class RunSettings:
     """Settings every sweep shares: data, training budgets and sizes, evaluation size, where it runs."""
 
-    dataset: str = field(default="fashion-mnist", metadata=_help("'fashion-mnist' or a folder of images"))
-    resolution: int = field(default=32, metadata=_help("image side in pixels"))
+    dataset: str = field(default="fashion-mnist", metadata=help_text("'fashion-mnist' or a folder of images"))
+    resolution: int = field(default=32, metadata=help_text("image side in pixels"))
     budget: Literal["steps", "seconds"] = field(
-        default="seconds", metadata=_help("equal optimiser steps or equal wall-clock seconds for every model"))
-    train_budget: float = field(default=45, metadata=_help("denoiser budget per model (steps or seconds)"))
-    ae_budget: float = field(default=30, metadata=_help("autoencoder budget per factor (steps or seconds)"))
-    batch_size: int = field(default=64, metadata=_help("denoiser batch size"))
-    ae_batch_size: int = field(default=32, metadata=_help("autoencoder batch size"))
-    learning_rate: float = field(default=2e-4, metadata=_help("denoiser learning rate"))
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=_help("training precision"))
-    param_budget: int = field(default=1_000_000, metadata=_help("UNet parameters, matched across factors"))
-    ae_base_width: int = field(default=16, metadata=_help("autoencoder base channel width"))
-    max_images: int | None = field(default=10_000, metadata=_help("train on the first N images only"))
-    classifier_steps: int = field(default=500, metadata=_help("training steps of the domain classifier"))
-    fid_samples: int = field(default=500, metadata=_help("samples for domain-feature FID/KID"))
-    sample_batch: int = field(default=250, metadata=_help("images per sampling batch (never changes the images)"))
-    seed: int = field(default=0, metadata=_help("seed of training and sampling"))
-    device: str = field(default="auto", metadata=_help("auto, cpu or cuda"))
-    out: Path | None = field(default=None, metadata=_help("run folder (default runs/PRESET)"))
-    resume: bool = field(default=False, metadata=_help("continue a killed run; finished measurements are kept"))
+        default="seconds", metadata=help_text("equal optimiser steps or equal wall-clock seconds for every model"))
+    train_budget: float = field(default=45, metadata=help_text("denoiser budget per model (steps or seconds)"))
+    ae_budget: float = field(default=30, metadata=help_text("autoencoder budget per factor (steps or seconds)"))
+    batch_size: int = field(default=64, metadata=help_text("denoiser batch size"))
+    ae_batch_size: int = field(default=32, metadata=help_text("autoencoder batch size"))
+    learning_rate: float = field(default=2e-4, metadata=help_text("denoiser learning rate"))
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
+    param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
+    ae_base_width: int = field(default=16, metadata=help_text("autoencoder base channel width"))
+    max_images: int | None = field(default=10_000, metadata=help_text("train on the first N images only"))
+    classifier_steps: int = field(default=500, metadata=help_text("training steps of the domain classifier"))
+    fid_samples: int = field(default=500, metadata=help_text("samples for domain-feature FID/KID"))
+    sample_batch: int = field(default=250, metadata=help_text("images per sampling batch (never changes the images)"))
+    seed: int = field(default=0, metadata=help_text("seed of training and sampling"))
+    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
+    out: Path | None = field(default=None, metadata=help_text("run folder (default runs/PRESET)"))
+    resume: bool = field(default=False, metadata=help_text("continue a killed run; finished measurements are kept"))
 
     def validate(self) -> None:
         if self.budget not in ("steps", "seconds"):
@@ -101,6 +108,43 @@ def check_ddim_steps(steps: list[int], field_name: str) -> None:
     """Every step count as the pipeline will check it (training uses 1,000 diffusion steps)."""
     for s in steps:
         whole_number(s, field_name, "DDIM steps", 1, 1000)
+
+
+class SweepSettings(Protocol):
+    """What a sweep kind's own settings provide (``CompressionSettings``, ``ConditioningSettings``)."""
+
+    factors: list[int]
+
+    def validate(self) -> None: ...
+
+
+S = TypeVar("S", bound=SweepSettings)
+
+
+@dataclass
+class Sweep(Generic[S]):
+    """One sweep: the shared run settings composed with a sweep kind's own settings (not inherited)."""
+
+    preset: str
+    run: RunSettings
+    sweep: S
+
+    def validate(self) -> None:
+        self.run.validate()
+        check_factors(self.sweep.factors, self.run.resolution)
+        self.sweep.validate()
+
+    @classmethod
+    def from_preset(cls, presets: dict[str, tuple[RunSettings, S]], name: str) -> "Sweep[S]":
+        """A fresh copy of a preset table's entry, run folder ``runs/NAME``."""
+        if name not in presets:
+            raise SweepError(f"Unknown preset {name!r}; choose one of {', '.join(presets)}.", "preset")
+        run, sweep = presets[name]
+        return cls(name, replace(run, out=Path("runs") / name), replace(sweep))
+
+    def flat_config(self) -> dict[str, Any]:
+        """All settings as one flat dict (what the environment record and the reports read)."""
+        return {"preset": self.preset, **asdict(self.run), **asdict(self.sweep)}
 
 
 @dataclass
@@ -230,14 +274,15 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int)
     return folder
 
 
-def warm_up(pipe: LatentDiffusionPipeline, **condition: Any) -> None:
-    """One short untimed sample, so the first timed batch does not pay for lazy initialisation."""
-    pipe(num_images=WARMUP_SAMPLES, num_inference_steps=2, seed=0, **condition)
-
-
-def flat_config(preset: str, *parts: object) -> dict[str, Any]:
-    """A sweep's settings as one flat dict (what the environment record and the reports read)."""
-    values: dict[str, Any] = {"preset": preset}
-    for part in parts:
-        values.update(asdict(part))
-    return values
+def training_record(summary: TrainingSummary, settings: RunSettings) -> TrainingRecord:
+    """The log's record of a trained denoiser, from the trainer's summary."""
+    return TrainingRecord(
+        kind=summary.kind, factor=summary.factor, latent_shape=summary.latent_shape, unet_params=summary.unet_params,
+        ae_params=summary.ae_params, train_steps=summary.train_steps, train_seconds=summary.train_seconds,
+        train_images_per_s=summary.train_images_per_s, device=summary.device, device_name=summary.device_name,
+        batch_size=summary.batch_size, peak_mem_train_mb=summary.peak_mem_train_mb,
+        memory_method=summary.memory_method, degenerate=summary.latent_shape[-1] <= 2, budget=settings.budget,
+        budget_value=settings.train_budget, resolution=summary.resolution, condition=summary.condition,
+        condition_params=summary.condition_params, condition_dropout=summary.condition_dropout,
+        final_loss=summary.final_loss,
+    )

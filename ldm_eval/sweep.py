@@ -10,33 +10,29 @@ kill redoes nothing already measured.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.first_stage import FACTORS
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
 from pipelines.results import ProgressRecord, SamplingRecord, TrainingRecord
-from pipelines.sampling import timed_sampling
-from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, TrainingSummary, train_diffusion
+from pipelines.sampling import timed_sampling, warm_up
+from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, train_diffusion
 
 from .fid import compute_features, fid_from_features
 from .run import (
     RunContext,
     RunSettings,
+    Sweep,
     SweepError,
     autoencoder_cell,
     check_ddim_steps,
-    check_factors,
     fid_records,
-    flat_config,
+    help_text,
     open_run,
-    warm_up,
+    training_record,
 )
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -44,33 +40,26 @@ class CompressionSettings:
     """What the compression sweep compares and how finely it measures."""
 
     factors: list[int] = field(default_factory=lambda: list(FACTORS),
-                               metadata=_help("downsampling factors, e.g. 1,2,4,8,16,32 (1 = pixel space)"))
-    kinds: list[str] = field(default_factory=lambda: ["kl"], metadata=_help("autoencoder kinds: kl and/or vq"))
-    inception_samples: int = field(default=64, metadata=_help("samples for Inception FID/KID (0 skips it)"))
-    ddim_steps: list[int] = field(default_factory=lambda: [10, 50], metadata=_help("DDIM step counts, e.g. 10,50"))
-    progress_points: int = field(default=3, metadata=_help("FID checks along training (Fig. 6)"))
-    progress_samples: int = field(default=200, metadata=_help("samples per FID check along training"))
+                               metadata=help_text("downsampling factors, e.g. 1,2,4,8,16,32 (1 = pixel space)"))
+    kinds: list[str] = field(default_factory=lambda: ["kl"], metadata=help_text("autoencoder kinds: kl and/or vq"))
+    inception_samples: int = field(default=64, metadata=help_text("samples for Inception FID/KID (0 skips it)"))
+    ddim_steps: list[int] = field(default_factory=lambda: [10, 50], metadata=help_text("DDIM step counts, e.g. 10,50"))
+    progress_points: int = field(default=3, metadata=help_text("FID checks along training (Fig. 6)"))
+    progress_samples: int = field(default=200, metadata=help_text("samples per FID check along training"))
 
-
-@dataclass
-class CompressionSweep:
-    """One compression sweep: the shared run settings composed with the sweep's own."""
-
-    preset: str
-    run: RunSettings
-    sweep: CompressionSettings
 
     def validate(self) -> None:
-        self.run.validate()
-        check_factors(self.sweep.factors, self.run.resolution)
-        for kind in self.sweep.kinds:
+        for kind in self.kinds:
             if kind not in ("kl", "vq"):
                 raise SweepError(f"Unknown autoencoder kind {kind!r}; choose kl and/or vq.", "kinds")
-        if self.sweep.inception_samples == 1 or self.sweep.inception_samples < 0:
+        if self.inception_samples == 1 or self.inception_samples < 0:
             raise SweepError("Inception FID needs at least 2 samples (0 skips it).", "inception_samples")
-        if self.sweep.progress_points < 1 or self.sweep.progress_samples < 2:
+        if self.progress_points < 1 or self.progress_samples < 2:
             raise SweepError("FID along training needs at least one point and 2 samples per point.", "progress_points")
-        check_ddim_steps(self.sweep.ddim_steps, "ddim_steps")
+        check_ddim_steps(self.ddim_steps, "ddim_steps")
+
+
+CompressionSweep = Sweep[CompressionSettings]
 
 
 PRESETS: dict[str, tuple[RunSettings, CompressionSettings]] = {
@@ -95,10 +84,7 @@ PRESETS: dict[str, tuple[RunSettings, CompressionSettings]] = {
 
 
 def preset_sweep(name: str) -> CompressionSweep:
-    if name not in PRESETS:
-        raise SweepError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.", "preset")
-    run, sweep = PRESETS[name]
-    return CompressionSweep(name, replace(run, out=Path("runs") / name), replace(sweep))
+    return Sweep.from_preset(PRESETS, name)
 
 
 def _progress_steps(cfg: CompressionSweep) -> int:
@@ -137,20 +123,6 @@ def _denoiser_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
     return trained.pipeline
 
 
-def training_record(summary: TrainingSummary, settings: RunSettings) -> TrainingRecord:
-    """The log's record of a trained denoiser (from the trainer's summary)."""
-    return TrainingRecord(
-        kind=summary.kind, factor=summary.factor, latent_shape=summary.latent_shape, unet_params=summary.unet_params,
-        ae_params=summary.ae_params, train_steps=summary.train_steps, train_seconds=summary.train_seconds,
-        train_images_per_s=summary.train_images_per_s, device=summary.device, device_name=summary.device_name,
-        batch_size=summary.batch_size, peak_mem_train_mb=summary.peak_mem_train_mb,
-        memory_method=summary.memory_method, degenerate=summary.latent_shape[-1] <= 2, budget=settings.budget,
-        budget_value=settings.train_budget, resolution=summary.resolution, condition=summary.condition,
-        condition_params=summary.condition_params, condition_dropout=summary.condition_dropout,
-        final_loss=summary.final_loss,
-    )
-
-
 def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: int,
                    pipe: LatentDiffusionPipeline) -> None:
     """Samples/s, memory and FID/KID at every DDIM step count (the paper's Fig. 7)."""
@@ -181,7 +153,7 @@ def run_sweep(cfg: CompressionSweep) -> Path:
     """Run (or resume) a compression sweep; returns the run folder."""
     cfg.validate()
     needed = max(cfg.run.fid_samples, cfg.sweep.inception_samples, cfg.sweep.progress_samples)
-    ctx = open_run(cfg.run, flat_config(cfg.preset, cfg.run, cfg.sweep), needed)
+    ctx = open_run(cfg.run, cfg.flat_config(), needed)
     cells: list[tuple[str, int]] = [("pixel", 1)] if 1 in cfg.sweep.factors else []
     cells += [(kind, f) for kind in cfg.sweep.kinds for f in cfg.sweep.factors if f > 1]
     for kind, factor in cells:

@@ -8,7 +8,6 @@ need neither because each step's randomness is derived from (seed, step).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import write_json_atomic
+from .atomic import atomic_folder, write_json_atomic
 from .errors import InputError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,28 +52,18 @@ def save_checkpoint(
     ema: EMAModel | None,
     keep: int = 2,
 ) -> Path:
-    root = out / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step:08d}"
-    tmp = root / f".tmp-step-{state.step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_contiguous(model.state_dict()), tmp / "model.safetensors")
-    if ema is not None:
-        names = [n for n, _ in model.named_parameters()]
-        save_file(_contiguous(dict(zip(names, ema.shadow_params))), tmp / "ema.safetensors")
-        ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-        write_json_atomic(tmp / "ema.json", ema_meta)
-    # Optimizer moments are plain tensors; torch.save of our own file, read back with
-    # weights_only=True, so nothing is unpickled beyond tensors and numbers.
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    write_json_atomic(tmp / "state.json", asdict(state))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = out / CHECKPOINT_DIR / f"step-{state.step:08d}"
+    with atomic_folder(final) as tmp:
+        save_file(_contiguous(model.state_dict()), tmp / "model.safetensors")
+        if ema is not None:
+            names = [n for n, _ in model.named_parameters()]
+            save_file(_contiguous(dict(zip(names, ema.shadow_params))), tmp / "ema.safetensors")
+            ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+            write_json_atomic(tmp / "ema.json", ema_meta)
+        # Optimizer moments are plain tensors; torch.save of our own file, read back with
+        # weights_only=True, so nothing is unpickled beyond tensors and numbers.
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_json_atomic(tmp / "state.json", asdict(state))
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

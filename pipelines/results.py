@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from .atomic import write_json_atomic
 from .errors import InputError
 
 RESULTS = "results.jsonl"
@@ -147,71 +148,64 @@ class ProgressRecord(Record):
         return f"progress/{self.kind}/f{self.factor}/{self.point}"
 
 
-def _sampling_key(prefix: str, kind: str, factor: int, ddim_steps: int, condition: str, guidance: float) -> str:
-    if condition == "none":
-        return f"{prefix}/{kind}/f{factor}/ddim{ddim_steps}"
-    return f"{prefix}/{condition}/{kind}/f{factor}/ddim{ddim_steps}/g{guidance:g}"
+@dataclass(kw_only=True)
+class SampleSetRecord(Record):
+    """A measurement of one set of samples: which model, how many DDIM steps, which condition and guidance."""
 
-
-@dataclass
-class SamplingRecord(Record):
-    """Sampling speed and peak memory at one DDIM step count (the paper's Fig. 7, x axis)."""
-
-    tag: ClassVar[str] = "sampling"
     kind: str
     factor: int
     ddim_steps: int
+    device: str
+    condition: str = "none"  # unconditional models: "none", guidance 1
+    guidance: float = 1.0
+
+    def _key(self, prefix: str) -> str:
+        if self.condition == "none":
+            return f"{prefix}/{self.kind}/f{self.factor}/ddim{self.ddim_steps}"
+        return f"{prefix}/{self.condition}/{self.kind}/f{self.factor}/ddim{self.ddim_steps}/g{self.guidance:g}"
+
+
+@dataclass(kw_only=True)
+class SamplingRecord(SampleSetRecord):
+    """Sampling speed and peak memory (the paper's Fig. 7, x axis)."""
+
+    tag: ClassVar[str] = "sampling"
     n: int
     seconds: float
     samples_per_s: float
     sec_per_image: float
     peak_mem_sample_mb: float | None
     memory_method: str
-    sample_batch: int | None
+    sample_batch: int | None  # None: not recorded (first-layout conditioning runs)
     scheduler: str
-    device: str
-    condition: str = "none"
-    guidance: float = 1.0
 
     @property
     def key(self) -> str:
-        return _sampling_key("sampling", self.kind, self.factor, self.ddim_steps, self.condition, self.guidance)
+        return self._key("sampling")
 
 
-@dataclass
-class FidRecord(Record):
-    """FID and KID of one sample set, with the feature backend and N that produced them."""
+@dataclass(kw_only=True)
+class FidRecord(SampleSetRecord):
+    """FID and KID of the sample set, with the feature backend and N that produced them."""
 
     tag: ClassVar[str] = "fid"
-    kind: str
-    factor: int
-    ddim_steps: int
     fid: float
     kid: float | None
     kid_std: float | None
     fid_backend: str
     fid_samples: int
     reference_samples: int
-    device: str
-    condition: str = "none"
-    guidance: float = 1.0
 
     @property
     def key(self) -> str:
-        prefix = _sampling_key("fid", self.kind, self.factor, self.ddim_steps, self.condition, self.guidance)
-        return f"{prefix}/{self.fid_backend}"
+        return f"{self._key('fid')}/{self.fid_backend}"
 
 
-@dataclass
-class ConditioningRecord(Record):
+@dataclass(kw_only=True)
+class ConditioningRecord(SampleSetRecord):
     """How often a conditional model draws the class it was asked for, and FID per class."""
 
     tag: ClassVar[str] = "conditioning"
-    condition: str
-    kind: str
-    factor: int
-    guidance: float
-    ddim_steps: int
     n: int
     samples_per_class: int
     class_names: list[str]
@@ -219,11 +213,10 @@ class ConditioningRecord(Record):
     per_class_accuracy: list[float]
     per_class_fid: list[float]
     per_class_reference: list[int]
-    device: str
 
     @property
     def key(self) -> str:
-        return f"cond-eval/{self.condition}/{self.kind}/f{self.factor}/ddim{self.ddim_steps}/g{self.guidance:g}"
+        return self._key("cond-eval")
 
 
 @dataclass
@@ -243,6 +236,58 @@ RECORD_TYPES: dict[str, type[Record]] = {cls.tag: cls for cls in (
     EnvironmentRecord, TrainingRecord, AutoencoderRecord, ProgressRecord, SamplingRecord, FidRecord,
     ConditioningRecord, ClassifierRecord)}
 R = TypeVar("R", bound=Record)
+
+
+@dataclass
+class TrainingSummary:
+    """What a training run did and on what: returned by the trainers and written to ``training.json``.
+
+    Every model folder carries one, so the zoo export and the demo read a model's facts here.
+    """
+
+    factor: int
+    kind: str  # "pixel", "kl" or "vq"
+    dataset: str
+    resolution: int
+    latent_shape: list[int]
+    ae_params: int
+    train_steps: int
+    train_seconds: float
+    train_images: int
+    train_images_per_s: float
+    final_loss: float | None
+    batch_size: int
+    num_processes: int
+    device: str
+    device_name: str
+    mixed_precision: str
+    seed: int
+    budget: dict[str, float | None]  # {"max_steps": ..., "max_seconds": ...}
+    peak_mem_train_mb: float | None = None
+    memory_method: str = "unavailable"
+    unet_params: int = 0  # diffusion models
+    scaling_factor: float | None = None  # autoencoders: 1 / std of the training latents
+    condition: str = "none"
+    condition_params: int = 0
+    condition_dropout: float | None = None
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(folder / "training.json", asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainingSummary":
+        """A ``training.json`` of any generation: the first layout lacks only keys that have defaults here."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RecordError(f"Cannot read the training summary '{path}': {err}") from err
+        missing = [f.name for f in fields(cls)
+                   if f.default is MISSING and f.default_factory is MISSING and f.name not in raw]
+        if missing:
+            raise RecordError(f"'{path}' lacks {missing}: it is not a training summary.")
+        known = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
+        known["condition"] = known.get("condition") or "none"  # the first layout may write null
+        return cls(**known)
 
 
 # --- the first layout (no "schema" field) ------------------------------------------------

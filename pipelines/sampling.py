@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .errors import InputError, whole_number
 from .memory import PeakMemory
@@ -22,6 +21,7 @@ from .pipeline import MAX_BATCH, LatentDiffusionPipeline, SampleOutput, SampleRe
 
 Condition = Sequence[int | str] | int | str | None
 MAX_IMAGES = 10_000_000  # per request; each batch is at most MAX_BATCH
+WARMUP_SAMPLES = 2
 
 
 @dataclass
@@ -133,3 +133,8 @@ def timed_sampling(
         memory_method=mem.reading.method, steps=steps, scheduler=scheduler,
         trajectory_xt=cat(xts), trajectory_x0=cat(x0s), timesteps=timesteps,
     )
+
+
+def warm_up(pipe: LatentDiffusionPipeline, **condition: object) -> None:
+    """One short untimed sample, so the first timed batch does not pay for lazy initialisation."""
+    pipe(num_images=WARMUP_SAMPLES, num_inference_steps=2, seed=0, **condition)

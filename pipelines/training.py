@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,6 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .atomic import write_json_atomic
 from .checkpoint import (
     CheckpointError,
     TrainState,
@@ -42,8 +40,8 @@ from .checkpoint import (
 )
 from .conditioning import CONDITION_KINDS, ConditionEncoder, ConditionKind, build_condition_encoder, encode_condition
 from .data import ImageDataset, load_dataset
-from .errors import InputError
 from .denoiser import DenoiserSpec, build_denoiser
+from .errors import InputError
 from .first_stage import (
     Autoencoder,
     AutoencoderSpec,
@@ -58,6 +56,7 @@ from .images import uint8_to_signed
 from .latent_cache import LatentCache, cached_latents
 from .memory import MemoryReading, PeakMemory
 from .pipeline import LatentDiffusionPipeline, default_train_scheduler
+from .results import TrainingSummary
 
 log = logging.getLogger(__name__)
 
@@ -305,53 +304,20 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
 
 
-@dataclass
-class TrainingSummary:
-    """What a training run did and on what: returned by the trainers and written to ``training.json``."""
-
-    factor: int
-    kind: str  # "pixel", "kl" or "vq"
-    dataset: str
-    resolution: int
-    latent_shape: list[int]
-    ae_params: int
-    train_steps: int
-    train_seconds: float
-    train_images: int
-    train_images_per_s: float
-    final_loss: float | None
-    batch_size: int
-    num_processes: int
-    device: str
-    device_name: str
-    mixed_precision: str
-    seed: int
-    budget: dict[str, float | None]  # {"max_steps": ..., "max_seconds": ...}
-    peak_mem_train_mb: float | None = None
-    memory_method: str = "unavailable"
-    unet_params: int = 0  # diffusion models
-    scaling_factor: float | None = None  # autoencoders: 1 / std of the training latents
-    condition: str = "none"
-    condition_params: int = 0
-    condition_dropout: float | None = None
-
-    @classmethod
-    def of(cls, result: TrainResult, cfg: TrainConfig, **facts: Any) -> "TrainingSummary":
-        peak = result.peak_memory
-        return cls(
-            **facts,
-            train_steps=result.state.step, train_seconds=round(result.state.seconds, 3),
-            train_images=result.state.images, train_images_per_s=round(result.images_per_second, 3),
-            final_loss=result.state.losses[-1] if result.state.losses else None, batch_size=cfg.batch_size,
-            num_processes=result.num_processes, device=result.device, device_name=device_name(result.device),
-            mixed_precision=cfg.mixed_precision, seed=cfg.seed,
-            budget={"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
-            peak_mem_train_mb=None if peak is None else round(peak.peak_mb, 1),
-            memory_method="unavailable" if peak is None else f"{peak.method}, largest training step",
-        )
-
-    def save(self, folder: Path) -> None:
-        write_json_atomic(folder / "training.json", asdict(self))
+def summarize(result: TrainResult, cfg: TrainConfig, **facts: Any) -> TrainingSummary:
+    """The :class:`~pipelines.results.TrainingSummary` of a finished run (``facts``: what the model is)."""
+    peak = result.peak_memory
+    return TrainingSummary(
+        **facts,
+        train_steps=result.state.step, train_seconds=round(result.state.seconds, 3),
+        train_images=result.state.images, train_images_per_s=round(result.images_per_second, 3),
+        final_loss=result.state.losses[-1] if result.state.losses else None, batch_size=cfg.batch_size,
+        num_processes=result.num_processes, device=result.device, device_name=device_name(result.device),
+        mixed_precision=cfg.mixed_precision, seed=cfg.seed,
+        budget={"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
+        peak_mem_train_mb=None if peak is None else round(peak.peak_mb, 1),
+        memory_method="unavailable" if peak is None else f"{peak.method}, largest training step",
+    )
 
 
 def device_name(device: str) -> str:
@@ -422,7 +388,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, callbacks: Sequence[Callback]
     vae = result.model
     probe = data.batch(slice(0, 512)).to(accelerator.device)
     set_scaling_factor(vae, measure_scaling_factor(vae, probe))
-    summary = TrainingSummary.of(
+    summary = summarize(
         result, cfg, factor=cfg.factor, kind=cfg.kind, dataset=cfg.dataset, resolution=cfg.resolution,
         ae_params=count_parameters(vae), scaling_factor=vae.config.scaling_factor,
         latent_shape=list(FirstStage(vae).latent_shape(cfg.resolution)),
@@ -607,7 +573,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, callbacks: Sequence[Callback] = (
     result.ema.copy_to(model.parameters())
     pipe.unet.eval()
     counts = pipe.parameter_counts()
-    summary = TrainingSummary.of(
+    summary = summarize(
         result, cfg, factor=cfg.factor, kind=first_stage.kind, dataset=cfg.dataset, resolution=cfg.resolution,
         latent_shape=list(first_stage.latent_shape(cfg.resolution)), unet_params=counts["unet"],
         ae_params=counts["vae"], condition=cfg.condition, condition_params=counts["condition_encoder"],

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from ldm_eval.conditional_report import COND_COLUMNS
 from pipelines.results import (
     ClassifierRecord,

@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from conftest import run_cli
 from pipelines.conditioning import (
     ConditionError,
     build_tokenizer,

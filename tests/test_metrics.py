@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import write_pngs
 
 from ldm_eval.domain_classifier import ClassifierError, DomainClassifier, train_domain_classifier
 from ldm_eval.fid import (
@@ -27,7 +28,6 @@ from ldm_eval.fid import (
     kid_from_features,
     torchmetrics_fid,
 )
-from conftest import write_pngs
 from ldm_eval.reconstruction import reconstruction_metrics
 from pipelines.data import load_dataset
 from pipelines.errors import InputError

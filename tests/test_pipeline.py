@@ -7,8 +7,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline
 
 from pipelines.denoiser import DenoiserSpec, build_denoiser
-from pipelines.first_stage import AutoencoderSpec, build_autoencoder
 from pipelines.errors import InputError
+from pipelines.first_stage import AutoencoderSpec, build_autoencoder
 from pipelines.images import unit_to_uint8
 from pipelines.pipeline import LatentDiffusionPipeline, PipelineLoadError, image_generators, load_pipeline
 from pipelines.sampling import sample_batches, timed_sampling
@@ -146,7 +146,7 @@ def test_pickled_weights_are_refused(tmp_path: Path) -> None:
     pipe = _pipe(1)
     pipe.save_pretrained(tmp_path, safe_serialization=False)
     assert list(tmp_path.rglob("*.bin"))
-    with pytest.raises(PipelineLoadError):
+    with pytest.raises(PipelineLoadError, match="no file named diffusion_pytorch_model.safetensors"):
         load_pipeline(tmp_path)
 
 

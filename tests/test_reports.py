@@ -12,13 +12,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
+
 from ldm_eval.report import render_any_report
 from ldm_eval.results import COND_COLUMNS, TABLE_COLUMNS, Absent, conditional_table, partner, tidy_table
 from pipelines.results import (
-    AutoencoderRecord, ConditioningRecord, FidRecord, RecordError, Results, ResultsLog, SamplingRecord,
-    TrainingRecord, read_results,
+    AutoencoderRecord,
+    ConditioningRecord,
+    FidRecord,
+    RecordError,
+    Results,
+    ResultsLog,
+    SamplingRecord,
+    TrainingRecord,
+    read_results,
 )
 
 REPORTS = ROOT / "reports"

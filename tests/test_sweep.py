@@ -1,16 +1,16 @@
 import json
 import os
-from dataclasses import replace
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, run_cli
+
 from ldm_eval.results import TABLE_COLUMNS
 from pipelines.first_stage import FACTORS
 from pipelines.results import ProgressRecord, TrainingRecord, read_results
@@ -93,17 +93,17 @@ def test_sweep_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture, args: l
 
 
 def test_flags_come_from_the_config_dataclasses_over_the_preset(tmp_path: Path) -> None:
-    from ldm_eval.cli import _preset_parse
-    from ldm_eval.run import RunSettings
-    from ldm_eval.sweep import PRESETS, CompressionSettings, preset_sweep
+    from ldm_eval.cli import parse_sweep
+    from ldm_eval.sweep import PRESETS, CompressionSettings
 
     argv = ["--preset", "smoke", "--factors", "1,4", "--ddim_steps", "3", "5", "--max-images", "100", "--resume"]
-    name, (run, sweep) = _preset_parse("sweep", PRESETS, "quick", preset_sweep, [RunSettings, CompressionSettings], argv)
-    assert name == "smoke" and sweep.factors == [1, 4] and sweep.ddim_steps == [3, 5]
-    assert run.max_images == 100 and run.resume is True and run.out == Path("runs/smoke")
-    assert run.train_budget == PRESETS["smoke"][0].train_budget and sweep.progress_points == 2  # from the preset
-    _, (run, sweep) = _preset_parse("sweep", PRESETS, "quick", preset_sweep, [RunSettings, CompressionSettings], [])
-    assert run == replace(PRESETS["quick"][0], out=Path("runs/quick")) and sweep == PRESETS["quick"][1]
+    cfg = parse_sweep("sweep", PRESETS, "quick", CompressionSettings, argv)
+    assert cfg.preset == "smoke" and cfg.sweep.factors == [1, 4] and cfg.sweep.ddim_steps == [3, 5]
+    assert cfg.run.max_images == 100 and cfg.run.resume is True and cfg.run.out == Path("runs/smoke")
+    assert cfg.run.train_budget == PRESETS["smoke"][0].train_budget and cfg.sweep.progress_points == 2  # the preset's
+    cfg = parse_sweep("sweep", PRESETS, "quick", CompressionSettings, [])
+    assert cfg.run == replace(PRESETS["quick"][0], out=Path("runs/quick")) and cfg.sweep == PRESETS["quick"][1]
+    assert cfg.flat_config()["factors"] == [1, 2, 4, 8, 16, 32] and cfg.flat_config()["preset"] == "quick"
 
 
 def test_sweep_on_empty_folder_and_existing_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, run_cli
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli
 from pipelines.checkpoint import latest_checkpoint
 from pipelines.pipeline import load_pipeline
 from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, train_diffusion

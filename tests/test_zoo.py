@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from demo.zoo import discover_models, model_fid
-from ldm_eval.export import ModelFacts, export_zoo
+from ldm_eval.export import export_zoo
 from pipelines.pipeline import load_pipeline
-from pipelines.training import TrainingSummary
+from pipelines.results import RecordError, TrainingSummary
 
 ZOO = ROOT / "models"
 MAX_BYTES = 60_000_000
@@ -70,15 +70,15 @@ def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: s
         assert all(r["accuracy"] is None and r["guidance"] is None for r in rows)
 
 
-def test_model_facts_read_every_training_json_layout(tmp_path: Path) -> None:
-    shipped = json.loads((ZOO / "fmnist32-ldm-kl-f4" / "training.json").read_text())
+def test_training_summaries_of_every_generation_load(tmp_path: Path) -> None:
+    shipped = json.loads((ZOO / "fmnist32-ldm-kl-f4" / "training.json").read_text())  # the first layout
     names = {f.name for f in dataclasses.fields(TrainingSummary)}
     summary = dataclasses.asdict(TrainingSummary(**{k: v for k, v in shipped.items() if k in names}))
     for i, data in enumerate((shipped, summary, {**shipped, "condition": None})):
         path = tmp_path / f"training-{i}.json"
         path.write_text(json.dumps(data))
-        facts, raw = ModelFacts.read(path)
-        assert raw == data and facts.condition == "none" and facts.train_steps == shipped["train_steps"]
+        facts = TrainingSummary.load(path)
+        assert facts.condition == "none" and facts.train_steps == shipped["train_steps"]
     path.write_text(json.dumps({k: v for k, v in shipped.items() if k != "seed"}))
-    with pytest.raises(ValueError, match="seed"):
-        ModelFacts.read(path)
+    with pytest.raises(RecordError, match=r"lacks \['seed'\]: it is not a training summary"):
+        TrainingSummary.load(path)
