@@ -9,7 +9,7 @@ way for the compression sweep (``sweep.py``) and the conditioning sweep (``condi
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -275,14 +275,9 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int)
 
 
 def training_record(summary: TrainingSummary, settings: RunSettings) -> TrainingRecord:
-    """The log's record of a trained denoiser, from the trainer's summary."""
-    return TrainingRecord(
-        kind=summary.kind, factor=summary.factor, latent_shape=summary.latent_shape, unet_params=summary.unet_params,
-        ae_params=summary.ae_params, train_steps=summary.train_steps, train_seconds=summary.train_seconds,
-        train_images_per_s=summary.train_images_per_s, device=summary.device, device_name=summary.device_name,
-        batch_size=summary.batch_size, peak_mem_train_mb=summary.peak_mem_train_mb,
-        memory_method=summary.memory_method, degenerate=summary.latent_shape[-1] <= 2, budget=settings.budget,
-        budget_value=settings.train_budget, resolution=summary.resolution, condition=summary.condition,
-        condition_params=summary.condition_params, condition_dropout=summary.condition_dropout,
-        final_loss=summary.final_loss,
-    )
+    """The log's record of a trained denoiser: the trainer's summary plus the sweep's budget."""
+    shared = {f.name for f in fields(TrainingRecord)} & {f.name for f in fields(TrainingSummary)}
+    shared.discard("budget")  # the record's budget is the sweep's unit ("steps"/"seconds"), the summary's its limits
+    return TrainingRecord(**{name: getattr(summary, name) for name in shared},
+                          degenerate=summary.latent_shape[-1] <= 2, budget=settings.budget,
+                          budget_value=settings.train_budget)
