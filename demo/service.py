@@ -22,11 +22,12 @@ from PIL import Image, ImageOps
 from pipelines.conditioning import class_caption
 from pipelines.errors import InputError, whole_number
 from pipelines.fidelity import psnr, ssim
+from pipelines.first_stage import FirstStage, load_autoencoder
 from pipelines.images import as_uint8_nchw, signed_to_unit, uint8_to_signed, unit_to_uint8
 from pipelines.pipeline import LatentDiffusionPipeline, SampleRequest, load_pipeline, resolve_device
 from pipelines.sampling import TimedSamples, timed_sampling
 
-from .zoo import ModelEntry, discover_models, latest_results, model_fid, sweep_results
+from .zoo import ModelEntry, discover_autoencoders, discover_models, latest_results, model_fid, sweep_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,14 +184,35 @@ class Lab:
         self.device = resolve_device(device)
         self.report_dirs = report_dirs
         self.models = discover_models(model_dirs) if model_dirs else discover_models()
+        self.autoencoders = discover_autoencoders(model_dirs) if model_dirs else discover_autoencoders()
         self._loaded: dict[str, LatentDiffusionPipeline] = {}
+        self._first_stages: dict[str, FirstStage] = {}
         self._lock = threading.Lock()
 
-    def entry(self, name: str) -> ModelEntry:
-        for e in self.models:
+    def entry(self, name: str, autoencoders: bool = False) -> ModelEntry:
+        """A pipeline by name or label (or, with ``autoencoders``, a stand-alone autoencoder too)."""
+        for e in self.models + (self.autoencoders if autoencoders else []):
             if name in (e.name, e.label):
                 return e
         raise DemoInputError(f"Unknown model {name!r}; pick one from the list.", "Model")
+
+    @property
+    def explorer_models(self) -> list[ModelEntry]:
+        """What the Autoencoder explorer offers: stand-alone KL and VQ autoencoders, then the pipelines' own."""
+        return self.autoencoders + [m for m in self.models if m.factor > 1]
+
+    def first_stage(self, name: str) -> tuple[FirstStage, int, int]:
+        """(first stage, resolution, image channels) of a pipeline or stand-alone autoencoder."""
+        entry = self.entry(name, autoencoders=True)
+        if not entry.first_stage_only:
+            pipe = self.pipeline(name)
+            return pipe.first_stage, pipe.resolution, pipe.image_channels
+        with self._lock:
+            if entry.name not in self._first_stages:
+                vae = load_autoencoder(entry.path).to(self.device, torch.float32).eval()
+                self._first_stages[entry.name] = FirstStage(vae)
+            stage = self._first_stages[entry.name]
+        return stage, entry.resolution, stage.image_channels
 
     def pipeline(self, name: str) -> LatentDiffusionPipeline:
         entry = self.entry(name)
@@ -268,19 +290,19 @@ class Lab:
             raise DemoInputError("Pick at least one model.", "Models")
         out = []
         for name in models:
-            entry, pipe = self.entry(name), self.pipeline(name)
-            stage = pipe.first_stage
-            x = prepare_upload(image, pipe.resolution, pipe.image_channels).to(self.device)
+            entry = self.entry(name, autoencoders=True)
+            stage, resolution, channels = self.first_stage(name)
+            x = prepare_upload(image, resolution, channels).to(self.device)
             latents, recon = stage.reconstruct(x)
             real, recon = signed_to_unit(x.cpu()), signed_to_unit(recon.cpu())
-            c, h, w = stage.latent_shape(pipe.resolution)
+            c, h, w = stage.latent_shape(resolution)
             out.append({
                 "model": entry.label, "factor": stage.factor, "kind": stage.kind,
                 "input": unit_to_uint8(real.permute(0, 2, 3, 1).numpy())[0],
                 "reconstruction": unit_to_uint8(recon.permute(0, 2, 3, 1).numpy())[0],
                 "psnr": psnr(real, recon), "ssim": ssim(real, recon),
                 "latent_shape": (c, h, w),
-                "compression_ratio": (pipe.image_channels * pipe.resolution**2) / (c * h * w),
-                "latents": latent_pictures(latents.cpu(), max(64, pipe.resolution)),
+                "compression_ratio": (channels * resolution**2) / (c * h * w),
+                "latents": latent_pictures(latents.cpu(), max(64, resolution)),
             })
         return out

@@ -91,6 +91,14 @@ def _condition_note(entry: ModelEntry | None) -> str:
     return f"This model is conditioned on **{CONDITION_WORDS[entry.condition]}**."
 
 
+def explorer_default(entries: list[ModelEntry]) -> list[str]:
+    """The explorer's first choice: a KL and a VQ autoencoder of each of the first two shared factors, if any."""
+    pairs = [e for e in entries if e.first_stage_only]
+    both = sorted({e.factor for e in pairs if e.kind == "kl"} & {e.factor for e in pairs if e.kind == "vq"})[:2]
+    chosen = [e.label for e in pairs if e.factor in both]
+    return chosen or [e.label for e in entries][:5]
+
+
 def build_app(lab: Lab) -> gr.Blocks:
     labels = [m.label for m in lab.models]
     default = next((m.label for m in lab.models if m.factor == 4 and m.condition == "none"),
@@ -138,12 +146,13 @@ def build_app(lab: Lab) -> gr.Blocks:
     def reconstruct(image, models):
         rows = lab.reconstruct(_upload_path(image), models or [])
         gallery = [(_upscale(_pil(rows[0]["input"])), "input")]
-        gallery += [(_upscale(_pil(r["reconstruction"])), f"f={r['factor']}: PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}")
-                    for r in rows]
-        latents = [(Image.fromarray(p), f"f={r['factor']} channel {i}") for r in rows for i, p in enumerate(r["latents"])]
+        gallery += [(_upscale(_pil(r["reconstruction"])),
+                     f"{r['kind'].upper()} f={r['factor']}: PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}") for r in rows]
+        latents = [(Image.fromarray(p), f"{r['kind'].upper()} f={r['factor']} channel {i}")
+                   for r in rows for i, p in enumerate(r["latents"])]
         table = pd.DataFrame([{"model": r["model"], "factor": r["factor"], "latent": "x".join(map(str, r["latent_shape"])),
                                "compression_ratio": round(r["compression_ratio"], 1), "psnr_db": round(r["psnr"], 2),
-                               "ssim": round(r["ssim"], 4)} for r in rows])
+                               "ssim": round(r["ssim"], 4), "kind": r["kind"]} for r in rows])
         return gallery, latents, table
 
     @_user_errors
@@ -219,7 +228,9 @@ def build_app(lab: Lab) -> gr.Blocks:
                 with gr.Column():
                     r_index = gr.Number(0, precision=0, label="...or a held-out image from the data set (index)")
                     r_pick = gr.Button("Use data set image")
-            r_models = gr.CheckboxGroup(labels, value=[m.label for m in lab.models if m.factor > 1][:5], label="Models")
+            explorer = lab.explorer_models
+            r_models = gr.CheckboxGroup([m.label for m in explorer], value=explorer_default(explorer),
+                                        label="Models (KL and VQ autoencoders of the same f sit side by side)")
             r_button = gr.Button("Reconstruct", variant="primary")
             r_gallery = gr.Gallery(label="Input and reconstructions", columns=6)
             r_latents = gr.Gallery(label="Latent channels", columns=8)

@@ -47,10 +47,13 @@ class ModelEntry:
     facts: TrainingSummary | None = None  # the training.json of the model folder
     condition: str = "none"  # "none", "class" or "text"
     class_names: tuple[str, ...] = ()
+    first_stage_only: bool = False  # an autoencoder folder (the first-stage study's), not a pipeline
 
     @property
     def label(self) -> str:
         """Conditional models name their condition; unconditional labels stay as they always were."""
+        if self.first_stage_only:
+            return f"{self.name} ({self.kind.upper()} f={self.factor} autoencoder, {self.dataset}, {self.resolution}px)"
         space = "pixel" if self.factor == 1 else f"{self.kind.upper()} f={self.factor}"
         extra = "" if self.condition == "none" else f", {CONDITION_WORDS.get(self.condition, self.condition)}"
         return f"{self.name} ({space}, {self.dataset}, {self.resolution}px{extra})"
@@ -74,7 +77,10 @@ def _condition(folder: Path, facts: TrainingSummary) -> tuple[str, tuple[str, ..
     return kind, tuple(str(n) for n in names)
 
 
-def _entry(folder: Path, root: Path) -> ModelEntry | None:
+AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel")
+
+
+def _entry(folder: Path, root: Path, first_stage_only: bool = False) -> ModelEntry | None:
     if not (folder / "training.json").is_file():
         return None
     try:
@@ -83,10 +89,11 @@ def _entry(folder: Path, root: Path) -> ModelEntry | None:
         log.warning("Skipping %s: %s", folder, err)
         return None
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
-    condition, class_names = _condition(folder, facts)
+    condition, class_names = ("none", ()) if first_stage_only else _condition(folder, facts)
     return ModelEntry(
         name=f"{root.name}/{name}", path=folder, factor=facts.factor, kind=facts.kind, dataset=facts.dataset,
         resolution=facts.resolution, facts=facts, condition=condition, class_names=class_names,
+        first_stage_only=first_stage_only,
     )
 
 
@@ -106,6 +113,27 @@ def discover_models(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) ->
     # unconditional first within a factor, so defaults and old listings keep their order
     return sorted(found.values(),
                   key=lambda e: (e.dataset, e.resolution, e.factor, e.kind, e.condition != "none", e.name))
+
+
+def discover_autoencoders(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) -> list[ModelEntry]:
+    """Every stand-alone autoencoder folder under ``dirs`` (a trained first stage with its ``training.json``).
+
+    A pipeline's own ``vae`` subfolder is not listed here: the pipeline carries it.
+    """
+    found: dict[Path, ModelEntry] = {}
+    for root in map(Path, dirs):
+        if not root.is_dir():
+            continue
+        for config in sorted(root.rglob("config.json")):
+            folder = config.parent
+            if "checkpoints" in config.parts or not (folder / "training.json").is_file():
+                continue
+            if _read_json(config).get("_class_name") not in AUTOENCODER_CLASSES:
+                continue
+            entry = _entry(folder, root, first_stage_only=True)
+            if entry is not None:
+                found.setdefault(folder.resolve(), entry)
+    return sorted(found.values(), key=lambda e: (e.dataset, e.resolution, e.factor, e.kind, e.name))
 
 
 def sweep_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> list[tuple[Results, Path]]:

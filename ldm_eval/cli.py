@@ -167,8 +167,20 @@ def cmd_cond_sweep(argv: list[str]) -> int:
     return 0
 
 
+def cmd_ae_sweep(argv: list[str]) -> int:
+    from .first_stage_report import first_stage_summary, render_first_stage_report
+    from .first_stage_sweep import PRESETS, FirstStageSettings, run_first_stage_sweep
+
+    run_dir = run_first_stage_sweep(parse_sweep("python -m ldm_eval ae-sweep", PRESETS, "ae-quick",
+                                                FirstStageSettings, argv))
+    report = render_first_stage_report(run_dir)
+    print(first_stage_summary(run_dir))
+    print(f"\nReport: {report} and {report.with_suffix('.html')}; table: {run_dir / 'results.csv'}")
+    return 0
+
+
 def cmd_train_autoencoder(argv: list[str]) -> int:
-    from pipelines.training import AutoencoderTrainConfig, train_autoencoder
+    from pipelines.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
 
     (cfg,) = parse("python -m ldm_eval train-autoencoder", [AutoencoderTrainConfig], argv)
     print(json.dumps(dataclasses.asdict(train_autoencoder(cfg).summary), indent=2))
@@ -253,6 +265,7 @@ def cmd_bench_train(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sweep": (cmd_sweep, "train and measure every factor (the default command)"),
     "cond-sweep": (cmd_cond_sweep, "class- and text-conditional models across factors and guidance scales"),
+    "ae-sweep": (cmd_ae_sweep, "the first-stage study: KL and VQ autoencoders per factor (cf. paper Tab. 8)"),
     "train-autoencoder": (cmd_train_autoencoder, "train a KL or VQ first stage"),
     "train-diffusion": (cmd_train_diffusion, "train a denoiser (pixel space or on cached latents)"),
     "sample": (cmd_sample, "write N samples of a trained model as PNG files"),

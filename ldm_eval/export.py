@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
+from pipelines.first_stage import load_autoencoder
 from pipelines.pipeline import load_pipeline
 from pipelines.results import (
     AutoencoderRecord,
@@ -98,16 +99,23 @@ def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows
 
 
 def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = None) -> list[Path]:
-    """Copy the diffusion models of ``run_dir`` (all, or those named in ``only``) into ``out/PREFIX-NAME`` as fp16."""
+    """Copy the models of ``run_dir`` (all, or those named in ``only``) into ``out/PREFIX-NAME`` as fp16.
+
+    Diffusion pipelines and stand-alone autoencoders (the first-stage study's) alike.
+    """
     run_dir, out = Path(run_dir), Path(out)
     results = read_results(run_dir)
     written = []
     for folder in sorted((run_dir / "models").glob("*")):
-        if not (folder / "model_index.json").is_file() or (only and folder.name not in only):
+        if only and folder.name not in only:
+            continue
+        if not (folder / "model_index.json").is_file():
+            if (folder / "config.json").is_file() and (folder / "training.json").is_file():
+                written.append(_export_autoencoder(folder, out / f"{prefix}-{folder.name}", results))
             continue
         facts = TrainingSummary.load(folder / "training.json")
         rows = model_rows(results, facts)
-        ae = results.one(AutoencoderRecord, kind=facts.kind, factor=facts.factor)
+        ae = results.one(AutoencoderRecord, kind=facts.kind, factor=facts.factor, variant="")
         name = f"{prefix}-{folder.name}"
         target = out / name
         with atomic_folder(target) as tmp:
@@ -119,3 +127,44 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
             write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae))
         written.append(target)
     return written
+
+
+def _autoencoder_card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None,
+                      ae: AutoencoderRecord | None) -> str:
+    licence = FASHION_LICENCE if facts.dataset == "fashion-mnist" else UTKFACE_LICENCE
+    preset = env.config.get("preset") if env else None
+    lines = [
+        f"# {name}", "",
+        f"LDM Lab first stage: {facts.kind.upper()} autoencoder, factor f = {facts.factor}, latent "
+        f"{'x'.join(map(str, facts.latent_shape))}" + (f", {facts.codebook_size} codes" if facts.codebook_size else "")
+        + ".", "",
+        f"- data: `{facts.dataset}` at {facts.resolution} px (train split)",
+        f"- trained with: {facts.losses or 'L1 + regulariser'}",
+        f"- training: {facts.train_steps} steps, batch {facts.batch_size}, {facts.train_seconds:.0f} s on "
+        f"{facts.device_name} ({facts.train_images_per_s:.0f} images/s), seed {facts.seed}",
+        f"- parameters: {facts.ae_params:,}; latent scale {facts.scaling_factor:.4g}",
+        f"- produced by `python -m ldm_eval ae-sweep --preset {preset}` (torch {env.torch if env else None}, "
+        f"diffusers {env.diffusers if env else None}); weights stored in fp16",
+        "", "## Measured by the harness in the same run (held-out images)", "",
+    ]
+    if ae:
+        rfid = (f", rFID {ae.rfid:.1f} and KID {ae.rkid:.4f} (Inception, N={ae.rfid_samples})"
+                if ae.rfid is not None and ae.rkid is not None else "")
+        usage = (f", codebook usage {ae.codebook_usage:.0%} (perplexity {ae.perplexity:.0f})"
+                 if ae.codebook_usage is not None else "")
+        lines.append(f"- PSNR {ae.psnr:.2f} dB, SSIM {ae.ssim:.3f} (N={ae.recon_samples}){rfid}{usage}")
+    lines += ["", "## Licence", "", licence, ""]
+    return "\n".join(lines)
+
+
+def _export_autoencoder(folder: Path, target: Path, results: Results) -> Path:
+    """A trained autoencoder folder as fp16 safetensors with its training.json and a card."""
+    facts = TrainingSummary.load(folder / "training.json")
+    variant = folder.name.split(f"-f{facts.factor}", 1)[-1].lstrip("-")
+    ae = results.one(AutoencoderRecord, kind=facts.kind, factor=facts.factor, variant=variant)
+    with atomic_folder(target) as tmp:
+        vae = load_autoencoder(folder)
+        vae.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
+        shutil.copy2(folder / "training.json", tmp / "training.json")
+        write_text_atomic(tmp / "README.md", _autoencoder_card(target.name, facts, results.environment, ae))
+    return target

@@ -304,6 +304,12 @@ def _describe(backend: str, classifier: DomainClassifier | None) -> tuple[str, s
     return f"{INCEPTION_NAME}; torchmetrics FrechetInceptionDistance", RESIZE["torchmetrics"]
 
 
+def backend_label(backend: str, classifier: DomainClassifier | None = None) -> str:
+    """What produced a number, in one line: backend, feature extractor and resize."""
+    extractor, resize = _describe(backend, classifier)
+    return f"{backend}: {extractor}; resize: {resize}"
+
+
 def _result_from_features(
     fa: np.ndarray, fb: np.ndarray, backend: str, kid: bool, device: torch.device,
     classifier: DomainClassifier | None, kid_subsets: int, kid_subset_size: int,

@@ -160,15 +160,19 @@ def summary_table(run_dir: Path) -> str:
 
 
 def render_any_report(run_dir: Path) -> tuple[Path, str]:
-    """Render whichever report the run is (conditioning if it scored conditioning, else compression).
+    """Render whichever report the run is: conditioning, first-stage study or compression.
 
     Returns the report.md path and the summary table; a missing folder or one without results
     raises ValueError with a message meant for the command line.
     """
-    from .conditional_report import conditional_summary, render_conditional_report  # imports this module
+    from .conditional_report import conditional_summary, render_conditional_report  # these import this module
+    from .first_stage_report import first_stage_summary, render_first_stage_report
 
-    if read_run(run_dir).of(ConditioningRecord):
+    results = read_run(run_dir)
+    if results.of(ConditioningRecord):
         return render_conditional_report(run_dir), conditional_summary(run_dir)
+    if results.of(AutoencoderRecord) and not results.of(TrainingRecord):
+        return render_first_stage_report(run_dir), first_stage_summary(run_dir)
     return render_report(run_dir), summary_table(run_dir)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pipelines.atomic import atomic_path
+from pipelines.codebook import codebook_stats
 from pipelines.data import ImageDataset, load_dataset
 from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import FirstStage, check_factor
@@ -32,10 +33,11 @@ from pipelines.results import (
     TrainingRecord,
     TrainingSummary,
 )
-from pipelines.training import AutoencoderTrainConfig, device_name, train_autoencoder
+from pipelines.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
+from pipelines.training import device_name
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
-from .fid import compute_features, fid_from_features, kid_from_features
+from .fid import backend_label, compute_features, fid_from_features, kid_from_features
 from .reconstruction import reconstruction_metrics
 
 KID_SUBSETS = 50
@@ -67,6 +69,10 @@ class RunSettings:
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
     param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
     ae_base_width: int = field(default=16, metadata=help_text("autoencoder base channel width"))
+    ae_learning_rate: float = field(default=2e-4, metadata=help_text("autoencoder learning rate"))
+    ae_disc_weight: float = field(default=0.0, metadata=help_text(
+        "weight of the autoencoders' patch-GAN term (the paper's 0.5; 0 trains without it)"))
+    ae_codebook_size: int = field(default=512, metadata=help_text("codes of the VQ autoencoders"))
     max_images: int | None = field(default=10_000, metadata=help_text("train on the first N images only"))
     classifier_steps: int = field(default=500, metadata=help_text("training steps of the domain classifier"))
     fid_samples: int = field(default=500, metadata=help_text("samples for domain-feature FID/KID"))
@@ -82,7 +88,8 @@ class RunSettings:
         for name in ("train_budget", "ae_budget"):
             if not getattr(self, name) > 0:
                 raise SweepError(f"The {name.replace('_', ' ')} must be positive (got {getattr(self, name)}).", name)
-        for name in ("batch_size", "ae_batch_size", "param_budget", "ae_base_width", "classifier_steps", "sample_batch"):
+        for name in ("batch_size", "ae_batch_size", "param_budget", "ae_base_width", "classifier_steps", "sample_batch",
+                     "ae_codebook_size"):
             whole_number(getattr(self, name), name, name.replace("_", " ").capitalize(), 1, 10**9)
         if self.max_images is not None:
             whole_number(self.max_images, "max_images", "The number of training images", 1, 10**9)
@@ -155,7 +162,7 @@ class RunContext:
     log: ResultsLog
     device: torch.device
     test: ImageDataset
-    classifier: DomainClassifier
+    classifier: DomainClassifier | None  # None: this run measures with Inception features only
     _features: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
     @property
@@ -207,11 +214,13 @@ def _classifier(settings: RunSettings, folder: Path, device: torch.device) -> Do
     return clf
 
 
-def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label_key: str | None = None) -> RunContext:
+def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label_key: str | None = None,
+             classifier: bool = True) -> RunContext:
     """Open (or resume) the run folder: results log, held-out data, classifier, environment record.
 
     ``config`` is the whole sweep configuration, flat, as the environment record stores it;
-    ``label_key`` names a label the held-out split must carry (checked before any training).
+    ``label_key`` names a label the held-out split must carry (checked before any training);
+    ``classifier=False`` skips the domain classifier (a run that measures with Inception only).
     """
     assert settings.out is not None, "the CLI fills the default run folder"
     device = resolve_device(settings.device)
@@ -227,7 +236,8 @@ def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label
         raise SweepError(f"The held-out split has {len(test)} images; {n_needed} samples need as many.", "fid_samples")
     if not log.has(EnvironmentRecord):
         log.append(environment(config, device))
-    return RunContext(settings, log, device, test, _classifier(settings, settings.out / "domain_classifier", device))
+    clf = _classifier(settings, settings.out / "domain_classifier", device) if classifier else None
+    return RunContext(settings, log, device, test, clf)
 
 
 def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tuple[str, int]],
@@ -243,33 +253,51 @@ def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tup
     return out
 
 
-def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int) -> Path:
-    """Train (or resume) the first stage of one factor and log its reconstruction quality; returns its folder."""
+def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int, variant: str = "",
+                     grid_images: int = 8, **overrides: Any) -> Path:
+    """Train (or resume) one first stage and log its reconstruction quality (Tab. 8); returns its folder.
+
+    PSNR/SSIM over ``fid_samples`` held-out images; rFID and KID (Inception) over the first
+    ``rfid_samples`` of them against the run's cached reference features; codebook usage and
+    perplexity for VQ. ``variant`` names a model that differs from the default one of its
+    kind and f by ``overrides`` of the trainer's settings (e.g. ``disc_weight=0``).
+    """
     s = ctx.settings
-    folder = ctx.out / "models" / f"ae-{kind}-f{factor}"
-    if ctx.log.has(AutoencoderRecord, kind=kind, factor=factor):
+    name = f"ae-{kind}-f{factor}" + (f"-{variant}" if variant else "")
+    folder = ctx.out / "models" / name
+    if ctx.log.has(AutoencoderRecord, kind=kind, factor=factor, variant=variant):
         return folder
-    trained = train_autoencoder(AutoencoderTrainConfig(
-        out=folder, **s.budget_kwargs(s.ae_budget), batch_size=s.ae_batch_size, checkpoint_every=500, seed=s.seed,
-        resume=True, cpu=ctx.device.type == "cpu", max_images=s.max_images, factor=factor, kind=kind,
-        dataset=s.dataset, resolution=s.resolution, base_width=s.ae_base_width,
-    ))
-    n = s.fid_samples
-    real = ctx.test.images[:n]
-    _, recon = FirstStage(trained.vae.eval()).reconstruct(ctx.test.batch(slice(0, n)).to(ctx.device), s.sample_batch)
+    trained = train_autoencoder(AutoencoderTrainConfig(**{
+        "out": folder, **s.budget_kwargs(s.ae_budget), "batch_size": s.ae_batch_size, "checkpoint_every": 500,
+        "seed": s.seed, "resume": True, "cpu": ctx.device.type == "cpu", "max_images": s.max_images,
+        "factor": factor, "kind": kind, "dataset": s.dataset, "resolution": s.resolution,
+        "base_width": s.ae_base_width, "learning_rate": s.ae_learning_rate, "disc_weight": s.ae_disc_weight,
+        "codebook_size": s.ae_codebook_size, **overrides}))
+    vae = trained.vae.eval()
+    n = max(s.fid_samples, rfid_samples)
+    held_out = ctx.test.batch(slice(0, n)).to(ctx.device)
+    _, recon = FirstStage(vae).reconstruct(held_out, s.sample_batch)
     recon = signed_to_uint8(recon).cpu()
+    real = ctx.test.images[:n]
     quality = reconstruction_metrics(real, recon, ctx.device, rfid=False)
-    n_inc = min(rfid_samples, n)
-    rfid = reconstruction_metrics(real[:n_inc], recon[:n_inc], ctx.device) if n_inc else None
-    pairs = torch.cat([real[:32], recon[:32]]).permute(0, 2, 3, 1).numpy()
-    save_grid(pairs, ctx.out / "grids" / f"recon-{kind}-f{factor}.png")
+    rfid = rkid = rkid_std = None
+    if rfid_samples:
+        ref = ctx.reference("inception", rfid_samples)
+        feats = compute_features(recon[:rfid_samples], "inception", ctx.device)
+        rfid = fid_from_features(ref, feats)
+        rkid, rkid_std = kid_from_features(ref, feats, KID_SUBSETS, min(KID_SUBSET_SIZE, rfid_samples))
+    codes = codebook_stats(vae, held_out) if kind == "vq" else None
+    pairs = torch.cat([real[:grid_images], recon[:grid_images]]).permute(0, 2, 3, 1).numpy()
+    save_grid(pairs, ctx.out / "grids" / f"recon-{name.removeprefix('ae-')}.png", nrow=grid_images)
     summary = trained.summary
     ctx.log.append(AutoencoderRecord(
         kind=kind, factor=factor, ae_params=summary.ae_params, latent_shape=summary.latent_shape,
         scaling_factor=summary.scaling_factor, ae_train_steps=summary.train_steps,
         ae_train_seconds=summary.train_seconds, psnr=quality.psnr, ssim=quality.ssim, recon_samples=n,
-        rfid=rfid.rfid if rfid else None, rfid_samples=n_inc, rfid_backend=rfid.rfid_backend if rfid else None,
-        device=str(ctx.device),
+        rfid=rfid, rfid_samples=rfid_samples, rfid_backend=backend_label("inception") if rfid_samples else None,
+        device=str(ctx.device), variant=variant, losses=summary.losses, codebook_size=summary.codebook_size,
+        codebook_usage=codes.usage if codes else None, perplexity=codes.perplexity if codes else None,
+        rkid=rkid, rkid_std=rkid_std, ae_train_images_per_s=summary.train_images_per_s,
     ))
     return folder
 

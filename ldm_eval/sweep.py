@@ -70,14 +70,16 @@ PRESETS: dict[str, tuple[RunSettings, CompressionSettings]] = {
     # the default: all six factors on Fashion-MNIST, under 20 minutes on 2 CPU cores
     "quick": (RunSettings(), CompressionSettings()),
     # real photos (e.g. the UTKFace faces) at 64 px, where f = 16 and 32 keep a spatial latent; hours on CPU
+    # (autoencoders as in the first-stage study: the paper's objective with the patch GAN on)
     "standard": (RunSettings(resolution=64, ae_budget=600, train_budget=1800, fid_samples=2000,
-                             param_budget=4_000_000, ae_base_width=32, max_images=None),
+                             param_budget=4_000_000, ae_base_width=16, ae_batch_size=16, ae_learning_rate=1e-3,
+                             ae_disc_weight=0.5, max_images=None),
                  CompressionSettings(kinds=["kl", "vq"], inception_samples=500, ddim_steps=[10, 20, 50, 100],
                                      progress_points=4, progress_samples=500)),
     # the paper's protocol scaled to the data, for a GPU
     "paper": (RunSettings(resolution=256, ae_budget=3600, train_budget=4 * 3600, fid_samples=5000,
-                          param_budget=100_000_000, ae_base_width=64, max_images=None, classifier_steps=2000,
-                          sample_batch=100),
+                          param_budget=100_000_000, ae_base_width=64, ae_disc_weight=0.5, max_images=None,
+                          classifier_steps=2000, sample_batch=100),
               CompressionSettings(kinds=["kl", "vq"], inception_samples=5000, ddim_steps=[10, 20, 50, 100, 200],
                                   progress_points=8, progress_samples=2000)),
 }

@@ -10,8 +10,10 @@ whenever a first stage is wrapped.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -23,6 +25,16 @@ AutoencoderKind = Literal["kl", "vq"]
 Autoencoder = AutoencoderKL | VQModel
 
 FACTORS = (1, 2, 4, 8, 16, 32)
+AUTOENCODER_KINDS = ("kl", "vq")
+
+# The paper's public configs (autoencoder_kl_*, vq-f*): channel multipliers per factor.
+# Large factors keep width low at the high resolutions and spend it where the image is
+# small; f2 is not in the paper (we use [1, 2]).
+CHANNEL_MULTIPLIERS: dict[int, tuple[int, ...]] = {
+    2: (1, 2), 4: (1, 2, 4), 8: (1, 2, 4, 4), 16: (1, 1, 2, 2, 4), 32: (1, 1, 2, 2, 4, 4),
+}
+ATTENTION_FROM_FACTOR = 16  # the paper's configs attend only at the lowest resolutions of f16/f32
+MIN_LATENT_SIDE = 2
 
 # The paper's first-stage table (Tab. 8): latent channels per factor.
 # VQ f2 is not in the paper; we use 2 channels like KL f2.
@@ -49,44 +61,64 @@ def check_factor(factor: int, resolution: int | None = None) -> None:
 
 @dataclass
 class AutoencoderSpec:
-    """How to build an untrained autoencoder; widths are scaled down for small machines."""
+    """How to build an untrained autoencoder: the paper's layout per factor, its width scaled by ``base_width``."""
 
     factor: int
     kind: AutoencoderKind = "kl"
     image_channels: int = 3
     resolution: int = 32
     latent_channels: int | None = None  # None: the paper's value for this factor
-    base_width: int = 32
-    max_width: int = 128
+    base_width: int = 32  # the paper's is 128; widths are base_width x the factor's multipliers
     layers_per_block: int = 1
     codebook_size: int = 512  # the paper uses 8192-16384; small data needs far fewer codes
-    mid_attention: bool = True
+    mid_attention: bool | None = None  # None: only for f >= 16, as in the paper's configs
 
     def resolved_latent_channels(self) -> int:
         return self.latent_channels or DEFAULT_LATENT_CHANNELS[self.kind][self.factor]
 
+    def widths(self) -> tuple[int, ...]:
+        return tuple(self.base_width * m for m in CHANNEL_MULTIPLIERS[self.factor])
+
+    def validate(self) -> None:
+        """Clear errors for a first stage that cannot be built (before anything is written)."""
+        check_factor(self.factor, self.resolution)
+        if self.factor == 1:
+            raise FirstStageError("f = 1 is pixel space: it has no autoencoder (the first stage is the identity).",
+                                  "factor")
+        if self.kind not in AUTOENCODER_KINDS:
+            raise FirstStageError(f"Unknown autoencoder kind {self.kind!r}; choose 'kl' or 'vq'.", "kind")
+        side = self.resolution // self.factor
+        if side < MIN_LATENT_SIDE:
+            raise FirstStageError(
+                f"Factor {self.factor} at {self.resolution} px leaves a {side}x{side} latent; it must be at least "
+                f"{MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}. Use a smaller factor or a larger resolution.", "factor")
+        if self.kind == "vq" and self.codebook_size < 2:
+            raise FirstStageError(f"A VQ codebook needs at least 2 codes (got {self.codebook_size}).", "codebook_size")
+        if not 1 <= self.base_width <= 4096 or self.base_width % 4:
+            raise FirstStageError(f"The base width must be a multiple of 4 from 4 to 4096 (got {self.base_width}).",
+                                  "base_width")
+        if self.latent_channels is not None and not 1 <= self.latent_channels <= 1024:
+            raise FirstStageError(f"Latent channels must be from 1 to 1024 (got {self.latent_channels}).",
+                                  "latent_channels")
+
 
 def build_autoencoder(spec: AutoencoderSpec) -> Autoencoder:
     """An untrained diffusers ``AutoencoderKL`` or ``VQModel`` that downsamples by ``spec.factor``."""
-    check_factor(spec.factor, spec.resolution)
-    if spec.factor == 1:
-        raise FirstStageError("f = 1 is pixel space: it has no autoencoder (the first stage is the identity).")
-    if spec.kind not in ("kl", "vq"):
-        raise FirstStageError(f"Unknown autoencoder kind {spec.kind!r}; choose 'kl' or 'vq'.")
-    levels = int(math.log2(spec.factor)) + 1  # diffusers downsamples between consecutive blocks
-    widths = tuple(min(spec.base_width * 2**i, spec.max_width) for i in range(levels))
+    spec.validate()
+    widths = spec.widths()  # diffusers downsamples between consecutive blocks: f = 2^(len - 1)
+    attention = spec.factor >= ATTENTION_FROM_FACTOR if spec.mid_attention is None else spec.mid_attention
     common = dict(
         in_channels=spec.image_channels,
         out_channels=spec.image_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
         block_out_channels=widths,
         layers_per_block=spec.layers_per_block,
         latent_channels=spec.resolved_latent_channels(),
-        norm_num_groups=8,
+        norm_num_groups=math.gcd(8, spec.base_width),  # must divide every width
         sample_size=spec.resolution,
         scaling_factor=1.0,  # replaced by 1/std after training (measure_scaling_factor)
-        mid_block_add_attention=spec.mid_attention,
+        mid_block_add_attention=attention,
     )
     if spec.kind == "kl":
         return AutoencoderKL(**common, force_upcast=False)
@@ -226,3 +258,30 @@ def set_scaling_factor(vae: Autoencoder, value: float) -> None:
 
 def count_parameters(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def load_autoencoder(path: str | Path) -> Autoencoder:
+    """An autoencoder folder written by the first-stage trainer (safetensors only).
+
+    Refuses a folder whose weights are not all finite (a codebook of NaNs decodes every
+    latent to garbage without any error) and one whose latent scale is absurd.
+    """
+    root = Path(path)
+    config = root / "config.json"
+    if not config.is_file():
+        raise FirstStageError(f"'{root}' is not an autoencoder folder (no config.json).", "autoencoder")
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+        cls = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}[class_name]
+        vae = cls.from_pretrained(root, use_safetensors=True, local_files_only=True)
+    except KeyError as err:
+        raise FirstStageError(f"'{root}' holds a {err} model, not an AutoencoderKL or VQModel.", "autoencoder") from err
+    except (OSError, ValueError, RuntimeError) as err:
+        raise FirstStageError(f"Could not load the autoencoder in '{root}': {err}", "autoencoder") from err
+    broken = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        what = "its VQ codebook" if "quantize.embedding.weight" in broken else f"{len(broken)} weight tensor(s)"
+        raise FirstStageError(f"The autoencoder in '{root}' is corrupt: {what} ({broken[0]}, ...) hold NaN or "
+                              "infinite values. Retrain it.", "autoencoder")
+    FirstStage(vae)  # validates the latent scale
+    return vae

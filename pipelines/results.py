@@ -122,10 +122,18 @@ class AutoencoderRecord(Record):
     rfid_samples: int
     rfid_backend: str | None
     device: str
+    variant: str = ""  # tells apart models of one kind and f (e.g. "no-gan"); "" for the default
+    losses: str | None = None
+    codebook_size: int | None = None
+    codebook_usage: float | None = None  # share of codes used on the held-out images (VQ)
+    perplexity: float | None = None  # effective number of codes on the held-out images (VQ)
+    rkid: float | None = None  # KID between held-out images and reconstructions, beside rFID
+    rkid_std: float | None = None
+    ae_train_images_per_s: float | None = None
 
     @property
     def key(self) -> str:
-        return f"autoencoder/{self.kind}/f{self.factor}"
+        return f"autoencoder/{self.kind}/f{self.factor}" + (f"/{self.variant}" if self.variant else "")
 
 
 @dataclass
@@ -270,6 +278,8 @@ class TrainingSummary:
     condition: str = "none"
     condition_params: int = 0
     condition_dropout: float | None = None
+    losses: str | None = None  # autoencoders: the terms that trained it, e.g. "L1 + KL(1e-06) + PatchGAN(...)"
+    codebook_size: int | None = None  # VQ autoencoders
 
     def save(self, folder: Path) -> None:
         write_json_atomic(folder / "training.json", asdict(self))

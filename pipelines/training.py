@@ -18,14 +18,14 @@ import math
 import platform
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMScheduler, VQModel
+from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
@@ -44,15 +44,10 @@ from .denoiser import DenoiserSpec, build_denoiser
 from .errors import InputError
 from .first_stage import (
     Autoencoder,
-    AutoencoderSpec,
     FirstStage,
-    build_autoencoder,
     check_factor,
-    count_parameters,
-    measure_scaling_factor,
-    set_scaling_factor,
+    load_autoencoder,
 )
-from .images import uint8_to_signed
 from .latent_cache import LatentCache, cached_latents
 from .memory import MemoryReading, PeakMemory
 from .pipeline import LatentDiffusionPipeline, default_train_scheduler
@@ -120,7 +115,9 @@ class TrainResult:
         return self.state.images / self.state.seconds if self.state.seconds > 0 else float("nan")
 
 
-LossFn = Callable[[torch.nn.Module, torch.Generator], torch.Tensor]
+# (model, the step's generator, progress so far) -> loss. Progress (step, seconds) lets an
+# objective switch terms on late (the first stage's discriminator) from checkpointed state.
+LossFn = Callable[[torch.nn.Module, torch.Generator, TrainState], torch.Tensor]
 
 
 @dataclass
@@ -195,17 +192,19 @@ def run_training(
     run_key: dict,
     callbacks: Sequence[Callback] = (),
     artefact: Any = None,
+    param_groups: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Optimise ``model`` on ``loss_fn`` within the budget, checkpointing atomically.
 
     After every step (and once more when the budget is spent) each callback gets a
     :class:`Snapshot` on the main process; ``artefact`` is what ``Snapshot.evaluating``
     yields (the pipeline being trained, say). Time spent in callbacks is not training
-    time: it counts neither toward the budget nor in the throughput.
+    time: it counts neither toward the budget nor in the throughput. ``param_groups``
+    (AdamW groups, e.g. the discriminator's own betas) replaces "all parameters alike".
     """
     cfg.validate()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(param_groups or model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     ema = EMAModel(model.parameters(), use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power) if use_ema else None
     state = TrainState(run_key=run_key)
     checkpoint = latest_checkpoint(cfg.out)
@@ -258,7 +257,7 @@ def run_training(
         with PeakMemory(accelerator.device) as memory:
             generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
             with accelerator.autocast():
-                loss = loss_fn(wrapped, generator)
+                loss = loss_fn(wrapped, generator, state)
             if not torch.isfinite(loss):
                 raise TrainingError(f"Loss became {loss.item()} at step {state.step}; lower the learning rate.",
                                     "learning_rate")
@@ -324,100 +323,6 @@ def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-# --- autoencoders ------------------------------------------------------------------------
-
-
-@dataclass
-class AutoencoderTrainConfig(TrainConfig):
-    factor: int = 4
-    kind: Literal["kl", "vq"] = "kl"
-    dataset: str = "fashion-mnist"
-    resolution: int = 32
-    channels: int | None = None
-    latent_channels: int | None = None
-    base_width: int = 32
-    kl_weight: float = 1e-6  # the paper's KL weight: a barely regularised, near-deterministic latent
-    batch_size: int = 32
-
-
-def autoencoder_loss(vae: Autoencoder, x: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
-    """L1 reconstruction plus the KL term (KL models) or codebook + commitment (VQ)."""
-    if isinstance(vae, VQModel) or isinstance(getattr(vae, "module", None), VQModel):
-        out = vae(x)
-        return F.l1_loss(out.sample.float(), x) + out.commit_loss.float().mean()
-    inner = getattr(vae, "module", vae)
-    posterior = inner.encode(x).latent_dist
-    z = posterior.sample(generator=generator)
-    recon = inner.decode(z).sample
-    kl = posterior.kl().mean() / x[0].numel()  # per-pixel, to match the per-pixel L1
-    return F.l1_loss(recon.float(), x) + kl_weight * kl
-
-
-@dataclass
-class TrainedAutoencoder:
-    vae: Autoencoder  # on the training device, in eval mode, latent scale measured
-    summary: TrainingSummary
-
-
-def train_autoencoder(cfg: AutoencoderTrainConfig, callbacks: Sequence[Callback] = ()) -> TrainedAutoencoder:
-    """Train a first stage, measure its latent scale, save it in diffusers layout to ``cfg.out``."""
-    cfg.validate()
-    check_factor(cfg.factor, cfg.resolution)
-    if cfg.factor == 1:
-        raise TrainingError("f = 1 is pixel space and has no autoencoder to train.", "factor")
-    accelerator = make_accelerator(cfg)
-    data = load_training_data(cfg.dataset, cfg.resolution, cfg.channels, cfg.max_images)
-    spec = AutoencoderSpec(
-        factor=cfg.factor, kind=cfg.kind, image_channels=data.channels, resolution=cfg.resolution,
-        latent_channels=cfg.latent_channels, base_width=cfg.base_width,
-    )
-    torch.manual_seed(cfg.seed)
-    vae = build_autoencoder(spec)
-    images = data.images.to(accelerator.device)
-
-    def loss_fn(model: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, len(images), (cfg.batch_size,), generator=generator, device=images.device)
-        return autoencoder_loss(model, uint8_to_signed(images[index]), generator, cfg.kl_weight)
-
-    run_key = {"kind": "autoencoder", **asdict(spec), "dataset": cfg.dataset, "seed": cfg.seed, "batch_size": cfg.batch_size,
-               "max_images": cfg.max_images}
-    result = run_training(vae, loss_fn, cfg, accelerator, use_ema=False, run_key=run_key, callbacks=callbacks,
-                          artefact=vae)
-    vae = result.model
-    probe = data.batch(slice(0, 512)).to(accelerator.device)
-    set_scaling_factor(vae, measure_scaling_factor(vae, probe))
-    summary = summarize(
-        result, cfg, factor=cfg.factor, kind=cfg.kind, dataset=cfg.dataset, resolution=cfg.resolution,
-        ae_params=count_parameters(vae), scaling_factor=vae.config.scaling_factor,
-        latent_shape=list(FirstStage(vae).latent_shape(cfg.resolution)),
-    )
-    if accelerator.is_main_process:
-        vae.save_pretrained(cfg.out, safe_serialization=True)
-        summary.save(cfg.out)
-    accelerator.wait_for_everyone()
-    return TrainedAutoencoder(vae, summary)
-
-
-def load_autoencoder(path: str | Path) -> Autoencoder:
-    """An autoencoder folder written by :func:`train_autoencoder` (safetensors only)."""
-    import json
-
-    root = Path(path)
-    config = root / "config.json"
-    if not config.is_file():
-        raise TrainingError(f"'{root}' is not an autoencoder folder (no config.json).", "autoencoder")
-    try:
-        class_name = json.loads(config.read_text()).get("_class_name")
-        cls = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}[class_name]
-        vae = cls.from_pretrained(root, use_safetensors=True, local_files_only=True)
-    except KeyError as err:
-        raise TrainingError(f"'{root}' holds a {err} model, not an AutoencoderKL or VQModel.", "autoencoder") from err
-    except (OSError, ValueError, RuntimeError) as err:
-        raise TrainingError(f"Could not load the autoencoder in '{root}': {err}", "autoencoder") from err
-    FirstStage(vae)  # validates the latent scale
-    return vae
 
 
 # --- diffusion ---------------------------------------------------------------------------
@@ -550,7 +455,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, callbacks: Sequence[Callback] = (
     scheduler = pipe.scheduler
     model = pipe.unet if encoder is None else ConditionalDenoiser(pipe.unet, encoder)
 
-    def loss_fn(net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
+    def loss_fn(net: torch.nn.Module, generator: torch.Generator, state: TrainState) -> torch.Tensor:
         if cond_ids is None:
             latents = sample_cached_batch(first_stage, cache, cfg.batch_size, generator)
             return diffusion_loss(net, scheduler, latents, generator)

@@ -24,11 +24,16 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ldm: Path, tiny_class_ldm: Path,
-              tiny_text_dm: Path) -> Path:
-    """The Lab finds models by folder: two unconditional, one class- and one text-conditional."""
+              tiny_text_dm: Path, tiny_autoencoder: Path) -> Path:
+    """The Lab finds models by folder: two unconditional, one class- and one text-conditional pipeline,
+    and a KL and a VQ f = 4 autoencoder on their own (as the first-stage study ships them)."""
     root = tmp_path_factory.mktemp("zoo")
-    for source, name in [(tiny_ldm, "ldm-f4"), (tiny_class_ldm, "ldm-f4-class"), (tiny_text_dm, "dm-f1-text")]:
+    for source, name in [(tiny_ldm, "ldm-f4"), (tiny_class_ldm, "ldm-f4-class"), (tiny_text_dm, "dm-f1-text"),
+                         (tiny_autoencoder, "first-stage/ae-kl-f4")]:
         shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("checkpoints"))
+    assert run_cli("train-autoencoder", "--factor", 4, "--kind", "vq", "--dataset", "fashion-mnist", "--resolution",
+                   16, "--max-steps", 4, "--base-width", 8, "--codebook-size", 16, "--max-images", 64,
+                   "--out", root / "first-stage" / "ae-vq-f4") == 0
     assert run_cli("train-diffusion", "--factor", "1", "--dataset", "fashion-mnist", "--resolution", "16",
                    "--max-steps", "2", "--batch-size", "8", "--param-budget", "20000", "--max-images", "64",
                    "--out", root / "dm-f1") == 0
@@ -271,6 +276,23 @@ def test_reconstruct_endpoint_any_image_mode(client, server, tmp_path: Path) -> 
     assert len(latents) == 3  # KL f = 4: three latent channels
     row = table["data"][0]
     assert row[1] == 4 and row[2] == "3x4x4" and row[3] == pytest.approx(16 * 16 / 48, abs=0.05)
+
+
+def test_explorer_shows_kl_and_vq_autoencoders_side_by_side(client, server, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    from demo.ui import explorer_default
+
+    lab = server[1]
+    assert [(m.kind, m.factor) for m in lab.autoencoders] == [("kl", 4), ("vq", 4)]
+    assert all(m.first_stage_only for m in lab.autoencoders) and not any(m.first_stage_only for m in lab.models)
+    chosen = explorer_default(lab.explorer_models)
+    assert chosen == [m.label for m in lab.autoencoders] and "VQ f=4 autoencoder" in chosen[1]
+    image = tmp_path / "gray.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16), dtype=np.uint8)).save(image)
+    gallery, latents, table = client.predict(handle_file(str(image)), chosen, api_name="/reconstruct")
+    assert len(gallery) == 3 and "PSNR" in gallery[2]["caption"]  # the input, then KL and VQ
+    assert [(row[1], row[2]) for row in table["data"]] == [(4, "3x4x4"), (4, "3x4x4")]
 
 
 def test_trajectory_endpoint(client, server) -> None:

@@ -19,7 +19,7 @@ from pipelines.first_stage import (
 @pytest.mark.parametrize("kind", ["kl", "vq"])
 @pytest.mark.parametrize("factor", [2, 4, 8, 16, 32])
 def test_latent_shapes_every_factor(kind: str, factor: int) -> None:
-    vae = build_autoencoder(AutoencoderSpec(factor=factor, kind=kind, image_channels=3, resolution=64, base_width=8, max_width=16))
+    vae = build_autoencoder(AutoencoderSpec(factor=factor, kind=kind, image_channels=3, resolution=64, base_width=8))
     stage = FirstStage(vae)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     z = stage.encode(x)

@@ -1,0 +1,109 @@
+"""The first-stage study's report: our Tab. 8 beside the paper's, plots and reconstruction grids.
+
+Derived only from ``results.jsonl`` (``python -m ldm_eval report RUN_DIR`` re-renders it);
+the page machinery is shared with the compression report in :mod:`ldm_eval.report`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipelines.results import AutoencoderRecord, Results  # noqa: E402
+
+from .report import (  # noqa: E402
+    PAPER_AUTOENCODERS,
+    environment,
+    grid_lines,
+    image_lines,
+    md_table,
+    measured_on,
+    read_run,
+    records_frame,
+    save_figure,
+    write_report,
+)
+from .results import write_table  # noqa: E402
+
+# The columns of results.csv, in order (the issue's Tab. 8 layout plus what tells rows apart).
+COLUMNS = ["kind", "factor", "variant", "latent_shape", "codebook_size", "codebook_usage", "perplexity", "ae_params",
+           "psnr", "ssim", "recon_samples", "rfid", "rkid", "rkid_std", "rfid_samples", "train_seconds",
+           "train_steps", "train_images_per_s", "losses"]
+SUMMARY_COLUMNS = ["kind", "factor", "variant", "latent_shape", "codebook_usage", "psnr", "ssim", "rfid", "rkid",
+                   "rfid_samples", "train_seconds"]
+
+
+def first_stage_table(results: Results) -> pd.DataFrame:
+    """One row per autoencoder, sorted by factor, kind and variant."""
+    df = records_frame(results.of(AutoencoderRecord))
+    if not len(df):
+        return pd.DataFrame(columns=COLUMNS)
+    df = df.rename(columns={"ae_train_seconds": "train_seconds", "ae_train_steps": "train_steps",
+                            "ae_train_images_per_s": "train_images_per_s"})
+    df["latent_shape"] = df["latent_shape"].map(lambda s: "x".join(map(str, s)))
+    df["variant"] = df["variant"].replace("", "default")
+    return df[COLUMNS].sort_values(["factor", "kind", "variant"]).reset_index(drop=True)
+
+
+def _plots(table: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """PSNR and rFID against the factor, one line per kind (the no-GAN models as points)."""
+    if not len(table):
+        return {}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for (kind, variant), g in table.groupby(["kind", "variant"]):
+        g = g.sort_values("factor")
+        style = dict(marker="o") if variant == "default" else dict(marker="x", ls=":")
+        label = kind.upper() + ("" if variant == "default" else f" ({variant})")
+        axes[0].plot(g["factor"], g["psnr"], label=label, **style)
+        if g["rfid"].notna().any():
+            axes[1].plot(g["factor"], g["rfid"], label=label, **style)
+    n = table["rfid_samples"].max()
+    axes[0].set(ylabel="PSNR (dB, held-out)", title="Reconstruction fidelity")
+    axes[1].set(ylabel=f"rFID (Inception, N={n})", title="Reconstruction realism (lower is better)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="downsampling factor f")
+        ax.legend(fontsize=8)
+    return {"first_stage": save_figure(fig, out / "first_stage.png")}
+
+
+def render_first_stage_report(run_dir: Path) -> Path:
+    """Write results.csv, plots, report.md and report.html of a first-stage study; returns report.md."""
+    run_dir = Path(run_dir)
+    results = read_run(run_dir)
+    table = first_stage_table(results)
+    write_table(run_dir, table)
+    env, cfg = environment(results)
+    n = int(table["rfid_samples"].max()) if len(table) else 0
+    lines = [
+        f"# LDM Lab first-stage study: {run_dir.name}", "",
+        f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px. Every autoencoder "
+        f"trained for the same budget ({cfg.get('ae_budget')} {cfg.get('budget')}, batch {cfg.get('ae_batch_size')}, "
+        f"base width {cfg.get('ae_base_width')}, learning rate {cfg.get('ae_learning_rate')}); the column `losses` "
+        "says which terms trained each model. Rows marked `no-gan` are the same model trained without the "
+        "adversarial term at the same budget.", "",
+        measured_on(env, cfg), "",
+        f"All metrics on held-out images the autoencoders never saw: PSNR/SSIM (mean per image) on "
+        f"{int(table['recon_samples'].max()) if len(table) else 0}; rFID and KID (`rkid` ± `rkid_std`) between {n} "
+        "held-out images and their reconstructions, standard InceptionV3 features with clean-fid's 'clean' resize "
+        "(FID falls as N grows: compare rows only at equal N). Codebook usage is the share of VQ codes the held-out "
+        "images use; perplexity is the effective number of codes.", "",
+        "## Results (cf. the paper's Tab. 8)", "",
+        md_table(table), "",
+        "## The paper's Tab. 8 (Rombach et al., CVPR 2022), for comparison", "",
+        "Trained on OpenImages, evaluated on ImageNet val at 256 px, with an LPIPS term and far longer training: "
+        "the paper's numbers, not ours.", "",
+        md_table(PAPER_AUTOENCODERS), "",
+    ]
+    lines += image_lines(_plots(table, run_dir / "plots"))
+    lines += grid_lines(run_dir, "recon-*.png",
+                        "## Reconstructions (top row: held-out images; bottom row: the model's reconstruction)")
+    return write_report(run_dir, lines)
+
+
+def first_stage_summary(run_dir: Path) -> str:
+    return md_table(first_stage_table(read_run(run_dir))[SUMMARY_COLUMNS])
