@@ -22,7 +22,7 @@ from pipelines.atomic import atomic_path
 from pipelines.codebook import codebook_stats
 from pipelines.data import ImageDataset, load_dataset
 from pipelines.errors import InputError, whole_number
-from pipelines.first_stage import FirstStage, check_factor
+from pipelines.first_stage import MIN_LATENT_SIDE, FirstStage, check_factor
 from pipelines.images import save_grid, signed_to_uint8
 from pipelines.pipeline import resolve_device
 from pipelines.results import (
@@ -109,6 +109,10 @@ def check_factors(factors: list[int], resolution: int) -> None:
             check_factor(f, resolution)
         except InputError as err:
             raise SweepError(str(err), "factors" if err.field == "factor" else err.field) from None
+        if f > 1 and resolution // f < MIN_LATENT_SIDE:
+            raise SweepError(f"Factor {f} at {resolution} px leaves a {resolution // f}x{resolution // f} latent; an "
+                             f"autoencoder's latent must be at least {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}. Drop it from "
+                             "the factors or use a larger resolution.", "factors")
 
 
 def check_ddim_steps(steps: list[int], field_name: str) -> None:

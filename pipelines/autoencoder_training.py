@@ -98,13 +98,18 @@ class AutoencoderTrainConfig(TrainConfig):
         return state.seconds >= DISC_START_SHARE * float(self.max_seconds or 0)
 
     def losses(self) -> str:
-        """Which terms train the model, for reports: e.g. 'L1 + KL(1e-06) + PatchGAN(0.5, from half the budget)'."""
+        """Which terms train the model, for reports: e.g. 'L1 + KL(1e-06) + PatchGAN(hinge, weight 0.5, from step 400)'."""
         terms = ["L1"]
         if self.perceptual_weight:
             terms.append(f"LPIPS({self.perceptual_weight:g})")
         terms.append(f"KL({self.kl_weight:g})" if self.kind == "kl" else "VQ(codebook + commitment)")
         if self.disc_weight:
-            start = "half the budget" if self.disc_start is None else f"step {self.disc_start}"
+            if self.disc_start is not None:
+                start = f"step {self.disc_start}"
+            elif self.max_steps is not None:
+                start = f"step {int(DISC_START_SHARE * self.max_steps)}"
+            else:
+                start = f"{DISC_START_SHARE * float(self.max_seconds or 0):g} s"
             terms.append(f"PatchGAN(hinge, weight {self.disc_weight:g}, from {start})")
         return " + ".join(terms)
 
@@ -166,7 +171,9 @@ class FirstStageObjective(nn.Module):
         recon = recon.float()
         rec = (recon - x).abs().mean()
         if self._perceptual:
-            rec = rec + self.perceptual_weight * self._perceptual[0](recon.clamp(-1, 1), x).mean()
+            rgb = (recon.clamp(-1, 1), x) if x.shape[1] == 3 else (recon.clamp(-1, 1).expand(-1, 3, -1, -1),
+                                                                      x.expand(-1, 3, -1, -1))
+            rec = rec + self.perceptual_weight * self._perceptual[0](*rgb).mean()
         loss = rec + regulariser
         if self.disc is None:
             return loss

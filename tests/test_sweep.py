@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 from ldm_eval.results import TABLE_COLUMNS
-from pipelines.first_stage import FACTORS
+from ldm_eval.sweep import FACTORS_32PX as FACTORS
 from pipelines.results import ProgressRecord, TrainingRecord, read_results
 
 SMOKE = [sys.executable, "-m", "ldm_eval", "sweep", "--preset", "smoke"]
@@ -35,7 +35,7 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _keys(run)
-    assert "train/pixel/f1" in before and not any(k.startswith("sampling/kl/f32") for k in before)
+    assert "train/pixel/f1" in before and not any(k.startswith("sampling/kl/f16") for k in before)
 
     result = subprocess.run(SMOKE + ["--out", str(run), "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,6 +76,7 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("args,message", [
     (["--factors", "1,3"], "--factors: Unknown downsampling factor 3; choose one of [1, 2, 4, 8, 16, 32]"),
+    (["--factors", "1,32"], "--factors: Factor 32 at 32 px leaves a 1x1 latent"),
     (["--resolution", "40"], "does not divide the resolution 40"),
     (["--kinds", "gan"], "--kinds: Unknown autoencoder kind 'gan'; choose kl and/or vq."),
     (["--ddim-steps", "0"], "--ddim-steps: DDIM steps must be a whole number from 1 to 1000 (got 0)."),
@@ -103,7 +104,7 @@ def test_flags_come_from_the_config_dataclasses_over_the_preset(tmp_path: Path) 
     assert cfg.run.train_budget == PRESETS["smoke"][0].train_budget and cfg.sweep.progress_points == 2  # the preset's
     cfg = parse_sweep("sweep", PRESETS, "quick", CompressionSettings, [])
     assert cfg.run == replace(PRESETS["quick"][0], out=Path("runs/quick")) and cfg.sweep == PRESETS["quick"][1]
-    assert cfg.flat_config()["factors"] == [1, 2, 4, 8, 16, 32] and cfg.flat_config()["preset"] == "quick"
+    assert cfg.flat_config()["factors"] == [1, 2, 4, 8, 16] and cfg.flat_config()["preset"] == "quick"
 
 
 def test_sweep_on_empty_folder_and_existing_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
