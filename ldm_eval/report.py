@@ -56,7 +56,7 @@ PAPER_NOTES = [
 SUMMARY_COLUMNS = ["factor", "kind", "latent_shape", "ddim_steps", "fid_backend", "fid_samples", "fid", "kid",
                    "train_images_per_s", "samples_per_s", "psnr", "rfid"]
 AUTOENCODER_COLUMNS = ["kind", "factor", "latent_shape", "ae_params", "psnr", "ssim", "recon_samples", "rfid",
-                       "rfid_samples"]
+                       "rfid_samples", "codebook_usage", "losses"]
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
          "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")
 

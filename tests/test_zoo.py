@@ -19,7 +19,8 @@ MAX_BYTES = 60_000_000
 
 def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
     folders = sorted(p.parent for p in ZOO.glob("*/model_index.json"))
-    assert len(folders) >= 10
+    # nine pipelines (the Fashion-MNIST f = 32 model left: a 1x1 latent, now refused) and two first stages
+    assert len(folders) >= 9 and len(list(ZOO.glob("first-stage/*/config.json"))) == 2
     total = sum(f.stat().st_size for f in ZOO.rglob("*") if f.is_file())
     assert total <= MAX_BYTES, f"the zoo holds {total / 1e6:.1f} MB, over the 60 MB cap"
     for folder in folders:
@@ -68,6 +69,29 @@ def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: s
         assert rows == json.loads(shipped.read_text())["rows"]
     else:  # unconditional: FID rows only
         assert all(r["accuracy"] is None and r["guidance"] is None for r in rows)
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_shipped_first_stages_load_and_reexport_to_the_same_card(tmp_path: Path, kind: str) -> None:
+    """The first-stage study's f = 4 autoencoders: fp16 weights, finite codebook, card from the committed run."""
+    from safetensors import safe_open
+
+    from pipelines.first_stage import FirstStage, load_autoencoder
+
+    name = f"utk64-ae-{kind}-f4"
+    shipped = ZOO / "first-stage" / name
+    with safe_open(shipped / "diffusion_pytorch_model.safetensors", "pt") as fh:
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"F16"}
+    stage = FirstStage(load_autoencoder(shipped).float())
+    assert stage.kind == kind and stage.factor == 4 and stage.latent_shape(64) == (3, 16, 16)
+    card = (shipped / "README.md").read_text()
+    assert "PatchGAN" in card and "PSNR" in card and "rFID" in card and "## Licence" in card
+    assert ("codebook usage" in card) == (kind == "vq")
+    run_dir = tmp_path / "run"
+    shutil.copytree(shipped, run_dir / "models" / name.removeprefix("utk64-"))
+    shutil.copy(ROOT / "reports" / "first-stage" / "results.jsonl", run_dir)
+    [out] = export_zoo(run_dir, tmp_path / "zoo", "utk64")
+    assert out.name == name and (out / "README.md").read_text() == card
 
 
 def test_training_summaries_of_every_generation_load(tmp_path: Path) -> None:
