@@ -222,5 +222,12 @@ def model_fid(runs: Results | list[Results] | None, entry: ModelEntry) -> str:
     best: dict[str, FidRecord] = {}
     for r in sorted(fids, key=lambda r: (r.fid_backend, r.ddim_steps)):  # stable: a re-measurement wins a tie
         best[r.fid_backend] = r
-    return "; ".join(f"FID {r.fid:.1f} ({r.fid_backend}, N={r.fid_samples}, DDIM {r.ddim_steps})"
+    return "; ".join(f"FID {r.fid:.1f}{_interval(r)} ({r.fid_backend}, N={r.fid_samples}, DDIM {r.ddim_steps})"
                      for r in best.values())
+
+
+def _interval(r: FidRecord) -> str:
+    """' [95 % CI 10.2-13.9]' when the run measured one, else ''."""
+    if r.fid_ci_low is None or r.fid_ci_high is None:
+        return ""
+    return f" [95 % CI {r.fid_ci_low:.1f}-{r.fid_ci_high:.1f}]"

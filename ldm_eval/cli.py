@@ -49,6 +49,8 @@ class FidSettings:
 
     backend: str = field(default="inception", metadata=help_text("inception or domain"))
     kid: bool = field(default=False, metadata=help_text("also compute KID"))
+    intervals: bool = field(default=True, metadata=help_text(
+        "bootstrap 95 % interval and FID-infinity for the second folder (--intervals false skips them)"))
     classifier: Path | None = field(default=None, metadata=help_text("domain classifier folder (a sweep's domain_classifier/)"))
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
 
@@ -179,6 +181,21 @@ def cmd_ae_sweep(argv: list[str]) -> int:
     return 0
 
 
+def cmd_evaluate(argv: list[str]) -> int:
+    from .evaluate import EvaluateSettings, run_evaluation
+    from .evaluation_report import evaluation_summary, render_evaluation_report
+
+    parser = _parser("python -m ldm_eval evaluate", [EvaluateSettings])
+    parser.add_argument("models", nargs="+", help="model folders (ours, DDPMPipeline/DDIMPipeline or LDMPipeline "
+                        "layout) or hub ids (online only)")
+    cfg, args = parser.parse_args_into_dataclasses(args=_split_commas(argv, _list_flags([EvaluateSettings])))
+    run_dir = run_evaluation(list(args.models), cfg)
+    report = render_evaluation_report(run_dir)
+    print(evaluation_summary(run_dir))
+    print(f"\nReport: {report} and {report.with_suffix('.html')}; table: {run_dir / 'results.csv'}")
+    return 0
+
+
 def cmd_train_autoencoder(argv: list[str]) -> int:
     from pipelines.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
 
@@ -224,10 +241,20 @@ def cmd_fid(argv: list[str]) -> int:
     cfg, args = parse("python -m ldm_eval fid", [FidSettings], argv,
                       [("dir_a", "first image folder"), ("dir_b", "second image folder")])
     result = fid_between_folders(args.dir_a, args.dir_b, backend=cfg.backend, kid=cfg.kid,
-                                 device=resolve_device(cfg.device), classifier_path=cfg.classifier)
+                                 device=resolve_device(cfg.device), classifier_path=cfg.classifier,
+                                 intervals=cfg.intervals)
     print(f"FID {result.fid:.4f} ({result.backend}, N = {result.n_a} vs {result.n_b}, {result.device})")
+    if result.fid_ci is not None:
+        print(f"  95 % interval {result.fid_ci[0]:.4f} to {result.fid_ci[1]:.4f} ({result.resamples} bootstrap "
+              "resamples of the second folder)")
+    if result.fid_inf is not None:
+        print(f"  FID-infinity {result.fid_inf:.4f} (Chong & Forsyth 2020: FID against 1/N, read at 1/N = 0)")
+    if result.interval_note:
+        print(f"  {result.interval_note}")
     if result.kid is not None:
-        print(f"KID {result.kid:.6f} +- {result.kid_std:.6f} (subset size {result.kid_subset_size})")
+        spread = (f"+- {result.kid_std:.6f} (std over subsets of {result.kid_subset_size})"
+                  if result.kid_std is not None else f"(N too small for a std; one subset of {result.kid_subset_size})")
+        print(f"KID {result.kid:.6f} {spread}")
     print(f"features: {result.extractor}; resize: {result.resize}")
     return 0
 
@@ -266,6 +293,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sweep": (cmd_sweep, "train and measure every factor (the default command)"),
     "cond-sweep": (cmd_cond_sweep, "class- and text-conditional models across factors and guidance scales"),
     "ae-sweep": (cmd_ae_sweep, "the first-stage study: KL and VQ autoencoders per factor (cf. paper Tab. 8)"),
+    "evaluate": (cmd_evaluate, "measure any diffusion model (folder or hub id) against reference images"),
     "train-autoencoder": (cmd_train_autoencoder, "train a KL or VQ first stage"),
     "train-diffusion": (cmd_train_diffusion, "train a denoiser (pixel space or on cached latents)"),
     "sample": (cmd_sample, "write N samples of a trained model as PNG files"),

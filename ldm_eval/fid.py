@@ -241,32 +241,51 @@ def fid_from_features(fa: np.ndarray, fb: np.ndarray) -> float:
     return float(diff @ diff + tr_a + tr_b - 2.0 * _trace_sqrt_product(a, b, n_a, n_b))
 
 
+MIN_KID_STD_IMAGES = 4  # below this, no two subsets of half the set can differ enough to mean anything
+
+
+def kid_subset_for(n_a: int, n_b: int, requested: int = 1000) -> int:
+    """The KID subset size: ``requested`` (clean-fid's 1,000), but always fewer than the smaller set.
+
+    clean-fid and torchmetrics draw subsets of min(requested, N); at N <= requested every
+    subset is the whole set and the standard deviation over subsets is 0 by construction,
+    which reads as certainty. Half the smaller set keeps subsets different, so their spread
+    says something (it is the spread of a KID over m = N/2 images: an upper bound on that of
+    the full-N estimate).
+    """
+    n = min(n_a, n_b)
+    if requested < n:
+        return requested
+    return n // 2 if n >= MIN_KID_STD_IMAGES else n
+
+
 def kid_from_features(
     fa: np.ndarray, fb: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """KID (mean, std over subsets): unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3.
 
-    When ``subset_size`` >= both N, every subset is the whole set and the std is 0. A set
-    against itself gives a small negative value (the estimator assumes independent sets).
-    The per-subset MMD is torchmetrics' ``poly_mmd``; subsets are drawn here, with a seeded
-    generator, because clean-fid's ``kernel_distance`` uses the global NumPy RNG and returns
-    no std, and torchmetrics' class uses the global torch RNG and refuses N < subset_size.
-    The subset size shrinks to the smaller set's N when needed.
+    Subsets have :func:`kid_subset_for` images, so they differ; the std is None when the
+    sets are too small for that (under ``MIN_KID_STD_IMAGES``). A set against itself gives
+    a small negative value (the estimator assumes independent sets). The per-subset MMD is
+    torchmetrics' ``poly_mmd``; subsets are drawn here, with a seeded generator, because
+    clean-fid's ``kernel_distance`` uses the global NumPy RNG and returns no std, and
+    torchmetrics' class uses the global torch RNG and refuses N < subset_size.
     """
     from torchmetrics.image.kid import poly_mmd
 
     fa, fb = _check_pair(fa, fb)
     if subsets < 1:
         raise MetricError(f"KID needs at least one subset, got {subsets}.")
-    m = min(subset_size, fa.shape[0], fb.shape[0])
+    m = kid_subset_for(fa.shape[0], fb.shape[0], subset_size)
+    whole = m == min(fa.shape[0], fb.shape[0])
     rng = np.random.default_rng(seed)
     ta, tb = torch.from_numpy(fa), torch.from_numpy(fb)
-    scores = np.empty(subsets)
-    for s in range(subsets):
+    scores = np.empty(1 if whole else subsets)
+    for s in range(len(scores)):
         ia = torch.from_numpy(rng.choice(fa.shape[0], m, replace=False))
         ib = torch.from_numpy(rng.choice(fb.shape[0], m, replace=False))
         scores[s] = float(poly_mmd(ta[ia], tb[ib]))
-    return float(scores.mean()), float(scores.std())
+    return float(scores.mean()), None if whole else float(scores.std())
 
 
 # --- results -------------------------------------------------------------------------------
@@ -285,6 +304,11 @@ class FIDResult:
     device: str
     extractor: str = ""
     kid_subset_size: int | None = None
+    # the second set's uncertainty (``intervals=True``): bootstrap 95 % interval and FID-infinity
+    fid_ci: tuple[float, float] | None = None
+    fid_inf: float | None = None
+    resamples: int = 0
+    interval_note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -312,19 +336,26 @@ def backend_label(backend: str, classifier: DomainClassifier | None = None) -> s
 
 def _result_from_features(
     fa: np.ndarray, fb: np.ndarray, backend: str, kid: bool, device: torch.device,
-    classifier: DomainClassifier | None, kid_subsets: int, kid_subset_size: int,
+    classifier: DomainClassifier | None, kid_subsets: int, kid_subset_size: int, intervals: bool = False,
 ) -> FIDResult:
     extractor, resize = _describe(backend, classifier)
     kid_mean = kid_std = None
     m = None
     if kid:
         kid_mean, kid_std = kid_from_features(fa, fb, kid_subsets, kid_subset_size)
-        m = min(kid_subset_size, fa.shape[0], fb.shape[0])
-    return FIDResult(
+        m = kid_subset_for(fa.shape[0], fb.shape[0], kid_subset_size)
+    result = FIDResult(
         fid=fid_from_features(fa, fb), kid=kid_mean, kid_std=kid_std, backend=backend,
         n_a=int(fa.shape[0]), n_b=int(fb.shape[0]), resize=resize, device=str(device),
         extractor=extractor, kid_subset_size=m,
     )
+    if intervals:
+        from .uncertainty import fid_with_uncertainty  # it builds on this module's formulas
+
+        est = fid_with_uncertainty(fa, fb)
+        result.fid_ci = None if est.ci_low is None else (est.ci_low, est.ci_high)
+        result.fid_inf, result.resamples, result.interval_note = est.fid_inf, est.resamples, est.note
+    return result
 
 
 def torchmetrics_fid(
@@ -434,6 +465,7 @@ def fid_between_folders(
     batch_size: int = 32,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    intervals: bool = False,
 ) -> FIDResult:
     """FID (and KID) between two folders of images (searched recursively).
 
@@ -460,4 +492,4 @@ def fid_between_folders(
         res, ch = classifier.config.resolution, classifier.config.in_channels
         fa = classifier.features(_load_folder_uint8(files_a, res, ch))
         fb = classifier.features(_load_folder_uint8(files_b, res, ch))
-    return _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size)
+    return _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size, intervals)

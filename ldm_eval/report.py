@@ -28,6 +28,7 @@ from pipelines.results import (  # noqa: E402
     AutoencoderRecord,
     ConditioningRecord,
     EnvironmentRecord,
+    ModelRecord,
     ProgressRecord,
     Record,
     Results,
@@ -85,13 +86,14 @@ def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Pa
         fig, ax = plt.subplots(figsize=(6, 4))
         for (kind, factor), gg in g.groupby(["kind", "factor"]):
             gg = gg.sort_values("ddim_steps")
-            ax.plot(gg["samples_per_s"], gg["fid"], marker="o", label=_label(kind, factor))
+            ax.errorbar(gg["samples_per_s"], gg["fid"], yerr=error_bars(gg), marker="o", capsize=3,
+                        label=_label(kind, factor))
             for _, row in gg.iterrows():
                 ax.annotate(str(int(row["ddim_steps"])), (row["samples_per_s"], row["fid"]), fontsize=7)
         ax.set_xscale("log")
         n = int(g["fid_samples"].iloc[0])
         ax.set(xlabel="sampling throughput (samples/s, log)", ylabel=f"FID ({backend}, N={n})",
-               title="Quality vs speed; labels = DDIM steps (cf. Fig. 7)")
+               title="Quality vs speed; labels = DDIM steps; bars = 95 % CI (cf. Fig. 7)")
         ax.legend(fontsize=8)
         plots[f"fid_vs_speed_{backend}"] = save_figure(fig, out / f"fid_vs_speed_{backend}.png")
     train = records_frame(results.of(TrainingRecord, condition="none"))
@@ -108,6 +110,41 @@ def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Pa
         axes[0].set_yscale("log")
         plots["speed_memory"] = save_figure(fig, out / "speed_memory.png")
     return plots
+
+
+def ranking_reading(table: pd.DataFrame, by: Sequence[str] = ("ddim_steps",)) -> list[str]:
+    """Per step count (and ``by``), the FID ranking and whether each adjacent pair's 95 % intervals separate them.
+
+    ``table`` needs the columns model (a name), fid, fid_ci_low, fid_ci_high and fid_samples.
+    """
+    lines = []
+    for keys, group in table.groupby(list(by)):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        where = ", ".join(f"DDIM {k}" if col == "ddim_steps" else f"{k}" for col, k in zip(by, keys))
+        ranked = group.sort_values("fid")
+        if len(ranked) < 2:
+            continue
+        parts, doubtful = [], []
+        rows = list(ranked.itertuples())
+        for better, worse in zip(rows, rows[1:]):
+            if pd.isna(better.fid_ci_high) or pd.isna(worse.fid_ci_low):
+                sign, why = "?", "no interval"
+            elif better.fid_ci_high < worse.fid_ci_low:
+                sign, why = "<", ""
+            else:
+                sign, why = "~", "intervals overlap"
+            parts.append(f"{better.model} {sign}")
+            if why:
+                doubtful.append(f"{better.model} vs {worse.model} ({why})")
+        parts.append(str(rows[-1].model))
+        line = f"- {where}: {' '.join(parts)} (by FID, N = {int(ranked['fid_samples'].min())})."
+        if doubtful:
+            line += (" **Not supported by the intervals:** " + "; ".join(doubtful)
+                     + ". More samples (--n) would tell these apart, or show they are equal.")
+        else:
+            line += " Every step of this ranking is supported by the 95 % intervals."
+        lines.append(line)
+    return lines
 
 
 def render_report(run_dir: Path) -> Path:
@@ -140,6 +177,12 @@ def render_report(run_dir: Path) -> Path:
         "",
         md_table(table.drop(columns=["notes"])),
         "",
+        "## Reading: which rankings the intervals support", "",
+        "`<`: the 95 % bootstrap intervals separate the two; `~`: they overlap, so the order could flip with "
+        "another draw of samples.", "",
+        *ranking_reading(table.assign(model=[_label(k, f) for k, f in zip(table["kind"], table["factor"])]),
+                         by=("fid_backend", "ddim_steps")),
+        "",
     ]
     degenerate = table.loc[table["degenerate"], "factor"].unique().tolist()
     if degenerate:
@@ -166,9 +209,12 @@ def render_any_report(run_dir: Path) -> tuple[Path, str]:
     raises ValueError with a message meant for the command line.
     """
     from .conditional_report import conditional_summary, render_conditional_report  # these import this module
+    from .evaluation_report import evaluation_summary, render_evaluation_report
     from .first_stage_report import first_stage_summary, render_first_stage_report
 
     results = read_run(run_dir)
+    if results.of(ModelRecord):
+        return render_evaluation_report(run_dir), evaluation_summary(run_dir)
     if results.of(ConditioningRecord):
         return render_conditional_report(run_dir), conditional_summary(run_dir)
     if results.of(AutoencoderRecord) and not results.of(TrainingRecord):
@@ -220,6 +266,14 @@ def save_figure(fig: Figure, path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def error_bars(df: pd.DataFrame, value: str = "fid", low: str = "fid_ci_low",
+               high: str = "fid_ci_high") -> list[pd.Series] | None:
+    """matplotlib's yerr (distances below and above) of an interval column pair; None unless every row has one."""
+    if not df[low].notna().all():
+        return None
+    return [(df[value] - df[low]).clip(lower=0), (df[high] - df[value]).clip(lower=0)]
 
 
 def image_lines(plots: dict[str, Path]) -> list[str]:

@@ -27,10 +27,12 @@ from pipelines.results import (
 TABLE_COLUMNS = [
     "factor", "kind", "resolution", "latent_shape", "unet_params", "ae_params", "train_steps", "train_seconds",
     "train_images_per_s", "ddim_steps", "samples_per_s", "sec_per_image", "peak_mem_train_mb", "peak_mem_sample_mb",
-    "fid", "kid", "fid_backend", "fid_samples", "rfid", "psnr", "ssim", "device", "degenerate", "notes",
+    "fid", "fid_ci_low", "fid_ci_high", "fid_inf", "kid", "kid_std", "fid_backend", "fid_samples", "rfid", "psnr",
+    "ssim", "device", "degenerate", "notes",
 ]
 COND_COLUMNS = [
-    "condition", "factor", "kind", "guidance", "accuracy", "fid", "kid", "mean_class_fid", "fid_backend", "n",
+    "condition", "factor", "kind", "guidance", "accuracy", "fid", "fid_ci_low", "fid_ci_high", "kid",
+    "mean_class_fid", "fid_backend", "n",
     "samples_per_class", "ddim_steps", "samples_per_s", "latent_shape", "unet_params", "condition_params",
     "train_steps", "train_seconds", "train_images_per_s", "peak_mem_train_mb", "peak_mem_sample_mb", "device",
     "degenerate",
@@ -94,7 +96,8 @@ def tidy_table(results: Results) -> pd.DataFrame:
             "train_seconds": t.train_seconds, "train_images_per_s": t.train_images_per_s, "ddim_steps": r.ddim_steps,
             "samples_per_s": g.samples_per_s, "sec_per_image": g.sec_per_image,
             "peak_mem_train_mb": t.peak_mem_train_mb, "peak_mem_sample_mb": g.peak_mem_sample_mb,
-            "fid": r.fid, "kid": r.kid, "fid_backend": r.fid_backend, "fid_samples": r.fid_samples,
+            "fid": r.fid, "fid_ci_low": r.fid_ci_low, "fid_ci_high": r.fid_ci_high, "fid_inf": r.fid_inf, "kid": r.kid,
+            "kid_std": r.kid_std, "fid_backend": r.fid_backend, "fid_samples": r.fid_samples,
             "rfid": a.rfid, "psnr": a.psnr, "ssim": a.ssim, "device": t.device, "degenerate": bool(t.degenerate),
             "notes": "; ".join(notes),
         })
@@ -112,7 +115,7 @@ def conditional_table(results: Results) -> pd.DataFrame:
         t = partner(results, TrainingRecord, condition=c.condition, factor=c.factor)
         rows.append({
             "condition": c.condition, "factor": c.factor, "kind": c.kind, "guidance": c.guidance,
-            "accuracy": c.accuracy, "fid": f.fid, "kid": f.kid,
+            "accuracy": c.accuracy, "fid": f.fid, "fid_ci_low": f.fid_ci_low, "fid_ci_high": f.fid_ci_high, "kid": f.kid,
             "mean_class_fid": sum(c.per_class_fid) / len(c.per_class_fid), "fid_backend": f.fid_backend,
             "n": c.n, "samples_per_class": c.samples_per_class, "ddim_steps": c.ddim_steps,
             "samples_per_s": g.samples_per_s, "latent_shape": _shape(t), "unet_params": t.unet_params,

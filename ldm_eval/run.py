@@ -37,7 +37,9 @@ from pipelines.autoencoder_training import AutoencoderTrainConfig, train_autoenc
 from pipelines.training import device_name
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
-from .fid import backend_label, compute_features, fid_from_features, kid_from_features
+from .fid import backend_label, compute_features, kid_from_features, kid_subset_for
+from .reference_cache import CACHEABLE_BACKENDS, reference_features
+from .uncertainty import BOOTSTRAP_RESAMPLES, fid_with_uncertainty
 from .reconstruction import reconstruction_metrics
 
 KID_SUBSETS = 50
@@ -73,6 +75,8 @@ class RunSettings:
     ae_disc_weight: float = field(default=0.0, metadata=help_text(
         "weight of the autoencoders' patch-GAN term (the paper's 0.5; 0 trains without it)"))
     ae_codebook_size: int = field(default=512, metadata=help_text("codes of the VQ autoencoders"))
+    bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata=help_text(
+        "bootstrap resamples behind every FID's 95 % interval (0 skips the interval)"))
     max_images: int | None = field(default=10_000, metadata=help_text("train on the first N images only"))
     classifier_steps: int = field(default=500, metadata=help_text("training steps of the domain classifier"))
     fid_samples: int = field(default=500, metadata=help_text("samples for domain-feature FID/KID"))
@@ -95,6 +99,7 @@ class RunSettings:
             whole_number(self.max_images, "max_images", "The number of training images", 1, 10**9)
         whole_number(self.fid_samples, "fid_samples", "The number of FID samples", 2, 10**7)
         whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
+        whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
 
     def budget_kwargs(self, value: float) -> dict[str, float]:
         """``max_steps`` or ``max_seconds`` for a trainer config."""
@@ -175,15 +180,26 @@ class RunContext:
         return self.settings.out
 
     def reference(self, backend: str, n: int) -> np.ndarray:
-        """Features of the first ``n`` held-out images, computed once per run and kept for ``--resume``."""
+        """Features of the first ``n`` held-out images, computed once and kept for ``--resume``.
+
+        Inception features come from the shared reference cache (``reference_cache``), so any
+        run or evaluation against the same images skips the pass; domain-classifier features
+        belong to this run's classifier and are kept in the run folder.
+        """
         if (backend, n) not in self._features:
-            path = self.out / "reference" / f"{backend}-{n}.npy"
-            if path.is_file():
-                feats = np.load(path)
+            if backend in CACHEABLE_BACKENDS:
+                s = self.settings
+                ref = reference_features(self.test.images[:n], backend, self.device,
+                                         source=f"{s.dataset} held-out split at {s.resolution} px")
+                feats = ref.features
             else:
-                feats = compute_features(self.test.images[:n], backend, self.device, classifier=self.classifier)
-                with atomic_path(path) as tmp:
-                    np.save(tmp, feats)
+                path = self.out / "reference" / f"{backend}-{n}.npy"
+                if path.is_file():
+                    feats = np.load(path)
+                else:
+                    feats = compute_features(self.test.images[:n], backend, self.device, classifier=self.classifier)
+                    with atomic_path(path) as tmp:
+                        np.save(tmp, feats)
             self._features[(backend, n)] = feats
         return self._features[(backend, n)]
 
@@ -244,16 +260,26 @@ def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label
     return RunContext(settings, log, device, test, clf)
 
 
+def fid_record(reference: np.ndarray, features: np.ndarray, backend: str, device: torch.device,
+               resamples: int, seed: int, **cell: Any) -> FidRecord:
+    """One sample set's FID (exact), its bootstrap 95 % interval, FID-infinity and KID, as a record."""
+    n = len(features)
+    kid, kid_std = kid_from_features(reference, features, KID_SUBSETS, KID_SUBSET_SIZE)
+    est = fid_with_uncertainty(reference, features, resamples, seed=seed)
+    return FidRecord(**cell, fid=est.fid, kid=kid, kid_std=kid_std, fid_backend=backend, fid_samples=n,
+                     reference_samples=len(reference), device=str(device), fid_ci_low=est.ci_low,
+                     fid_ci_high=est.ci_high, fid_inf=est.fid_inf, fid_resamples=est.resamples,
+                     kid_subset_size=kid_subset_for(len(reference), n, KID_SUBSET_SIZE))
+
+
 def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tuple[str, int]],
                 **cell: Any) -> list[FidRecord]:
     """FID and KID of the first ``n`` samples against as many held-out images, per (backend, n)."""
     out = []
     for backend, n in backends:
-        ref = ctx.reference(backend, n)
         feats = compute_features(samples_uint8[:n], backend, ctx.device, classifier=ctx.classifier)
-        kid, kid_std = kid_from_features(ref, feats, KID_SUBSETS, min(KID_SUBSET_SIZE, n, len(ref)))
-        out.append(FidRecord(**cell, fid=fid_from_features(ref, feats), kid=kid, kid_std=kid_std, fid_backend=backend,
-                             fid_samples=n, reference_samples=len(ref), device=str(ctx.device)))
+        out.append(fid_record(ctx.reference(backend, n), feats, backend, ctx.device,
+                              ctx.settings.bootstrap_resamples, ctx.settings.seed, **cell))
     return out
 
 
@@ -285,11 +311,13 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int,
     real = ctx.test.images[:n]
     quality = reconstruction_metrics(real, recon, ctx.device, rfid=False)
     rfid = rkid = rkid_std = None
+    rfid_est = None
     if rfid_samples:
         ref = ctx.reference("inception", rfid_samples)
         feats = compute_features(recon[:rfid_samples], "inception", ctx.device)
-        rfid = fid_from_features(ref, feats)
-        rkid, rkid_std = kid_from_features(ref, feats, KID_SUBSETS, min(KID_SUBSET_SIZE, rfid_samples))
+        rfid_est = fid_with_uncertainty(ref, feats, s.bootstrap_resamples, seed=s.seed)
+        rfid = rfid_est.fid
+        rkid, rkid_std = kid_from_features(ref, feats, KID_SUBSETS, KID_SUBSET_SIZE)
     codes = codebook_stats(vae, held_out) if kind == "vq" else None
     pairs = torch.cat([real[:grid_images], recon[:grid_images]]).permute(0, 2, 3, 1).numpy()
     save_grid(pairs, ctx.out / "grids" / f"recon-{name.removeprefix('ae-')}.png", nrow=grid_images)
@@ -302,6 +330,8 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int,
         device=str(ctx.device), variant=variant, losses=summary.losses, codebook_size=summary.codebook_size,
         codebook_usage=codes.usage if codes else None, perplexity=codes.perplexity if codes else None,
         rkid=rkid, rkid_std=rkid_std, ae_train_images_per_s=summary.train_images_per_s,
+        rfid_ci_low=rfid_est.ci_low if rfid_est else None, rfid_ci_high=rfid_est.ci_high if rfid_est else None,
+        rfid_inf=rfid_est.fid_inf if rfid_est else None,
     ))
     return folder
 

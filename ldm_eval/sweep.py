@@ -75,8 +75,8 @@ PRESETS: dict[str, tuple[RunSettings, CompressionSettings]] = {
     # real photos (e.g. the UTKFace faces) at 64 px, where f = 16 and 32 keep a spatial latent; hours on CPU
     # (autoencoders as in the first-stage study: the paper's objective with the patch GAN on)
     "standard": (RunSettings(resolution=64, ae_budget=600, train_budget=1800, fid_samples=2000,
-                             param_budget=4_000_000, ae_base_width=16, ae_batch_size=16, ae_learning_rate=1e-3,
-                             ae_disc_weight=0.5, max_images=None),
+                             param_budget=4_000_000, ae_base_width=16, ae_batch_size=16, ae_learning_rate=2e-3,
+                             ae_disc_weight=0.1, max_images=None),
                  CompressionSettings(kinds=["kl", "vq"], inception_samples=500, ddim_steps=[10, 20, 50, 100],
                                      progress_points=4, progress_samples=500)),
     # the paper's protocol scaled to the data, for a GPU

@@ -26,7 +26,7 @@ from .images import uint8_to_signed
 
 log = logging.getLogger(__name__)
 
-Split = Literal["train", "test"]
+Split = Literal["train", "test", "all"]  # "all": a folder used whole (an evaluation's reference)
 FASHION_MNIST = "fashion-mnist"
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 FASHION_MNIST_CLASSES = (
@@ -83,8 +83,8 @@ def load_dataset(
         raise DatasetError(f"Resolution must be an integer from 8 to 1024 (got {resolution!r}).")
     if channels not in (None, 1, 3):
         raise DatasetError(f"Channels must be 1 (gray) or 3 (RGB), got {channels!r}.")
-    if split not in ("train", "test"):
-        raise DatasetError(f"Split must be 'train' or 'test', got {split!r}.")
+    if split not in ("train", "test", "all"):
+        raise DatasetError(f"Split must be 'train', 'test' or 'all', got {split!r}.")
     if str(spec) == FASHION_MNIST:
         return load_fashion_mnist(resolution, channels or 1, split)
     return load_image_folder(Path(spec), resolution, channels or 3, split)
@@ -192,7 +192,7 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
     for path in tqdm(files, desc=f"Reading {root.name} ({split})", unit="file", leave=False, disable=len(files) < 500):
         try:
             digest = hashlib.sha1(path.read_bytes()).digest()
-            if _split_of(digest) != split:
+            if split != "all" and _split_of(digest) != split:
                 continue
             in_split += 1
             if digest in seen:  # byte-identical copies would inflate the data and bias FID

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +316,40 @@ def load_pipeline(
         raise PipelineLoadError(f"Could not load the model in '{root}': {err}") from err
     if device is not None or dtype is not None:
         pipe = pipe.to(device=device, dtype=dtype)
+    pipe.loaded_from = str(class_name)  # the layout it was saved in, for reports
     return pipe
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(
+    name: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> LatentDiffusionPipeline:
+    """A local folder (:func:`load_pipeline`) or, for a user who is online, a hub id such as
+    ``CompVis/ldm-celebahq-256``: downloaded once into the Hugging Face cache, then loaded from
+    there like any folder. Offline, a hub id that is not in that cache fails with a message
+    naming the id and ``HF_HUB_OFFLINE``.
+    """
+    path = Path(name)
+    if path.exists() or not _HUB_ID.match(str(name)):
+        return load_pipeline(path, device, dtype)
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        # safetensors and configs only: pickled weights are never fetched, never loaded
+        root = snapshot_download(str(name), allow_patterns=["*.json", "*.safetensors", "*.txt"],
+                                 local_files_only=offline)
+    except LocalEntryNotFoundError as err:
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached from here"
+        raise PipelineLoadError(
+            f"'{name}' is not a local folder and is not in the Hugging Face cache, and {why}. Download it once while "
+            f"online (unset HF_HUB_OFFLINE; 'huggingface-cli download {name}'), or pass a local folder.") from err
+    except Exception as err:  # network, auth, unknown repo: one clear line, never a traceback
+        raise PipelineLoadError(f"Could not fetch '{name}' from the Hugging Face hub: {err}") from err
+    return load_pipeline(root, device, dtype)
 
 
 def _load_foreign(root: Path, index: dict) -> LatentDiffusionPipeline:

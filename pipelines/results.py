@@ -130,6 +130,9 @@ class AutoencoderRecord(Record):
     rkid: float | None = None  # KID between held-out images and reconstructions, beside rFID
     rkid_std: float | None = None
     ae_train_images_per_s: float | None = None
+    rfid_ci_low: float | None = None  # bootstrap 95 % interval of rFID (resampling the reconstructions)
+    rfid_ci_high: float | None = None
+    rfid_inf: float | None = None  # extrapolated rFID-infinity
 
     @property
     def key(self) -> str:
@@ -166,8 +169,11 @@ class SampleSetRecord(Record):
     device: str
     condition: str = "none"  # unconditional models: "none", guidance 1
     guidance: float = 1.0
+    model: str = ""  # an evaluation's model name (several may share kind and f); "" in sweeps
 
     def _key(self, prefix: str) -> str:
+        if self.model:
+            return f"{prefix}/model/{self.model}/ddim{self.ddim_steps}"
         if self.condition == "none":
             return f"{prefix}/{self.kind}/f{self.factor}/ddim{self.ddim_steps}"
         return f"{prefix}/{self.condition}/{self.kind}/f{self.factor}/ddim{self.ddim_steps}/g{self.guidance:g}"
@@ -203,6 +209,13 @@ class FidRecord(SampleSetRecord):
     fid_backend: str
     fid_samples: int
     reference_samples: int
+    # small-N honesty: a bootstrap 95 % interval (resampling the samples) and the extrapolated
+    # FID-infinity (Chong & Forsyth 2020); None where N was too small or for older runs
+    fid_ci_low: float | None = None
+    fid_ci_high: float | None = None
+    fid_inf: float | None = None
+    fid_resamples: int | None = None
+    kid_subset_size: int | None = None
 
     @property
     def key(self) -> str:
@@ -240,9 +253,49 @@ class ClassifierRecord(Record):
         return "cond-classifier"
 
 
+@dataclass
+class ModelRecord(Record):
+    """A model an evaluation measured: where it came from and what it is (``evaluate``)."""
+
+    tag: ClassVar[str] = "model"
+    model: str  # the name in tables and plots
+    source: str  # the folder or hub id it was loaded from
+    layout: str  # the pipeline class its folder was saved as (ours, DDPMPipeline, LDMPipeline, ...)
+    kind: str  # pixel, kl or vq
+    factor: int
+    resolution: int
+    latent_shape: list[int]
+    params: dict[str, int]  # per component: unet, vae, condition_encoder
+    dtype: str
+    device: str
+
+    @property
+    def key(self) -> str:
+        return f"model/{self.model}"
+
+
+@dataclass
+class ReferenceRecord(Record):
+    """The reference pass of an evaluation: computed, or read from the shared feature cache (and the time saved)."""
+
+    tag: ClassVar[str] = "reference"
+    source: str
+    content: str  # SHA-256 of the reference images as measured
+    fid_backend: str
+    n: int
+    resolution: int
+    cached: bool
+    seconds: float  # this run's reference pass
+    compute_seconds: float | None  # what computing the features took; a cache hit saves about this much
+
+    @property
+    def key(self) -> str:
+        return f"reference/{self.resolution}/{self.fid_backend}/{self.n}"
+
+
 RECORD_TYPES: dict[str, type[Record]] = {cls.tag: cls for cls in (
     EnvironmentRecord, TrainingRecord, AutoencoderRecord, ProgressRecord, SamplingRecord, FidRecord,
-    ConditioningRecord, ClassifierRecord)}
+    ConditioningRecord, ClassifierRecord, ModelRecord, ReferenceRecord)}
 R = TypeVar("R", bound=Record)
 
 

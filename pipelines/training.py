@@ -80,6 +80,8 @@ class TrainConfig:
     progress: bool = True
     max_images: int | None = None  # train on the first N images only (quick runs, tests)
     ema_power: float = 0.75  # diffusers' example: inv_gamma 1, power 3/4, max decay 0.9999
+    warmup_steps: int = 0  # learning rate rises linearly over these first steps
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the budget
 
     def validate(self) -> None:
         if (self.max_steps is None) == (self.max_seconds is None):
@@ -95,6 +97,12 @@ class TrainConfig:
                                 "checkpoint_every")
         if not 1 <= self.batch_size <= 65536:
             raise TrainingError(f"Batch size must be from 1 to 65536 (got {self.batch_size}).", "batch_size")
+        if not 0 <= self.warmup_steps <= MAX_STEPS:
+            raise TrainingError(f"Warm-up steps must be from 0 to {MAX_STEPS} (got {self.warmup_steps}).",
+                                "warmup_steps")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise TrainingError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose constant or cosine.",
+                                "lr_schedule")
         if self.max_images is not None and self.max_images < 1:
             raise TrainingError(f"The number of training images must be positive (got {self.max_images}).",
                                 "max_images")
@@ -183,6 +191,21 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 4099 + rank)
 
 
+def learning_rate_scale(cfg: TrainConfig, state: TrainState) -> float:
+    """The share of the peak learning rate at this point of training: warm-up, then constant or cosine.
+
+    Written here rather than taken from ``diffusers.optimization.get_scheduler`` because a
+    wall-clock budget does not know its step count in advance (the cosine follows the share
+    of the budget spent), and because a value derived from checkpointed progress alone keeps
+    resuming exact without a scheduler state to save.
+    """
+    scale = min(1.0, (state.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "cosine":
+        spent = state.step / cfg.max_steps if cfg.max_steps is not None else state.seconds / float(cfg.max_seconds or 1)
+        scale *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, spent)))
+    return scale
+
+
 def run_training(
     model: torch.nn.Module,
     loss_fn: LossFn,
@@ -205,6 +228,7 @@ def run_training(
     cfg.validate()
     cfg.out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.AdamW(param_groups or model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    peak_rates = [group["lr"] for group in optimizer.param_groups]
     ema = EMAModel(model.parameters(), use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power) if use_ema else None
     state = TrainState(run_key=run_key)
     checkpoint = latest_checkpoint(cfg.out)
@@ -256,6 +280,9 @@ def run_training(
     while not finished():
         with PeakMemory(accelerator.device) as memory:
             generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
+            scale = learning_rate_scale(cfg, state)
+            for group, peak_rate in zip(optimizer.param_groups, peak_rates):
+                group["lr"] = peak_rate * scale
             with accelerator.autocast():
                 loss = loss_fn(wrapped, generator, state)
             if not torch.isfinite(loss):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_gan_vq_training_runs_and_reports_its_losses(tmp_path: Path) -> None:
     trained = train_autoencoder(AutoencoderTrainConfig(
         out=tmp_path / "vq", max_steps=6, batch_size=4, factor=4, kind="vq", dataset="fashion-mnist", resolution=16,
         base_width=8, disc_width=8, disc_start=3, codebook_size=16, max_images=64, progress=False))
-    assert "PatchGAN(hinge, weight 0.5, from step 3)" in trained.summary.losses
+    assert "PatchGAN(hinge, weight 0.1, from step 3)" in trained.summary.losses
     assert trained.summary.codebook_size == 16
     saved = json.loads((tmp_path / "vq" / "training.json").read_text())
     assert saved["losses"] == trained.summary.losses
@@ -194,3 +195,24 @@ def test_two_process_vq_gan_training_over_gloo(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "mp" / "training.json").read_text())
     assert summary["num_processes"] == 2 and summary["train_images"] == 4 * 4 * 2
     assert torch.isfinite(load_autoencoder(tmp_path / "mp").quantize.embedding.weight).all()
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_zero() -> None:
+    from pipelines.checkpoint import TrainState
+    from pipelines.training import TrainingError, learning_rate_scale
+
+    cfg = AutoencoderTrainConfig(out=Path("unused"), max_steps=1000, warmup_steps=50)
+    assert cfg.lr_schedule == "cosine"  # the autoencoders' default
+    def cosine(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * step / 1000))
+
+    scales = [learning_rate_scale(cfg, TrainState(step=s)) for s in (0, 24, 49, 500, 999)]
+    assert scales[0] == pytest.approx(1 / 50) and scales[1] == pytest.approx(25 / 50 * cosine(24))
+    assert scales[2] == pytest.approx(cosine(49)) and scales[3] == pytest.approx(0.5)
+    assert 0 < scales[4] < 1e-4
+    timed = AutoencoderTrainConfig(out=Path("unused"), max_seconds=100, warmup_steps=0)
+    assert learning_rate_scale(timed, TrainState(step=10, seconds=50.0)) == pytest.approx(0.5)
+    constant = AutoencoderTrainConfig(out=Path("unused"), max_steps=10, lr_schedule="constant", warmup_steps=0)
+    assert learning_rate_scale(constant, TrainState(step=9)) == 1.0
+    with pytest.raises(TrainingError, match="schedule"):
+        AutoencoderTrainConfig(out=Path("unused"), max_steps=10, lr_schedule="linear").validate()

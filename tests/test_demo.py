@@ -345,6 +345,18 @@ def _fid(kind: str, factor: int, steps: int, fid: float, backend: str = "domain"
                      fid_samples=n, reference_samples=n, device="cpu", condition=condition)
 
 
+def test_fid_lookup_shows_the_interval_when_the_run_measured_one(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from demo.zoo import ModelEntry, model_fid
+    from pipelines.results import Results
+
+    entry = ModelEntry(name="m", path=tmp_path, factor=4, kind="kl", dataset="fashion-mnist", resolution=16)
+    with_ci = replace(_fid("kl", 4, 50, 12.34), fid_ci_low=11.02, fid_ci_high=13.91)
+    results = Results([_environment(16), _trained("kl", 4), with_ci])
+    assert model_fid(results, entry) == "FID 12.3 [95 % CI 11.0-13.9] (domain, N=100, DDIM 50)"
+
+
 def test_fid_lookup_reads_the_runs_records(tmp_path: Path) -> None:
     """The FID shown beside a model comes from ``results.jsonl`` through ``read_results``: the newest
     compression run that measured this factor and kind at this resolution, the largest DDIM step count

@@ -135,7 +135,7 @@ def test_folders_match_in_memory_clean_fid(inception, tmp_path):
     assert "clean" in result.resize and "clean-fid" in result.extractor
     expected = fid_from_features(inception["fa"][:10], inception["fb"][:10])
     assert result.fid == pytest.approx(expected, rel=1e-4)
-    assert result.kid is not None and result.kid_subset_size == 10
+    assert result.kid is not None and result.kid_subset_size == 5 and result.kid_std > 0  # subsets smaller than N
     assert set(result.to_dict()) >= {"fid", "kid", "kid_std", "backend", "n_a", "n_b", "resize", "device"}
 
 

@@ -13,10 +13,12 @@ from conftest import ROOT, run_cli
 
 from ldm_eval.results import TABLE_COLUMNS
 from ldm_eval.sweep import FACTORS_32PX as FACTORS
+from ldm_eval.uncertainty import MIN_IMAGES_FOR_INTERVALS
 from pipelines.results import ProgressRecord, TrainingRecord, read_results
 
 SMOKE = [sys.executable, "-m", "ldm_eval", "sweep", "--preset", "smoke"]
 NOT_APPLICABLE_TO_PIXELS = {"rfid", "psnr", "ssim"}
+INTERVAL_COLUMNS = {"fid_ci_low", "fid_ci_high", "fid_inf"}  # need MIN_IMAGES_FOR_INTERVALS samples
 
 
 def _keys(run: Path) -> list[str]:
@@ -60,6 +62,8 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
                 continue
             if row["factor"] == 1 and column in NOT_APPLICABLE_TO_PIXELS:
                 assert pd.isna(row[column]) and "do not apply" in row["notes"]
+            elif column in INTERVAL_COLUMNS and row["fid_samples"] < MIN_IMAGES_FOR_INTERVALS:
+                assert pd.isna(row[column]), (column, row.to_dict())  # too few samples: left out, not faked
             else:
                 assert not pd.isna(row[column]), (column, row.to_dict())
     assert table.loc[table["factor"] >= 16, "degenerate"].all() and not table.loc[table["factor"] <= 8, "degenerate"].any()

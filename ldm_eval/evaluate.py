@@ -1,0 +1,177 @@
+"""``python -m ldm_eval evaluate MODEL [MODEL ...] --reference REF``: measure any diffusion model.
+
+A MODEL is one of our folders, a folder in the public ``DDPMPipeline``/``DDIMPipeline`` or
+``LDMPipeline`` layout, or a hub id for a user who is online; all load through the core's
+one loader (``pipelines.pipeline.load_model``) and sample through its one sampler, as the
+sweeps and the demo do. For each model and DDIM step count the evaluation writes what the
+sweeps write -- samples/s and s/image after a warm-up, peak memory, FID with its bootstrap
+interval and FID-infinity, KID with its spread, a sample grid -- plus what the model is
+(layout, kind, f, latent shape, parameters), to ``results.jsonl`` as it goes, so
+``--resume`` after a kill redoes nothing measured.
+
+The reference images (a folder, used whole, or Fashion-MNIST's test split) are loaded at
+each model's resolution; their Inception features come from the shared reference cache, so
+a second evaluation against the same images skips that pass (the report says how long it
+would have taken).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pipelines.data import FASHION_MNIST, ImageDataset, load_dataset
+from pipelines.errors import whole_number
+from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
+from pipelines.pipeline import LatentDiffusionPipeline, load_model, resolve_device
+from pipelines.precision import sampling_dtype
+from pipelines.results import FidRecord, ModelRecord, ReferenceRecord, ResultsLog, SamplingRecord
+from pipelines.sampling import timed_sampling, warm_up
+
+from .domain_classifier import DomainClassifier, train_domain_classifier
+from .fid import compute_features
+from .reference_cache import reference_features
+from .run import SweepError, check_ddim_steps, environment, fid_record, help_text
+from .uncertainty import BOOTSTRAP_RESAMPLES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateSettings:
+    """What ``evaluate`` measures and how."""
+
+    reference: str = field(default="", metadata=help_text("reference images: a folder (used whole) or fashion-mnist"))
+    n: int = field(default=500, metadata=help_text("samples per model and step count (and reference images)"))
+    ddim_steps: list[int] = field(default_factory=lambda: [10, 50], metadata=help_text("DDIM step counts, e.g. 10,50"))
+    backend: Literal["inception", "domain"] = field(default="inception", metadata=help_text(
+        "FID features: inception (standard) or domain (a small CNN trained on the reference images)"))
+    batch_size: int = field(default=50, metadata=help_text("images per sampling batch (never changes the images)"))
+    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text(
+        "sampling precision (fp16 on GPUs; bf16 where the device runs it fast)"))
+    out: Path = field(default=Path("runs/evaluate"), metadata=help_text("run folder"))
+    resume: bool = field(default=False, metadata=help_text("continue a killed evaluation; measured cells are kept"))
+    seed: int = field(default=0, metadata=help_text("seed of sampling"))
+    bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata=help_text(
+        "bootstrap resamples behind each FID's 95 % interval (0 skips it)"))
+    classifier_steps: int = field(default=500, metadata=help_text("training steps of the domain classifier"))
+
+    def validate(self, models: list[str]) -> None:
+        if not models:
+            raise SweepError("Name at least one model: a folder, or a hub id when online.", "models")
+        if not self.reference:
+            raise SweepError("Give the reference images: --reference FOLDER or --reference fashion-mnist.", "reference")
+        whole_number(self.n, "n", "The number of samples", 2, 1_000_000)
+        if not self.ddim_steps:
+            raise SweepError("Give at least one DDIM step count.", "ddim_steps")
+        check_ddim_steps(self.ddim_steps, "ddim_steps")
+        whole_number(self.batch_size, "batch_size", "Batch size", 1, 4096)
+        whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
+        whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
+        whole_number(self.classifier_steps, "classifier_steps", "Classifier steps", 1, 10**6)
+
+
+def model_names(models: list[str]) -> list[str]:
+    """Short unique names: the folder's or repository's last part, numbered when two collide."""
+    names: list[str] = []
+    for m in models:
+        base = Path(str(m).rstrip("/")).name or str(m)
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def _kind(pipe: LatentDiffusionPipeline) -> str:
+    return "pixel" if pipe.factor == 1 else pipe.first_stage.kind
+
+
+def _reference_images(spec: str, resolution: int, channels: int, n: int) -> ImageDataset:
+    split = "test" if spec == FASHION_MNIST else "all"
+    data = load_dataset(spec, resolution, channels, split=split)
+    if len(data) < n:
+        raise SweepError(f"The reference '{spec}' has {len(data)} images; N = {n} samples need as many reference "
+                         "images (lower --n).", "n")
+    return data
+
+
+@dataclass
+class _Reference:
+    features: torch.Tensor
+    classifier: DomainClassifier | None
+
+
+def _reference(cfg: EvaluateSettings, log_: ResultsLog, device: torch.device, data: ImageDataset,
+               resolution: int) -> _Reference:
+    images = data.images[: cfg.n]
+    if cfg.backend == "domain":
+        folder = cfg.out / f"domain_classifier-{resolution}px"
+        if (folder / "config.json").is_file():
+            clf = DomainClassifier.load(folder, device)
+        else:
+            clf = train_domain_classifier(data.images, steps=cfg.classifier_steps, seed=cfg.seed, device=device)
+            clf.save(folder)
+        return _Reference(compute_features(images, "domain", device, classifier=clf), clf)
+    ref = reference_features(images, "inception", device, source=f"{cfg.reference} at {resolution} px")
+    log_.append(ReferenceRecord(source=ref.key.source, content=ref.key.content, fid_backend="inception", n=cfg.n,
+                                resolution=resolution, cached=ref.cached, seconds=round(ref.seconds, 3),
+                                compute_seconds=ref.compute_seconds))
+    return _Reference(ref.features, None)
+
+
+def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
+    """Evaluate (or resume evaluating) ``models`` against the reference; returns the run folder."""
+    cfg.validate(models)
+    device = resolve_device(cfg.device)
+    dtype = sampling_dtype(cfg.mixed_precision, device)
+    results = ResultsLog(cfg.out)
+    if len(results.results) and not cfg.resume:
+        raise SweepError(f"'{cfg.out}' already holds results: resume the evaluation (--resume), or choose a new "
+                         "--out folder.", "resume")
+    names = model_names(models)
+    # Load everything before measuring anything: a bad folder or hub id fails in seconds, not after an hour.
+    pipes = {name: load_model(source, device=device, dtype=dtype) for name, source in zip(names, models)}
+    images = {(p.resolution, p.image_channels): None for p in pipes.values()}
+    for resolution, channels in images:  # likewise the reference, at every resolution a model needs
+        images[(resolution, channels)] = _reference_images(cfg.reference, resolution, channels, cfg.n)
+    results.append_once(environment({"command": "evaluate", "models": list(models), **asdict(cfg)}, device))
+    references: dict[tuple[int, int], _Reference] = {}
+    for (name, pipe), source in zip(pipes.items(), models):
+        if pipe.condition != "none":
+            log.info("%s is %s-conditional; evaluating its unconditional samples.", name, pipe.condition)
+        key = (pipe.resolution, pipe.image_channels)
+        if key not in references:
+            references[key] = _reference(cfg, results, device, images[key], pipe.resolution)
+        ref = references[key]
+        kind = _kind(pipe)
+        results.append(ModelRecord(
+            model=name, source=str(source), layout=pipe.loaded_from, kind=kind, factor=pipe.factor,
+            resolution=pipe.resolution, latent_shape=list(pipe.first_stage.latent_shape(pipe.resolution)),
+            params=pipe.parameter_counts(), dtype=str(pipe.unet.dtype).removeprefix("torch."), device=str(device)))
+        warmed = False
+        for steps in cfg.ddim_steps:
+            cell = {"model": name, "kind": kind, "factor": pipe.factor, "ddim_steps": steps}
+            if results.has(FidRecord, **cell) and results.has(SamplingRecord, **cell):
+                continue
+            print(f"== {name}: DDIM {steps}, N = {cfg.n} ==", flush=True)
+            if not warmed:
+                warm_up(pipe)
+                warmed = True
+            timed = timed_sampling(pipe, cfg.n, steps, "ddim", seed=cfg.seed, batch_size=cfg.batch_size)
+            save_grid(timed.images[:64], cfg.out / "grids" / f"samples-{name}-ddim{steps}.png")
+            feats = compute_features(unit_nhwc_to_uint8_nchw(timed.images), cfg.backend, device,
+                                     classifier=ref.classifier)
+            results.append(fid_record(ref.features, feats, cfg.backend, device, cfg.bootstrap_resamples, cfg.seed,
+                                      **cell))
+            results.append(SamplingRecord(
+                **cell, device=str(device), n=len(timed.images), seconds=timed.seconds,
+                samples_per_s=timed.samples_per_s, sec_per_image=timed.sec_per_image,
+                peak_mem_sample_mb=timed.peak_mb, memory_method=timed.memory_method, sample_batch=cfg.batch_size,
+                scheduler="ddim"))
+    return cfg.out
+

@@ -1,0 +1,119 @@
+"""The report of an ``evaluate`` run: one row per model and DDIM step count, with error bars.
+
+Every FID carries its bootstrap 95 % interval and FID-infinity; the reading at the end says,
+per step count, which adjacent places of the FID ranking the intervals support and which
+they do not (overlapping intervals: the order could flip with another draw of samples).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipelines.results import FidRecord, ModelRecord, ReferenceRecord, Results, SamplingRecord  # noqa: E402
+
+from .report import (  # noqa: E402
+    environment,
+    error_bars,
+    grid_lines,
+    image_lines,
+    md_table,
+    ranking_reading,
+    read_run,
+    save_figure,
+    write_report,
+)
+from .results import partner, write_table  # noqa: E402
+
+COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "ddim_steps",
+           "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",
+           "kid", "kid_std", "kid_subset_size", "fid_backend", "fid_samples", "reference_samples", "device", "dtype"]
+SUMMARY_COLUMNS = ["model", "kind", "factor", "ddim_steps", "sec_per_image", "fid", "fid_ci_low", "fid_ci_high",
+                   "fid_inf", "fid_samples", "fid_backend"]
+
+
+def evaluation_table(results: Results) -> pd.DataFrame:
+    rows = []
+    for r in results.of(FidRecord):
+        m = partner(results, ModelRecord, model=r.model)
+        g = partner(results, SamplingRecord, model=r.model, ddim_steps=r.ddim_steps)
+        params = m.params or {}
+        rows.append({
+            "model": r.model, "layout": m.layout, "kind": r.kind, "factor": r.factor,
+            "latent_shape": "x".join(map(str, m.latent_shape or [])), "unet_params": params.get("unet"),
+            "ae_params": params.get("vae"), "ddim_steps": r.ddim_steps, "sec_per_image": g.sec_per_image,
+            "samples_per_s": g.samples_per_s, "peak_mem_sample_mb": g.peak_mem_sample_mb, "fid": r.fid,
+            "fid_ci_low": r.fid_ci_low, "fid_ci_high": r.fid_ci_high, "fid_inf": r.fid_inf, "kid": r.kid,
+            "kid_std": r.kid_std, "kid_subset_size": r.kid_subset_size, "fid_backend": r.fid_backend,
+            "fid_samples": r.fid_samples, "reference_samples": r.reference_samples, "device": r.device,
+            "dtype": m.dtype,
+        })
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values(["ddim_steps", "fid"]).reset_index(drop=True)
+
+
+def _plots(table: pd.DataFrame, out: Path) -> dict[str, Path]:
+    if not len(table):
+        return {}
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    markers = "osD^v<>px*"
+    for i, (model, group) in enumerate(table.groupby("model", sort=False)):
+        group = group.sort_values("sec_per_image")
+        ax.errorbar(group["sec_per_image"], group["fid"], yerr=error_bars(group), marker=markers[i % len(markers)],
+                    capsize=3, label=model)
+        for _, row in group.iterrows():
+            ax.annotate(f"{int(row['ddim_steps'])}", (row["sec_per_image"], row["fid"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per image (log; labels: DDIM steps)")
+    ax.set_ylabel(f"FID ({table['fid_backend'].iloc[0]}, N = {int(table['fid_samples'].min())}; bars: 95 % CI)")
+    ax.set_title("Quality against sampling cost")
+    ax.legend(fontsize=8)
+    return {"FID against seconds per image": save_figure(fig, out / "fid_vs_speed.png")}
+
+
+def _reference_lines(results: Results) -> list[str]:
+    lines = []
+    for r in results.of(ReferenceRecord):
+        if r.cached:
+            saved = f"; computing them took {r.compute_seconds:.1f} s" if r.compute_seconds is not None else ""
+            lines.append(f"- {r.source}, N = {r.n}: features read from the reference cache in {r.seconds:.2f} s{saved} "
+                         "(that much time saved).")
+        else:
+            lines.append(f"- {r.source}, N = {r.n}: features computed in {r.seconds:.1f} s and cached for later runs.")
+    return lines
+
+
+def render_evaluation_report(run_dir: Path) -> Path:
+    """Write results.csv, the plot, report.md and report.html of an evaluation; returns report.md."""
+    run_dir = Path(run_dir)
+    results = read_run(run_dir)
+    table = evaluation_table(results)
+    write_table(run_dir, table)
+    env, cfg = environment(results)
+    lines = [
+        f"# LDM Lab evaluation: {run_dir.name}", "",
+        f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference `{cfg.get('reference')}`; "
+        f"N = {cfg.get('n')} samples per model and step count (DDIM, eta 0, seed {cfg.get('seed')}), "
+        f"{cfg.get('backend')} features, precision {cfg.get('mixed_precision')}.", "",
+        f"Measured on {env.device_name} ({env.device}), started {env.started}; torch {env.torch}, diffusers "
+        f"{env.diffusers}, clean-fid {env.clean_fid}.", "",
+        "Speed is measured after a warm-up, over all N samples, at the batch size given. FID is biased at small N: "
+        "`fid_ci_low`-`fid_ci_high` is a bootstrap 95 % interval (resampling the samples "
+        f"{cfg.get('bootstrap_resamples')} times), `fid_inf` the FID extrapolated to infinitely many samples "
+        "(Chong & Forsyth, CVPR 2020); KID ± `kid_std` is over subsets of `kid_subset_size` images.", "",
+        "## Results", "", md_table(table), "",
+        "## Reading", "", *ranking_reading(table), "",
+        "## Reference features", "", *_reference_lines(results), "",
+    ]
+    lines += image_lines(_plots(table, run_dir / "plots"))
+    lines += grid_lines(run_dir, "samples-*.png", "## Samples")
+    return write_report(run_dir, lines)
+
+
+def evaluation_summary(run_dir: Path) -> str:
+    return md_table(evaluation_table(read_run(run_dir))[SUMMARY_COLUMNS])

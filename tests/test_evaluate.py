@@ -1,0 +1,137 @@
+"""``python -m ldm_eval evaluate``: tiny models in both public layouts, real Inception FID, the reference cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline
+
+from ldm_eval.evaluation_report import evaluation_table
+from ldm_eval.report import read_run
+from pipelines.data import load_dataset
+from pipelines.denoiser import DenoiserSpec, build_denoiser
+from pipelines.first_stage import AutoencoderSpec, build_autoencoder
+from pipelines.results import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord, read_results
+
+from conftest import run_cli, write_pngs
+
+N = 20
+
+
+@pytest.fixture(scope="module")
+def public_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Untrained tiny models saved exactly as the public pipelines save them (google/ddpm-*, CompVis/ldm-*)."""
+    root = tmp_path_factory.mktemp("public")
+    ddpm = root / "tiny-ddpm"
+    DDPMPipeline(unet=build_denoiser(DenoiserSpec(side=16, channels=3, param_budget=20_000)),
+                 scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(ddpm)
+    ldm = root / "tiny-ldm-vq"
+    vqvae = build_autoencoder(AutoencoderSpec(factor=4, kind="vq", image_channels=3, resolution=16, base_width=8))
+    LDMPipeline(vqvae=vqvae, unet=build_denoiser(DenoiserSpec(side=4, channels=3, param_budget=20_000)),
+                scheduler=DDIMScheduler(num_train_timesteps=1000)).save_pretrained(ldm)
+    return ddpm, ldm
+
+
+@pytest.fixture(scope="module")
+def reference_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real images as files: Fashion-MNIST test images, RGB PNGs."""
+    images = load_dataset("fashion-mnist", 16, 3, split="test").images[:N]
+    return write_pngs(images, tmp_path_factory.mktemp("reference"))
+
+
+def test_evaluates_both_public_layouts_and_reuses_the_reference(public_models, reference_folder, tmp_path) -> None:
+    ddpm, ldm = public_models
+    out = tmp_path / "eval"
+    args = ["evaluate", ddpm, ldm, "--reference", reference_folder, "--n", N, "--ddim-steps", "2,3",
+            "--batch-size", 8, "--bootstrap-resamples", 20]
+    assert run_cli(*args, "--out", out) == 0
+    results = read_results(out)
+    models = {m.model: m for m in results.of(ModelRecord)}
+    assert models["tiny-ddpm"].layout == "DDPMPipeline" and models["tiny-ddpm"].kind == "pixel"
+    assert models["tiny-ldm-vq"].layout == "LDMPipeline" and models["tiny-ldm-vq"].kind == "vq"
+    assert models["tiny-ldm-vq"].factor == 4 and models["tiny-ldm-vq"].latent_shape == [3, 4, 4]
+    assert models["tiny-ldm-vq"].params["vae"] > 0 and models["tiny-ddpm"].params["vae"] == 0
+    fids = results.of(FidRecord)
+    assert {(r.model, r.ddim_steps) for r in fids} == {(m, s) for m in models for s in (2, 3)}
+    for r in fids:
+        assert r.fid_backend == "inception" and r.fid_samples == N and r.reference_samples == N
+        assert r.fid_ci_low <= r.fid <= r.fid_ci_high and r.fid_inf is not None
+        assert r.kid_std is not None and r.kid_subset_size == N // 2
+    assert all(s.sec_per_image > 0 and s.n == N for s in results.of(SamplingRecord))
+    (first,) = results.of(ReferenceRecord)
+    assert not first.cached and first.compute_seconds > 0
+    table = evaluation_table(read_run(out))
+    assert len(table) == 4 and table["fid_ci_high"].notna().all()
+    report = (out / "report.md").read_text()
+    assert "## Reading" in report and "DDIM 2:" in report and "tiny-ddpm" in report
+    assert (out / "grids" / "samples-tiny-ldm-vq-ddim3.png").is_file()
+    assert (out / "plots" / "fid_vs_speed.png").is_file()
+
+    # --resume measures nothing again
+    lines = (out / "results.jsonl").read_text().count("\n")
+    assert run_cli(*args, "--out", out, "--resume") == 0
+    assert (out / "results.jsonl").read_text().count("\n") - lines <= 3  # environment/model/reference notes only
+    assert len(read_results(out).of(SamplingRecord)) == 4
+
+    # a second evaluation against the same images skips the reference pass
+    again = tmp_path / "again"
+    assert run_cli("evaluate", ldm, "--reference", reference_folder, "--n", N, "--ddim-steps", 2,
+                   "--bootstrap-resamples", 0, "--out", again) == 0
+    (second,) = read_results(again).of(ReferenceRecord)
+    assert second.cached and second.content == first.content
+    assert second.compute_seconds == first.compute_seconds and second.seconds < first.compute_seconds
+    assert "time saved" in (again / "report.md").read_text()
+
+
+def test_bad_input_is_refused_before_any_work(public_models, reference_folder, tmp_path, capsys) -> None:
+    ddpm, _ = public_models
+    out = tmp_path / "bad"
+    assert run_cli("evaluate", "google/ddpm-celebahq-256", "--reference", reference_folder, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "google/ddpm-celebahq-256" in err and "HF_HUB_OFFLINE" in err
+    assert run_cli("evaluate", tmp_path / "no-such-model", "--reference", reference_folder, "--out", out) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--n", N + 1, "--out", out) == 2
+    assert f"has {N} images" in capsys.readouterr().err
+    assert run_cli("evaluate", ddpm, "--reference", tmp_path / "nothing", "--n", N, "--out", out) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--ddim-steps", 0, "--out", out) == 2
+    assert "--ddim-steps" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
+
+
+def test_hub_ids_are_recognised_and_local_folders_win(tmp_path, monkeypatch) -> None:
+    from pipelines.pipeline import PipelineLoadError, load_model
+
+    with pytest.raises(PipelineLoadError, match="CompVis/ldm-celebahq-256.*HF_HUB_OFFLINE"):
+        load_model("CompVis/ldm-celebahq-256")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner").mkdir()
+    with pytest.raises(PipelineLoadError, match="no model_index.json"):
+        load_model("owner")  # a local folder, not a hub id
+
+
+def test_precision_is_measured_not_assumed() -> None:
+    import torch
+
+    from pipelines.errors import InputError
+    from pipelines.precision import bf16_speedup, sampling_dtype
+
+    cpu = torch.device("cpu")
+    assert sampling_dtype("no", cpu) == torch.float32
+    with pytest.raises(InputError, match="fp16 sampling needs a GPU"):
+        sampling_dtype("fp16", cpu)
+    if bf16_speedup(cpu) >= 1.0:  # a CPU with fast bf16
+        assert sampling_dtype("bf16", cpu) == torch.bfloat16
+    else:  # e.g. AVX2 only: refused with the measured factor
+        with pytest.raises(InputError, match="slower than fp32"):
+            sampling_dtype("bf16", cpu)
+
+
+
+def test_fid_command_prints_the_interval_and_kid_spread(reference_folder, tmp_path, capsys) -> None:
+    other = write_pngs(load_dataset("fashion-mnist", 16, 3, split="train").images[:N], tmp_path / "train")
+    assert run_cli("fid", reference_folder, other, "--kid") == 0
+    out = capsys.readouterr().out
+    assert f"N = {N} vs {N}" in out and "95 % interval" in out and "FID-infinity" in out
+    assert f"std over subsets of {N // 2}" in out
