@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from pipelines.data import FASHION_MNIST, ImageDataset, load_dataset
@@ -102,7 +103,7 @@ def _reference_images(spec: str, resolution: int, channels: int, n: int) -> Imag
 
 @dataclass
 class _Reference:
-    features: torch.Tensor
+    features: np.ndarray
     classifier: DomainClassifier | None
 
 

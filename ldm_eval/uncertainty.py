@@ -83,23 +83,22 @@ class FidAgainst:
         diff = self.mu_ref - mu
         return float(diff @ diff + self.tr_ref + tr_gen - 2.0 * trace_sqrt)
 
-    def bootstrap(self, resamples: int, seed: int) -> tuple[float, float]:
+    def bootstrap(self, resamples: int, seed: int, fid: float) -> tuple[float, float]:
         """95 % interval of the FID from resampling the generated set, re-centred on the FID itself.
 
         Resampling with replacement leaves ~63 % distinct images, so every resampled FID carries
         a larger small-N bias than the FID itself and the resamples sit well above it (often
         not overlapping it at all). Their *spread* is what the bootstrap measures; the interval
-        is F + (q - mean of resamples) for the 2.5 % and 97.5 % quantiles q, so it holds F and
-        its width is the resamples' spread. (The plain percentile interval would exclude F, and
+        is F + (q - mean of resamples), F the exact ``fid`` given, for the 2.5 % and 97.5 %
+        quantiles q, so it holds F and its width is the resamples' spread. (The plain percentile interval would exclude F, and
         the "basic" 2F - q overcorrects by the same shift.)
         """
         rng = np.random.default_rng(seed)
         n = self.generated.shape[0]
         values = np.array([self.fid_of(rng.integers(0, n, n)) for _ in range(resamples)])
-        full = self.fid_of(np.arange(n))
         alpha = (1 - CONFIDENCE) / 2
         q_low, q_high = np.quantile(values, [alpha, 1 - alpha]) - values.mean()
-        return max(0.0, full + float(q_low)), full + float(q_high)
+        return max(0.0, fid + float(q_low)), fid + float(q_high)
 
     def extrapolate(self, seed: int, points: int = FID_INF_POINTS,
                     repeats: int = FID_INF_REPEATS) -> tuple[float, float, tuple[int, ...]]:
@@ -133,7 +132,7 @@ def fid_with_uncertainty(reference: np.ndarray, generated: np.ndarray, resamples
         return out
     against = FidAgainst(reference, generated)
     if resamples:
-        out.ci_low, out.ci_high = against.bootstrap(resamples, seed)
+        out.ci_low, out.ci_high = against.bootstrap(resamples, seed, fid)
         out.resamples = resamples
     out.fid_inf, out.fid_inf_slope, out.fid_inf_sizes = against.extrapolate(seed)
     return out
