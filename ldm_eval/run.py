@@ -51,8 +51,12 @@ class SweepError(InputError):
 
 
 def help_text(text: str) -> dict[str, str]:
-    """A dataclass field's ``metadata``: its ``--help`` line on the command line."""
-    return {"help": text}
+    """A dataclass field's ``metadata``: its ``--help`` line on the command line.
+
+    argparse expands ``%`` in help strings (``%(default)s``), so a literal one ("95 % interval")
+    is doubled here; unescaped, it made ``--help`` crash.
+    """
+    return {"help": text.replace("%", "%%")}
 
 
 @dataclass
