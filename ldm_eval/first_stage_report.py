@@ -5,6 +5,7 @@ the page machinery is shared with the compression report in :mod:`ldm_eval.repor
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -88,16 +89,25 @@ def gan_reading(table: pd.DataFrame) -> list[str]:
             return f"{row['rfid']:.1f}{ci}"
 
         if pd.isna(a["rfid_ci_high"]) or pd.isna(b["rfid_ci_low"]):
-            verdict = "no intervals to judge by"
+            verdict = "no rFID intervals to judge by"
         elif a["rfid_ci_high"] < b["rfid_ci_low"]:
-            verdict = "lower with the GAN, and the intervals separate them"
+            verdict = "rFID is lower with the GAN, and the intervals separate the two"
         elif b["rfid_ci_high"] < a["rfid_ci_low"]:
-            verdict = "higher with the GAN, and the intervals separate them"
+            verdict = "rFID is higher with the GAN, and the intervals separate the two"
         else:
-            verdict = "the intervals overlap: no supported difference at this N"
+            verdict = "the rFID intervals overlap: no supported difference at this N"
         lines.append(f"- {kind.upper()} f = {factor}: with the GAN PSNR {a['psnr']:.2f} dB, rFID {fid(a)}; without "
-                     f"it PSNR {b['psnr']:.2f} dB, rFID {fid(b)}: rFID {verdict}.")
+                     f"it PSNR {b['psnr']:.2f} dB, rFID {fid(b)}; {verdict}.")
     return lines
+
+
+_GRID_NAME = re.compile(r"recon-(?P<kind>[a-z]+)-f(?P<factor>\d+)(?P<variant>.*)")
+
+
+def _grid_order(path: Path) -> tuple:
+    """Grids in the table's order: by factor, then kind, the default model before its no-GAN twin."""
+    m = _GRID_NAME.fullmatch(path.stem)
+    return (int(m["factor"]), m["kind"], m["variant"]) if m else (10**9, path.stem, "")
 
 
 def render_first_stage_report(run_dir: Path) -> Path:
@@ -134,7 +144,8 @@ def render_first_stage_report(run_dir: Path) -> Path:
     ]
     lines += image_lines(_plots(table, run_dir / "plots"))
     lines += grid_lines(run_dir, "recon-*.png",
-                        "## Reconstructions (top row: held-out images; bottom row: the model's reconstruction)")
+                        "## Reconstructions (top row: held-out images; bottom row: the model's reconstruction)",
+                        key=_grid_order)
     return write_report(run_dir, lines)
 
 

@@ -11,7 +11,7 @@ import base64
 import dataclasses
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -280,9 +280,12 @@ def image_lines(plots: dict[str, Path]) -> list[str]:
     return [line for name, path in plots.items() for line in (f"![{name}](plots/{path.name})", "")]
 
 
-def grid_lines(run_dir: Path, pattern: str, heading: str) -> list[str]:
-    """A section of the sample grids in ``run_dir/grids`` matching ``pattern`` (none: no section)."""
-    grids = sorted((run_dir / "grids").glob(pattern))
+def grid_lines(run_dir: Path, pattern: str, heading: str, key: Callable[[Path], Any] | None = None) -> list[str]:
+    """A section of the sample grids in ``run_dir/grids`` matching ``pattern`` (none: no section).
+
+    ``key`` orders them (default: by file name).
+    """
+    grids = sorted((run_dir / "grids").glob(pattern), key=key)
     if not grids:
         return []
     return [heading, ""] + [f"**{g.stem}**\n\n![{g.stem}](grids/{g.name})\n" for g in grids]

@@ -18,14 +18,15 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .images import uint8_to_signed
+from .images import UNREADABLE_IMAGE_ERRORS, open_image_8bit, uint8_to_signed
 
 log = logging.getLogger(__name__)
 
+SMALL_TRAIN_SET = 100  # fewer training images than this get a warning: memorisation, meaningless metrics
 Split = Literal["train", "test", "all"]  # "all": a folder used whole (an evaluation's reference)
 FASHION_MNIST = "fashion-mnist"
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
@@ -171,14 +172,15 @@ def _split_of(digest: bytes) -> Split:
     return "test" if digest[0] < 256 * HELD_OUT_SHARE else "train"
 
 
+def fit_square(img: Image.Image, resolution: int) -> np.ndarray:
+    """An 8-bit image resized (short side) and centre-cropped to a square, as (C, H, W) uint8."""
+    arr = np.asarray(ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 def load_image(path: Path, resolution: int, channels: int) -> np.ndarray:
-    """One image resized (short side) and centre-cropped to a square, as (C, H, W) uint8."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        img = img.convert("L" if channels == 1 else "RGB")
-        img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC)
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    """One image file resized (short side) and centre-cropped to a square, as (C, H, W) uint8."""
+    return fit_square(open_image_8bit(path, channels), resolution)
 
 
 def load_image_folder(root: Path, resolution: int, channels: int, split: Split) -> ImageDataset:
@@ -188,7 +190,8 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
         raise DatasetError(f"Data set path '{root}' is not a folder of images.")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     arrays, names, skipped, seen = [], [], [], set()
-    duplicates = in_split = 0
+    duplicates = in_split = upscaled = 0
+    smallest = resolution
     for path in tqdm(files, desc=f"Reading {root.name} ({split})", unit="file", leave=False, disable=len(files) < 500):
         try:
             digest = hashlib.sha1(path.read_bytes()).digest()
@@ -198,10 +201,14 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
             if digest in seen:  # byte-identical copies would inflate the data and bias FID
                 duplicates += 1
                 continue
-            arrays.append(load_image(path, resolution, channels))
+            img = open_image_8bit(path, channels)
+            if min(img.size) < resolution:
+                upscaled += 1
+                smallest = min(smallest, *img.size)
+            arrays.append(fit_square(img, resolution))
             seen.add(digest)
             names.append(path.name)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        except UNREADABLE_IMAGE_ERRORS:
             skipped.append(path.name)
     if skipped:
         warnings.warn(
@@ -213,6 +220,18 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
         raise DatasetError(
             f"No readable images in '{root}' for the {split} split "
             f"({len(files)} file(s) in the folder, {in_split} in this split, {len(skipped)} unreadable)."
+        )
+    if upscaled:
+        warnings.warn(
+            f"{upscaled} of {len(arrays)} image(s) in '{root}' are smaller than {resolution} px (down to {smallest} px) "
+            f"and were upscaled: a model learns the blur of the upscaling. Use --resolution {smallest} or less.",
+            stacklevel=2,
+        )
+    if split != "test" and len(arrays) < SMALL_TRAIN_SET:  # a held-out split is a small share by design
+        warnings.warn(
+            f"Only {len(arrays)} image(s) in '{root}' ({split}): a model trained on them memorises them, and "
+            f"quality numbers measured against so few mean little (aim for {SMALL_TRAIN_SET} or more).",
+            stacklevel=2,
         )
     if duplicates:
         log.info("Dropped %d byte-identical duplicate image(s) in %s.", duplicates, root)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_path
 from .errors import InputError
@@ -21,6 +21,35 @@ from .errors import InputError
 
 class ImageFormatError(InputError):
     """An array that is not a batch of images in the expected dtype and layout."""
+
+
+# what a file that is not a readable image raises somewhere in PIL's open/decode path
+UNREADABLE_IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError)
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def open_image_8bit(path: str | os.PathLike, channels: int = 3, exif_rotate: bool = True) -> Image.Image:
+    """A file decoded in full, EXIF-rotated unless told not to, as an 8-bit "L" (channels 1) or "RGB" image.
+
+    Why not just ``Image.open(p).convert("RGB")`` (what clean-fid's loader does): PIL clips
+    16-bit and 32-bit greyscale ("I;16", "I", "F") to 0-255 when converting, so a 16-bit PNG
+    turns all white. Those modes are rescaled here from their bit depth (16-bit: divide by
+    257; float: [0, 1] when it fits, else the 16-bit range). Raises one of
+    ``UNREADABLE_IMAGE_ERRORS`` for a truncated or non-image file, since ``load()`` decodes
+    every byte now rather than at first use.
+    """
+    with Image.open(path) as img:
+        img.load()
+        if exif_rotate:
+            img = ImageOps.exif_transpose(img)
+        if img.mode in _HIGH_DEPTH_MODES:
+            arr = np.asarray(img, dtype=np.float64)
+            if img.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
+                scale = 255.0
+            else:
+                scale = 255.0 / 65535.0 if arr.size and np.nanmax(arr) > 255 else 1.0
+            img = Image.fromarray(np.clip(np.nan_to_num(arr) * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+        return img.convert("L" if channels == 1 else "RGB")
 
 
 def unit_to_uint8(images: np.ndarray) -> np.ndarray:

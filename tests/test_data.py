@@ -72,3 +72,23 @@ def test_missing_empty_and_bad_requests(tmp_path: Path) -> None:
     assert loaded == [] and len(messages) == 1 and "junk.png" in messages[0]
     with pytest.raises(DatasetError, match="Resolution"):
         load_dataset("fashion-mnist", 100000)
+
+
+def test_sixteen_bit_png_small_images_and_tiny_sets_are_read_right_and_warned(tmp_path: Path) -> None:
+    """A 16-bit greyscale PNG loads as its picture (PIL's convert clips it to white); images
+    smaller than the resolution and a handful of images each get a warning."""
+    ramp = np.tile(np.linspace(0, 65535, 20), (20, 1)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    assert Image.open(tmp_path / "ramp16.png").mode.startswith("I")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_dataset(tmp_path, 32, channels=1, split="all")
+    row = ds.images[0, 0, 16].numpy().astype(int)
+    assert row[0] < 20 and row[-1] > 235 and (np.diff(row) >= 0).all()  # a dark-to-light ramp, not all white
+    messages = " ".join(str(w.message) for w in caught)
+    assert "smaller than 32 px (down to 20 px)" in messages and "--resolution 20" in messages
+    assert "Only 1 image(s)" in messages  # split "all" and "train" warn; a held-out split is small by design
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_dataset(tmp_path, 16, channels=1, split="all")
+    assert [str(w.message) for w in caught if "smaller than" in str(w.message)] == []  # 20 px read at 16: no upscaling

@@ -279,6 +279,36 @@ def test_folder_errors(tmp_path):
     assert issubclass(MetricError, ValueError)
 
 
+def test_folders_skip_unreadable_files_and_read_16_bit_png(inception, tmp_path, capsys):
+    """A truncated JPEG and a text file named .png are skipped and counted, not a traceback;
+    a 16-bit greyscale PNG reads as its image (PIL's own convert would make it all white)."""
+    from PIL import Image
+
+    from ldm_eval.cli import main
+
+    a = write_pngs(inception["a"][:3], tmp_path / "a")
+    jpeg = tmp_path / "whole.jpg"
+    Image.fromarray(inception["b"][0, 0].numpy()).save(jpeg, quality=95)
+    (a / "cut.jpg").write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    (a / "notes.png").write_text("not an image")
+    gray8 = inception["b"][:3, 0].numpy()
+    b8, b16 = tmp_path / "b8", tmp_path / "b16"
+    b8.mkdir(), b16.mkdir()
+    for i, img in enumerate(gray8):
+        Image.fromarray(img).save(b8 / f"{i}.png")
+        Image.fromarray(img.astype(np.uint16) * 257).save(b16 / f"{i}.png")  # the same picture in 16 bits
+    assert Image.open(b16 / "0.png").mode.startswith("I")
+    eight = fid_between_folders(a, b8, device="cpu")
+    sixteen = fid_between_folders(a, b16, device="cpu")
+    assert (sixteen.n_a, sixteen.n_b) == (3, 3)
+    assert sorted(Path(p).name for p in sixteen.skipped_a) == ["cut.jpg", "notes.png"] and not sixteen.skipped_b
+    assert sixteen.fid == pytest.approx(eight.fid, rel=1e-6)
+    assert "too small" in sixteen.small_n_warning
+    assert main(["fid", str(a), str(b16), "--intervals", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 unreadable file(s)" in out and "cut.jpg" in out and "N = 3 is too small" in out
+
+
 def test_unknown_backend_and_bad_images():
     x = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
     with pytest.raises(MetricError, match="Unknown"):

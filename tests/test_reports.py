@@ -190,3 +190,24 @@ def test_nothing_to_report_is_a_clear_error(tmp_path: Path) -> None:
         render_any_report(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no results"):
         render_any_report(tmp_path)
+
+
+def test_first_stage_report_reads_the_gan_rows_and_orders_grids_like_the_table(tmp_path: Path) -> None:
+    """The committed GPU first-stage run: the GAN reading judges rFID by the intervals, and the
+    reconstruction grids follow the table (factor, kind, the no-GAN twin after its model)."""
+    from ldm_eval.first_stage_report import first_stage_table, gan_reading
+
+    run_dir = shutil.copytree(REPORTS / "first-stage-gpu", tmp_path / "run")
+    report, _ = render_any_report(run_dir)
+    table = first_stage_table(read_results(run_dir))
+    lines = gan_reading(table)
+    assert [line.split(":")[0] for line in lines] == ["- KL f = 4", "- KL f = 8"]
+    for line, factor in zip(lines, (4, 8)):
+        rows = table[(table["kind"] == "kl") & (table["factor"] == factor)].set_index("variant")
+        with_gan, without = rows.loc["default"], rows.loc["no-gan"]
+        separated = with_gan["rfid_ci_high"] < without["rfid_ci_low"] or without["rfid_ci_high"] < with_gan["rfid_ci_low"]
+        assert ("intervals overlap" in line) != separated
+        assert f"{with_gan['psnr']:.2f} dB" in line and f"{without['psnr']:.2f} dB" in line
+    grids = [line for line in report.read_text().splitlines() if line.startswith("**recon-")]
+    assert grids[:3] == ["**recon-kl-f4**", "**recon-kl-f4-no-gan**", "**recon-vq-f4**"]
+    assert grids[-1] == "**recon-vq-f16**"

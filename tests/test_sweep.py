@@ -111,6 +111,19 @@ def test_flags_come_from_the_config_dataclasses_over_the_preset(tmp_path: Path) 
     assert cfg.flat_config()["factors"] == [1, 2, 4, 8, 16] and cfg.flat_config()["preset"] == "quick"
 
 
+@pytest.mark.parametrize("command", ["sweep", "cond-sweep", "ae-sweep", "evaluate", "train-autoencoder",
+                                     "train-diffusion", "sample", "fid", "report", "export-zoo", "bench-train"])
+def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    """``--help`` lists every flag; a literal % in a help line once crashed argparse's formatter."""
+    from ldm_eval.cli import COMMANDS, main
+
+    assert command in COMMANDS
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
 def test_sweep_on_empty_folder_and_existing_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
