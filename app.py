@@ -1,7 +1,7 @@
 """LDM Lab's web demo: ``python app.py`` opens it on http://127.0.0.1:7860.
 
-Models come from the shipped zoo (``models/``) and any run folder under ``runs/``
-(or ``--models DIR``). No public share link unless ``--share`` is given.
+Models come from the shipped zoo (``models/``) and any run folder under ``runs/``;
+``--models FOLDER_OR_HUB_ID`` adds any diffusers model LDM Lab loads beside them. No public share link unless ``--share`` is given.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
-    parser.add_argument("--models", type=Path, action="append", help="model folder(s) to list (default: models/ and runs/)")
+    parser.add_argument("--models", action="append", default=[], metavar="DIR_OR_ID", help=(
+        "add a model: a pipeline folder in any layout LDM Lab loads (its own, DDPMPipeline, LDMPipeline) or a "
+        "Hugging Face hub id when online; a folder of model folders replaces the default listing (models/, runs/)"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--concurrency", type=int, default=2, help="requests run at once; the rest queue")
     args = parser.parse_args(argv)
@@ -25,7 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     from demo.service import Lab
     from demo.ui import build_app
 
-    lab = Lab(model_dirs=args.models, device=args.device)
+    roots = [Path(m) for m in args.models if Path(m).is_dir() and not (Path(m) / "model_index.json").is_file()]
+    singles = [m for m in args.models if Path(m) not in roots]
+    try:
+        lab = Lab(model_dirs=roots or None, device=args.device, user_models=singles)
+    except ValueError as err:  # a folder that is not a pipeline, pickled weights, an unknown or offline hub id
+        parser.exit(2, f"error: --models: {err}\n")
     app = build_app(lab)
     app.queue(default_concurrency_limit=args.concurrency, max_size=256)
     app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="10mb")

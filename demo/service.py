@@ -11,6 +11,7 @@ request onto models of every kind) and names the UI control at fault in every me
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -23,11 +24,30 @@ from pipelines.conditioning import class_caption
 from pipelines.errors import InputError, whole_number
 from pipelines.fidelity import psnr, ssim
 from pipelines.first_stage import FirstStage, load_autoencoder
-from pipelines.images import as_uint8_nchw, signed_to_unit, uint8_to_signed, unit_to_uint8
-from pipelines.pipeline import LatentDiffusionPipeline, SampleRequest, load_pipeline, resolve_device
+from pipelines.images import (
+    as_uint8_nchw,
+    signed_to_unit,
+    uint8_to_signed,
+    unit_to_uint8,
+)
+from pipelines.pipeline import (
+    LatentDiffusionPipeline,
+    SampleRequest,
+    load_model,
+    load_pipeline,
+    resolve_device,
+)
 from pipelines.sampling import TimedSamples, timed_sampling
 
-from .zoo import ModelEntry, discover_autoencoders, discover_models, latest_results, model_fid, sweep_results
+from .zoo import (
+    ModelEntry,
+    discover_autoencoders,
+    discover_models,
+    latest_results,
+    model_fid,
+    sweep_results,
+    user_model_entry,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,12 +200,20 @@ class Lab:
     """The demo's state: a model list and a cache of loaded pipelines (thread-safe)."""
 
     def __init__(self, model_dirs: list[Path] | None = None, report_dirs: list[Path] | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", user_models: Sequence[str] = ()):
+        """``model_dirs``: folders searched for zoo models (default models/ and runs/); ``user_models``:
+        pipeline folders in any layout the core loads, or hub ids (online), added to the lists and
+        loaded now, so a bad one fails at start-up in one line rather than at the first click."""
         self.device = resolve_device(device)
         self.report_dirs = report_dirs
         self.models = discover_models(model_dirs) if model_dirs else discover_models()
         self.autoencoders = discover_autoencoders(model_dirs) if model_dirs else discover_autoencoders()
         self._loaded: dict[str, LatentDiffusionPipeline] = {}
+        for source in user_models:
+            pipe = load_model(source, device=self.device, dtype=self._dtype())
+            entry = user_model_entry(str(source), pipe)
+            self.models = [m for m in self.models if m.name != entry.name] + [entry]
+            self._loaded[entry.name] = pipe
         self._first_stages: dict[str, FirstStage] = {}
         self._lock = threading.Lock()
 
@@ -218,10 +246,12 @@ class Lab:
         entry = self.entry(name)
         with self._lock:
             if entry.name not in self._loaded:
-                # shipped weights are fp16 to keep the repository small; compute in fp32 on CPU
-                dtype = torch.float32 if self.device.type == "cpu" else None
-                self._loaded[entry.name] = load_pipeline(entry.path, device=self.device, dtype=dtype)
+                self._loaded[entry.name] = load_pipeline(entry.path, device=self.device, dtype=self._dtype())
             return self._loaded[entry.name]
+
+    def _dtype(self) -> torch.dtype | None:
+        # shipped weights are fp16 to keep the repository small; compute in fp32 on CPU
+        return torch.float32 if self.device.type == "cpu" else None
 
     def results(self) -> tuple[pd.DataFrame | None, Path | None]:
         """The Results tab's table and the run folder it comes from (the newest compression run)."""

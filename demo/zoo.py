@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.pipeline import LatentDiffusionPipeline
 from pipelines.results import (
     RESULTS,
     ConditioningRecord,
@@ -95,6 +96,23 @@ def _entry(folder: Path, root: Path, first_stage_only: bool = False) -> ModelEnt
         resolution=facts.resolution, facts=facts, condition=condition, class_names=class_names,
         first_stage_only=first_stage_only,
     )
+
+
+def user_model_entry(source: str, pipe: LatentDiffusionPipeline) -> ModelEntry:
+    """A model the user named (``app.py --models FOLDER_OR_HUB_ID``): what its loaded pipeline says of itself.
+
+    Any diffusers layout the core loads (ours, ``DDPMPipeline``, ``LDMPipeline``) has no
+    training.json, so factor, kind and resolution come from the pipeline itself.
+    """
+    path = Path(source)
+    own = _entry(path, path.parent) if (path / "training.json").is_file() else None
+    if own is not None:
+        own.name = f"user/{path.name}"
+        return own
+    kind = "pixel" if pipe.factor == 1 else pipe.first_stage.kind
+    name = path.name if path.exists() else str(source)
+    return ModelEntry(name=f"user/{name}", path=path, factor=pipe.factor, kind=kind, dataset="user model",
+                      resolution=pipe.resolution, condition=pipe.condition, class_names=tuple(pipe.class_names))
 
 
 def discover_models(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) -> list[ModelEntry]:

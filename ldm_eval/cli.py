@@ -76,6 +76,19 @@ class BenchSettings:
     out: Path | None = field(default=None, metadata=help_text("also write the table as CSV and Markdown here"))
 
 
+@dataclass
+class BenchFidSettings:
+    """``bench-fid``: Inception feature extraction, each way of running it, side by side (prints a table)."""
+
+    images: int = field(default=64, metadata=help_text("images to extract features of"))
+    rounds: int = field(default=3, metadata=help_text("interleaved timing rounds"))
+    batch_size: int = field(default=32, metadata=help_text("images per forward pass"))
+    dataset: str = field(default="fashion-mnist", metadata=help_text("'fashion-mnist' or a folder of images"))
+    resolution: int = field(default=32, metadata=help_text("image side before the resize to 299 px"))
+    device: str = field(default="cpu", metadata=help_text("cpu or cuda"))
+    out: Path | None = field(default=None, metadata=help_text("also write the table as Markdown here"))
+
+
 # --- parsing -----------------------------------------------------------------------------
 
 
@@ -295,6 +308,23 @@ def cmd_bench_train(argv: list[str]) -> int:
     return 0
 
 
+def cmd_bench_fid(argv: list[str]) -> int:
+    from pipelines.pipeline import resolve_device
+
+    from pipelines.errors import whole_number
+
+    from .bench_fid import run_fid_benchmark
+
+    (cfg,) = parse("python -m ldm_eval bench-fid", [BenchFidSettings], argv)
+    whole_number(cfg.images, "images", "The number of images", 2, 100_000)
+    whole_number(cfg.rounds, "rounds", "The number of rounds", 1, 1000)
+    whole_number(cfg.batch_size, "batch_size", "Batch size", 1, 4096)
+    result = run_fid_benchmark(cfg.images, cfg.rounds, cfg.batch_size, cfg.dataset, cfg.resolution,
+                               resolve_device(cfg.device), cfg.out)
+    print(result.markdown())
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sweep": (cmd_sweep, "train and measure every factor (the default command)"),
     "cond-sweep": (cmd_cond_sweep, "class- and text-conditional models across factors and guidance scales"),
@@ -307,6 +337,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "report": (cmd_report, "re-render a run folder's report from its stored results"),
     "export-zoo": (cmd_export_zoo, "copy a sweep's models as fp16 with model cards (the demo's zoo)"),
     "bench-train": (cmd_bench_train, "training speed and memory for every factor (prints a table)"),
+    "bench-fid": (cmd_bench_fid, "Inception feature extraction: images/s of each way of running it (prints a table)"),
 }
 
 

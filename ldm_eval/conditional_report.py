@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from pipelines.results import ClassifierRecord, ConditioningRecord  # noqa: E402
 
 from .report import (  # noqa: E402
+    budget_sentence,
     environment,
     grid_lines,
     image_lines,
@@ -84,6 +85,7 @@ def render_conditional_report(run_dir: Path) -> Path:
         f"{cfg.get('param_budget')} parameters, batch {cfg.get('batch_size')}, condition dropout "
         f"{cfg.get('condition_dropout')}); KL autoencoders {cfg.get('ae_budget')} {cfg.get('budget')} each.", "",
         measured_on(env, cfg), "",
+        budget_sentence(cfg, results), "",
         f"Sampling: DDIM {cfg.get('eval_ddim_steps')} steps (eta 0), {cfg.get('samples_per_class')} samples per class, "
         "the same initial noise for every model. Classifier-free guidance eps = eps_null + g (eps_cond - eps_null); "
         "g = 1 is the plain conditional model.", "",

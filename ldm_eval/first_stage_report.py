@@ -18,6 +18,7 @@ from pipelines.results import AutoencoderRecord, Results  # noqa: E402
 
 from .report import (  # noqa: E402
     PAPER_AUTOENCODERS,
+    budget_sentence,
     environment,
     error_bars,
     grid_lines,
@@ -126,6 +127,7 @@ def render_first_stage_report(run_dir: Path) -> Path:
         "says which terms trained each model. Rows marked `no-gan` are the same model trained without the "
         "adversarial term at the same budget.", "",
         measured_on(env, cfg), "",
+        budget_sentence(cfg, results), "",
         f"All metrics on held-out images the autoencoders never saw: PSNR/SSIM (mean per image) on "
         f"{int(table['recon_samples'].max()) if len(table) else 0}; rFID and KID (`rkid` ± `rkid_std`) between {n} "
         "held-out images and their reconstructions, standard InceptionV3 features with clean-fid's 'clean' resize "

@@ -33,8 +33,13 @@ CACHE_ENV = "LDM_LAB_CACHE"
 CACHEABLE_BACKENDS = ("inception", "torchmetrics")
 
 
+def cache_base() -> Path:
+    """The project's cache folder: ``$LDM_LAB_CACHE``, else ~/.cache/ldm_lab."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ldm_lab")
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ldm_lab") / "reference"
+    return cache_base() / "reference"
 
 
 def tensor_digest(images: torch.Tensor) -> str:

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from pipelines.atomic import atomic_path, write_text_atomic  # noqa: E402
 from pipelines.results import (  # noqa: E402
     AutoencoderRecord,
+    ClassifierRecord,
     ConditioningRecord,
     EnvironmentRecord,
     ModelRecord,
@@ -36,7 +37,7 @@ from pipelines.results import (  # noqa: E402
     read_results,
 )
 
-from .results import Absent, tidy_table, write_table  # noqa: E402
+from .results import FILE_ORDER_DRAW, MIN_TRAIN_STEPS, Absent, tidy_table, write_table  # noqa: E402
 
 # The paper's numbers (Rombach et al., CVPR 2022), shown beside ours and labelled as the paper's.
 PAPER_AUTOENCODERS = pd.DataFrame(
@@ -159,16 +160,20 @@ def render_report(run_dir: Path) -> Path:
     lines = [f"# LDM Lab report: {run_dir.name}", ""]
     lines += [
         f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px; factors "
-        f"{cfg.get('factors')}; autoencoders {cfg.get('kinds')}. Every factor got the same training budget: "
-        f"{cfg.get('train_budget')} {cfg.get('budget')} for the denoiser ({cfg.get('ae_budget')} {cfg.get('budget')} "
-        f"for each autoencoder), UNets matched at about {cfg.get('param_budget')} parameters.",
+        f"{cfg.get('factors')}; autoencoders {cfg.get('kinds')}; UNets matched at about {cfg.get('param_budget')} "
+        "parameters.",
+        "",
+        budget_sentence(cfg, results),
         "",
         measured_on(env, cfg),
         "",
-        "FID backends: `inception` = standard InceptionV3 features, clean-fid 'clean' resize (the comparable "
-        "number, but small N here: FID is biased upward at small N, compare only at equal N and read KID beside "
-        "it); `domain` = a small classifier trained on this data set (cheap, so larger N). Reference images are the "
-        "held-out split. Sampling uses DDIM (eta 0); throughput is measured after a warm-up.",
+        "FID backends: `inception` is the headline quality number: standard InceptionV3 features with clean-fid's "
+        "'clean' resize, which rise clearly under blur and compression artefacts. FID is biased upward at small N, so "
+        "read it with its 95 % interval, `fid_inf` (extrapolated to infinite N) and KID beside it, and compare only "
+        "at equal N. `domain` is a *semantic* measure: the features of a small classifier trained on this data set "
+        "(cheap, so larger N), which see what the images show but are nearly blind to blur and JPEG artefacts. "
+        + classifier_sentence(results) + " Reference images are the held-out split. Sampling uses DDIM (eta 0); "
+        "throughput is measured after a warm-up.",
         "",
         "## Results",
         "",
@@ -250,7 +255,49 @@ def measured_on(env: EnvironmentRecord | Absent, cfg: dict[str, Any]) -> str:
     """Where and with which library versions the run was measured, as one sentence."""
     return (f"Measured on {env.device_name} ({env.device}), started {env.started}; torch {env.torch}, diffusers "
             f"{env.diffusers}, accelerate {env.accelerate}, torchmetrics {env.torchmetrics}, clean-fid "
-            f"{env.clean_fid}, Python {env.python}; seed {cfg.get('seed')}.")
+            f"{env.clean_fid}, Python {env.python}; seed {cfg.get('seed')}. Reference and evaluation images: "
+            f"{cfg.get('reference_draw', FILE_ORDER_DRAW)}.")
+
+
+def classifier_sentence(results: Results) -> str:
+    """What the domain classifier learned and how well, so a rotation fallback is never silent."""
+    clf = results.one(ClassifierRecord)
+    if clf is None:
+        return ""
+    if clf.task == "rotation":
+        return ("This data set has no labels, so the domain classifier fell back to predicting rotations (0/90/180/"
+                "270 degrees, self-supervised): its features see shape and orientation rather than classes; its "
+                f"rotation accuracy on {clf.n} real held-out images is {clf.accuracy_on_real:.3f} (chance 0.25).")
+    chance = f" (chance {1 / clf.num_classes:.2f})" if clf.num_classes else ""
+    return (f"The domain classifier was trained on the data set's labels; its accuracy on {clf.n} real held-out "
+            f"images is {clf.accuracy_on_real:.3f}{chance}.")
+
+
+def budget_sentence(cfg: dict[str, Any], results: Results) -> str:
+    """The training budget as set, beside what each model measurably got (steps and seconds).
+
+    A time budget is checked between steps, so the time a model trained is reported next to
+    the budget rather than assumed equal to it; models under ``MIN_TRAIN_STEPS`` are named.
+    """
+    unit = cfg.get("budget")
+    got = [(f"{t.kind} f={t.factor}", t.train_steps, t.train_seconds) for t in results.of(TrainingRecord)]
+    got_ae = [(f"{a.kind} f={a.factor}{' ' + a.variant if a.variant else ''}", a.ae_train_steps, a.ae_train_seconds)
+              for a in results.of(AutoencoderRecord)]
+
+    def measured(rows: list[tuple[str, int, float]]) -> str:
+        return ", ".join(f"{name} {steps:,} steps in {seconds:.1f} s" for name, steps, seconds in rows) or "none yet"
+
+    parts = []
+    if got:
+        parts.append(f"every denoiser {cfg.get('train_budget')} {unit} (measured: {measured(got)})")
+    if got_ae:
+        parts.append(f"every autoencoder {cfg.get('ae_budget')} {unit} (measured: {measured(got_ae)})")
+    line = "Training budget, the same for every model of a kind: " + "; ".join(parts) + "."
+    short = [name for name, steps, _ in got + got_ae if steps < MIN_TRAIN_STEPS]
+    if short:
+        line += (f" **Undertrained (under {MIN_TRAIN_STEPS} steps): {', '.join(short)}**: their numbers say little "
+                 "about their design; give a larger budget.")
+    return line
 
 
 def md_table(df: pd.DataFrame) -> str:

@@ -40,6 +40,9 @@ COND_COLUMNS = [
 PER_CLASS_METRICS = {"accuracy": "per_class_accuracy", "fid": "per_class_fid"}
 R = TypeVar("R", bound=Record)
 
+# how runs begun before random reference draws chose their reference and evaluation images
+FILE_ORDER_DRAW = "the first images of the held-out split in file order (a run begun before random draws)"
+
 
 class Absent:
     """Stands in for a record that is not written yet: its fields read None, a field it lacks raises.
@@ -73,6 +76,16 @@ def domain_fid(results: Results, c: ConditioningRecord) -> FidRecord | Absent:
                    ddim_steps=c.ddim_steps, fid_backend="domain")
 
 
+MIN_TRAIN_STEPS = 100  # a model with fewer optimiser steps is flagged: its numbers say little about its design
+
+
+def undertrained_notes(steps: int | None, what: str) -> list[str]:
+    """A note when a model got fewer than ``MIN_TRAIN_STEPS`` steps (a time budget on a slow machine)."""
+    if steps is None or steps >= MIN_TRAIN_STEPS:
+        return []
+    return [f"UNDERTRAINED {what}: {steps} step(s), under {MIN_TRAIN_STEPS}"]
+
+
 def _shape(train: TrainingRecord | Absent) -> str:
     return "x".join(map(str, train.latent_shape or []))
 
@@ -88,6 +101,7 @@ def tidy_table(results: Results) -> pd.DataFrame:
         notes = []
         if t.degenerate:
             notes.append("degenerate latent (side <= 2)")
+        notes += undertrained_notes(t.train_steps, "denoiser") + undertrained_notes(a.ae_train_steps, "autoencoder")
         if r.factor == 1:
             notes.append("pixel space: no autoencoder, rFID/PSNR/SSIM do not apply")
         rows.append({

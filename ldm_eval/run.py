@@ -19,28 +19,35 @@ import numpy as np
 import torch
 
 from pipelines.atomic import atomic_path
+from pipelines.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
 from pipelines.codebook import codebook_stats
-from pipelines.data import ImageDataset, load_dataset
+from pipelines.data import (
+    STRATIFY_KEYS,
+    ImageDataset,
+    load_dataset,
+    representative_order,
+)
 from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import MIN_LATENT_SIDE, FirstStage, check_factor
 from pipelines.images import save_grid, signed_to_uint8
 from pipelines.pipeline import resolve_device
 from pipelines.results import (
     AutoencoderRecord,
+    ClassifierRecord,
     EnvironmentRecord,
     FidRecord,
     ResultsLog,
     TrainingRecord,
     TrainingSummary,
 )
-from pipelines.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
 from pipelines.training import device_name
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import backend_label, compute_features, kid_from_features, kid_subset_for
-from .reference_cache import CACHEABLE_BACKENDS, reference_features
-from .uncertainty import BOOTSTRAP_RESAMPLES, fid_with_uncertainty
 from .reconstruction import reconstruction_metrics
+from .reference_cache import CACHEABLE_BACKENDS, reference_features
+from .results import FILE_ORDER_DRAW
+from .uncertainty import BOOTSTRAP_RESAMPLES, fid_with_uncertainty
 
 KID_SUBSETS = 50
 KID_SUBSET_SIZE = 1000
@@ -184,7 +191,8 @@ class RunContext:
         return self.settings.out
 
     def reference(self, backend: str, n: int) -> np.ndarray:
-        """Features of the first ``n`` held-out images, computed once and kept for ``--resume``.
+        """Features of the first ``n`` held-out images (a random, stratified draw: ``open_run``),
+        computed once and kept for ``--resume``.
 
         Inception features come from the shared reference cache (``reference_cache``), so any
         run or evaluation against the same images skips the pass; domain-classifier features
@@ -229,7 +237,7 @@ def _classifier(settings: RunSettings, folder: Path, device: torch.device) -> Do
     if (folder / "config.json").is_file():
         return DomainClassifier.load(folder, device)
     train = load_dataset(settings.dataset, settings.resolution, split="train")
-    label_key = next((k for k in ("class", "race") if k in train.labels), None)
+    label_key = next((k for k in STRATIFY_KEYS if k in train.labels), None)
     labels = train.labels[label_key] if label_key else None
     names = train.class_names.get(label_key) if label_key else None
     clf = train_domain_classifier(train.images, labels, steps=settings.classifier_steps, seed=settings.seed,
@@ -258,9 +266,19 @@ def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label
                          "dataset")
     if len(test) < n_needed:
         raise SweepError(f"The held-out split has {len(test)} images; {n_needed} samples need as many.", "fid_samples")
-    if not log.has(EnvironmentRecord):
-        log.append(environment(config, device))
+    begun = log.results.environment
+    if begun is not None and "reference_draw" not in begun.config:  # keep a resumed older run's images
+        draw = FILE_ORDER_DRAW
+    else:
+        test, draw = representative_order(test, settings.seed)
+    if begun is None:
+        log.append(environment({**config, "reference_draw": draw}, device))
     clf = _classifier(settings, settings.out / "domain_classifier", device) if classifier else None
+    if clf is not None and not log.has(ClassifierRecord):  # the report says what the domain features learned
+        key = next((k for k in STRATIFY_KEYS if k in test.labels), None)
+        labels = test.labels[key] if key is not None and clf.config.task == "class" else None
+        log.append(ClassifierRecord(n=len(test), accuracy_on_real=round(clf.accuracy(test.images, labels), 4),
+                                    task=clf.config.task, num_classes=clf.config.num_classes))
     return RunContext(settings, log, device, test, clf)
 
 

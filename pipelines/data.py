@@ -71,6 +71,40 @@ class ImageDataset:
     def subset(self, n: int) -> "ImageDataset":
         return ImageDataset(self.images[:n], self.name, {k: v[:n] for k, v in self.labels.items()}, self.class_names)
 
+    def reordered(self, order: torch.Tensor) -> "ImageDataset":
+        """The same images (and labels) in ``order``."""
+        return ImageDataset(self.images[order], self.name, {k: v[order] for k, v in self.labels.items()},
+                            self.class_names)
+
+
+STRATIFY_KEYS = ("class", "race")  # Fashion-MNIST classes; UTKFace's race (its file names sort by age)
+
+
+def representative_order(dataset: ImageDataset, seed: int) -> tuple[ImageDataset, str]:
+    """The data set shuffled so that *every prefix* is a random draw, stratified by label where there is one.
+
+    Why: reference sets, reconstruction images and grids take the first N images. In file
+    order those are not representative (CIFAR-10 class folders gave 54 airplanes and 10
+    automobiles in the first 64; UTKFace names start with the age, so the first faces are
+    babies). Each label group is shuffled and its i-th member placed at (i + u) / n_group,
+    u uniform: sorting by that interleaves the groups in proportion, so any first N holds
+    each label in its share to within one image. Returns the reordered set and a one-line
+    description for reports.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(dataset)
+    key = next((k for k in STRATIFY_KEYS if k in dataset.labels), None)
+    if key is None:
+        return dataset.reordered(torch.from_numpy(rng.permutation(n))), f"a random draw (seed {seed})"
+    labels = dataset.labels[key].numpy()
+    position = np.empty(n)
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        rank = rng.permutation(len(members))
+        position[members] = (rank + rng.random(len(members))) / len(members)
+    order = np.lexsort((rng.random(n), position))  # ties (equal positions) broken at random
+    return dataset.reordered(torch.from_numpy(order)), f"a random draw (seed {seed}) stratified by {key}"
+
 
 def load_dataset(
     spec: str | os.PathLike, resolution: int, channels: int | None = None, split: Split = "train"

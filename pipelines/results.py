@@ -247,6 +247,8 @@ class ClassifierRecord(Record):
     tag: ClassVar[str] = "classifier"
     n: int
     accuracy_on_real: float
+    task: str = "class"  # "rotation": no labels, so it learned to predict quarter turns (chance 0.25)
+    num_classes: int | None = None
 
     @property
     def key(self) -> str:

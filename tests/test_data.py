@@ -92,3 +92,22 @@ def test_sixteen_bit_png_small_images_and_tiny_sets_are_read_right_and_warned(tm
         warnings.simplefilter("always")
         load_dataset(tmp_path, 16, channels=1, split="all")
     assert [str(w.message) for w in caught if "smaller than" in str(w.message)] == []  # 20 px read at 16: no upscaling
+
+
+def test_representative_order_is_a_seeded_stratified_shuffle() -> None:
+    """Every prefix of the reordered held-out set holds each class in its share (file order did not)."""
+    from pipelines.data import representative_order
+
+    test = load_dataset("fashion-mnist", 16, split="test")
+    drawn, description = representative_order(test, seed=3)
+    assert description == "a random draw (seed 3) stratified by class"
+    assert sorted(drawn.labels["class"].tolist()) == sorted(test.labels["class"].tolist())  # nothing lost
+    for n in (10, 64, 500):
+        counts = np.bincount(drawn.labels["class"][:n].numpy(), minlength=10)
+        assert counts.max() - counts.min() <= 1 + n // 100, (n, counts)
+    again, _ = representative_order(test, seed=3)
+    other, _ = representative_order(test, seed=4)
+    assert (again.images == drawn.images).all() and not (other.images[:64] == drawn.images[:64]).all()
+    unlabelled = type(test)(test.images[:100], "plain")
+    shuffled, description = representative_order(unlabelled, seed=0)
+    assert description == "a random draw (seed 0)" and not (shuffled.images == unlabelled.images).all()

@@ -135,3 +135,31 @@ def test_fid_command_prints_the_interval_and_kid_spread(reference_folder, tmp_pa
     out = capsys.readouterr().out
     assert f"N = {N} vs {N}" in out and "95 % interval" in out and "FID-infinity" in out
     assert f"std over subsets of {N // 2}" in out
+
+
+def test_the_demo_lists_a_users_models_beside_the_zoo_and_compares_them(public_models, tmp_path, capsys) -> None:
+    """``app.py --models DIR_OR_ID``: public-layout folders join the zoo's list and sample in Compare
+    factors beside a zoo model; an offline hub id or a folder that is no pipeline stops start-up
+    with one line."""
+    import app
+    from demo.service import Lab
+
+    ddpm, ldm = public_models
+    lab = Lab(device="cpu", user_models=[str(ddpm), str(ldm)])
+    users = {m.name: m for m in lab.models if m.name.startswith("user/")}
+    assert set(users) == {"user/tiny-ddpm", "user/tiny-ldm-vq"}
+    assert (users["user/tiny-ddpm"].factor, users["user/tiny-ddpm"].kind) == (1, "pixel")
+    assert (users["user/tiny-ldm-vq"].factor, users["user/tiny-ldm-vq"].kind) == (4, "vq")
+    zoo = next(m for m in lab.models if m.name.startswith("models/") and m.condition == "none")
+    rows = lab.compare([zoo.name, "user/tiny-ldm-vq"], "ddim", 2, 0)
+    assert [r.entry.name for r in rows] == [zoo.name, "user/tiny-ldm-vq"]
+    assert rows[1].timed.images.shape[1:3] == (16, 16) and rows[0].timed.images.shape[1] == zoo.resolution
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    for bad, message in (("CompVis/ldm-celebahq-256", "HF_HUB_OFFLINE"), (str(broken), "broken")):
+        with pytest.raises(SystemExit) as exit_info:
+            app.main(["--models", str(ddpm), "--models", bad])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "error: --models:" in err and message in err, err

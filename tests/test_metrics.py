@@ -345,3 +345,16 @@ def test_reconstruction_metrics(fmnist_test):
     assert single.rfid is None and "at least 2" in single.rfid_skipped and single.psnr == math.inf
     with pytest.raises(InputError, match="differ in shape"):
         reconstruction_metrics(real[:2], real[:3])
+
+
+def test_bench_fid_prints_every_runtime_with_the_same_features(tmp_path, capsys):
+    """``bench-fid`` times each way of running the network on real images, and each gives the
+    features of the former PyTorch path to 1e-4 (ONNX Runtime, the CPU default, included)."""
+    from ldm_eval.cli import main
+
+    out = tmp_path / "bench.md"
+    assert main(["bench-fid", "--images", "4", "--rounds", "1", "--batch-size", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "torch (before)" in printed and "onnxruntime" in printed and out.read_text().strip() in printed
+    rows = [line for line in printed.splitlines() if line.startswith("| torch") or line.startswith("| onnx")]
+    assert len(rows) == 3 and all(line.rstrip(" |").endswith("True") for line in rows)

@@ -70,6 +70,8 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
     assert (table["fid"] > 0).all() and (table["samples_per_s"] > 0).all()
     report = (run / "report.md").read_text()
     assert "The paper's numbers" in report and "N=" in report
+    assert results.environment.config["reference_draw"] == "a random draw (seed 0) stratified by class"
+    assert "Reference and evaluation images: a random draw (seed 0) stratified by class." in report
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
 

@@ -29,6 +29,21 @@ def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:
     assert load_pipeline(cfg.out).factor == 1
 
 
+def test_a_time_budget_is_kept_to_within_one_step_and_never_overrun(tmp_path: Path) -> None:
+    """Training stops when the next step would overrun the budget (it once reported 76 s for 60 s)."""
+    budget = 1.5
+    cfg = DiffusionTrainConfig(
+        out=tmp_path / "dm", max_seconds=budget, batch_size=16, factor=1, dataset="fashion-mnist",
+        resolution=16, param_budget=40_000, max_images=256, progress=False,
+    )
+    summary = train_diffusion(cfg).summary
+    step = summary.train_seconds / summary.train_steps
+    assert summary.train_steps >= 1
+    if summary.train_steps >= 3:  # (a machine so loaded that a step takes the whole budget predicts nothing)
+        assert summary.train_seconds <= budget
+        assert budget - summary.train_seconds < 4 * step, (summary.train_seconds, step)  # stopped near the budget
+
+
 def test_evaluation_inside_one_training_run_sees_ema_weights_and_changes_nothing(tmp_path: Path) -> None:
     """The Fig. 6 path: evaluations at milestones of one run, with EMA weights swapped in and then restored."""
     def config(out: Path) -> DiffusionTrainConfig:
