@@ -87,6 +87,9 @@ class BenchFidSettings:
     resolution: int = field(default=32, metadata=help_text("image side before the resize to 299 px"))
     device: str = field(default="cpu", metadata=help_text("cpu or cuda"))
     out: Path | None = field(default=None, metadata=help_text("also write the table as Markdown here"))
+    sensitivity: int = field(default=0, metadata=help_text(
+        "also measure what each FID backend sees: N real images against N others, blurred and JPEG-compressed "
+        "(0 skips it)"))
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -309,19 +312,25 @@ def cmd_bench_train(argv: list[str]) -> int:
 
 
 def cmd_bench_fid(argv: list[str]) -> int:
+    from pipelines.errors import whole_number
     from pipelines.pipeline import resolve_device
 
-    from pipelines.errors import whole_number
-
-    from .bench_fid import run_fid_benchmark
+    from .bench_fid import run_fid_benchmark, run_sensitivity
 
     (cfg,) = parse("python -m ldm_eval bench-fid", [BenchFidSettings], argv)
     whole_number(cfg.images, "images", "The number of images", 2, 100_000)
     whole_number(cfg.rounds, "rounds", "The number of rounds", 1, 1000)
     whole_number(cfg.batch_size, "batch_size", "Batch size", 1, 4096)
+    whole_number(cfg.sensitivity, "sensitivity", "The sensitivity set size", 0, 100_000)
     result = run_fid_benchmark(cfg.images, cfg.rounds, cfg.batch_size, cfg.dataset, cfg.resolution,
                                resolve_device(cfg.device), cfg.out)
     print(result.markdown())
+    if cfg.sensitivity:
+        out = None if cfg.out is None else cfg.out.with_name(cfg.out.stem + "-sensitivity.md")
+        table = run_sensitivity(cfg.dataset, cfg.resolution, cfg.sensitivity, resolve_device(cfg.device), out=out)
+        print(f"\nFID against {cfg.sensitivity} other real images, as they are and degraded "
+              "(x_real: times the real-vs-real FID at this N):\n")
+        print(table.to_markdown(index=False, floatfmt=".4g"))
     return 0
 
 

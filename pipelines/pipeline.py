@@ -320,6 +320,20 @@ def load_pipeline(
     return pipe
 
 
+class _EmptyFp32ListFilter(logging.Filter):
+    """Drops diffusers' "modules ... should be kept in float32: []" warning when the list is empty.
+
+    diffusers (0.42) warns on every ``.to(dtype)`` of a model whose ``_keep_in_fp32_modules`` is
+    an empty list, i.e. when there is nothing to keep in float32: every fp16 model load printed
+    it. A warning that names modules (a non-empty list) still goes through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_EmptyFp32ListFilter())
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -157,3 +157,18 @@ def test_corrupt_weights_give_clear_error(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(PipelineLoadError, match="Could not load"):
         load_pipeline(tmp_path)
+
+
+def test_loading_in_another_precision_prints_no_empty_fp32_warning(tiny_ldm: Path, caplog) -> None:
+    """diffusers warned "modules ... should be kept in float32: []" on every fp16/fp32 cast of a
+    model with nothing to keep in float32; that empty warning is dropped, real ones are not."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="diffusers.models.modeling_utils"):
+        pipe = load_pipeline(tiny_ldm, device="cpu", dtype=torch.float16)
+        logging.getLogger("diffusers.models.modeling_utils").warning(
+            "There are modules in X that should be kept in float32: ['norm'].")
+    assert pipe.unet.dtype == torch.float16
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("kept in float32: []" in m for m in messages)
+    assert any("kept in float32: ['norm']" in m for m in messages)
