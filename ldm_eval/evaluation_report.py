@@ -86,6 +86,8 @@ def _plots(table: pd.DataFrame, out: Path) -> dict[str, Path]:
 def _reference_lines(results: Results) -> list[str]:
     lines = []
     for r in results.of(ReferenceRecord):
+        lines.append(f"- The reference images were resized to the model's {r.resolution} px (short side, bicubic, "
+                     "centre crop) before any feature was taken, as the samples are made at that size.")
         if r.cached:
             saved = f"; computing them took {r.compute_seconds:.1f} s" if r.compute_seconds is not None else ""
             lines.append(f"- {r.source}, N = {r.n}: features read from the reference cache in {r.seconds:.2f} s{saved} "

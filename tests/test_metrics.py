@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 import torch
@@ -36,6 +37,8 @@ from pipelines.images import ImageFormatError, uint8_to_unit
 
 N_INCEPTION = 20
 N_DOMAIN = 1000
+INCEPTION_RISE = 1.5  # calibrated below
+DOMAIN_BLUR_RISE = 1.5
 
 
 def scipy_fid(fa: np.ndarray, fb: np.ndarray) -> float:
@@ -358,3 +361,21 @@ def test_bench_fid_prints_every_runtime_with_the_same_features(tmp_path, capsys)
     assert "torch (before)" in printed and "onnxruntime" in printed and out.read_text().strip() in printed
     rows = [line for line in printed.splitlines() if line.startswith("| torch") or line.startswith("| onnx")]
     assert len(rows) == 3 and all(line.rstrip(" |").endswith("True") for line in rows)
+
+
+def test_inception_sees_blur_and_jpeg_and_the_domain_features_see_blur(inception, domain, classifier):
+    """What each backend sees, on real Fashion-MNIST images: FID against other real images as they
+    are and degraded. Inception (the headline number) rises clearly under blur and heavy JPEG; the
+    domain classifier's features (a semantic measure) rise under strong blur and barely under JPEG."""
+    from ldm_eval.bench_fid import backend_sensitivity
+
+    table = backend_sensitivity(inception["a"], inception["b"], {"inception": lambda x: compute_features(
+        x, "inception", "cpu")})
+    table = pd.concat([table, backend_sensitivity(domain["a"][:500], domain["b"][:500], {
+        "domain": lambda x: compute_features(x, "domain", "cpu", classifier=classifier)})])
+    x_real = {(r.backend, r.images): r.x_real for r in table.itertuples()}
+    print(table.to_string())
+    for how in ("blur radius 1", "blur radius 2", "JPEG quality 10"):
+        assert x_real[("inception", how)] > INCEPTION_RISE, (how, x_real)
+    assert x_real[("domain", "blur radius 2")] > DOMAIN_BLUR_RISE, x_real
+    assert x_real[("domain", "JPEG quality 10")] < x_real[("inception", "JPEG quality 10")], x_real

@@ -19,8 +19,8 @@ MAX_BYTES = 60_000_000
 
 def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
     folders = sorted(p.parent for p in ZOO.glob("*/model_index.json"))
-    # nine pipelines (the Fashion-MNIST f = 32 model left: a 1x1 latent, now refused) and two first stages
-    assert len(folders) >= 9 and len(list(ZOO.glob("first-stage/*/config.json"))) == 2
+    # nine pipelines (the Fashion-MNIST f = 32 model left: a 1x1 latent, now refused) and four first stages
+    assert len(folders) >= 9 and len(list(ZOO.glob("first-stage/*/config.json"))) == 4
     total = sum(f.stat().st_size for f in ZOO.rglob("*") if f.is_file())
     assert total <= MAX_BYTES, f"the zoo holds {total / 1e6:.1f} MB, over the 60 MB cap"
     for folder in folders:
@@ -71,19 +71,21 @@ def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: s
         assert all(r["accuracy"] is None and r["guidance"] is None for r in rows)
 
 
+@pytest.mark.parametrize("factor", [4, 8])
 @pytest.mark.parametrize("kind", ["kl", "vq"])
-def test_shipped_first_stages_load_and_reexport_to_the_same_card(tmp_path: Path, kind: str) -> None:
-    """The first-stage study's f = 4 autoencoders: fp16 weights, finite codebook, card from the committed run."""
+def test_shipped_first_stages_load_and_reexport_to_the_same_card(tmp_path: Path, kind: str, factor: int) -> None:
+    """The first-stage study's f = 4 and 8 autoencoders: fp16 weights, finite codebook, card from the committed run."""
     from safetensors import safe_open
 
     from pipelines.first_stage import FirstStage, load_autoencoder
 
-    name = f"utk64-ae-{kind}-f4"
+    name = f"utk64-ae-{kind}-f{factor}"
     shipped = ZOO / "first-stage" / name
     with safe_open(shipped / "diffusion_pytorch_model.safetensors", "pt") as fh:
         assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"F16"}
     stage = FirstStage(load_autoencoder(shipped).float())
-    assert stage.kind == kind and stage.factor == 4 and stage.latent_shape(64) == (3, 16, 16)
+    side = 64 // factor
+    assert stage.kind == kind and stage.factor == factor and stage.latent_shape(64) == ({4: 3, 8: 4}[factor], side, side)
     card = (shipped / "README.md").read_text()
     assert "PatchGAN" in card and "PSNR" in card and "rFID" in card and "## Licence" in card
     assert ("codebook usage" in card) == (kind == "vq")
