@@ -113,7 +113,7 @@ class CleanInception(nn.Module):
 
     Same normalisation as clean-fid's own ``InceptionV3W``: (x - 128) / 128. ``runtime``
     "auto" runs the network under ONNX Runtime on a CPU where it is installed (same features
-    to ~2e-6 relative, about 2x faster: ``inception_onnx``), else under PyTorch.
+    to ~2e-6 relative, about 1.5x faster: ``inception_onnx``), else under PyTorch.
     """
 
     num_features = INCEPTION_DIM

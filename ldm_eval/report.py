@@ -171,7 +171,8 @@ def render_report(run_dir: Path) -> Path:
         "'clean' resize, which rise clearly under blur and compression artefacts. FID is biased upward at small N, so "
         "read it with its 95 % interval, `fid_inf` (extrapolated to infinite N) and KID beside it, and compare only "
         "at equal N. `domain` is a *semantic* measure: the features of a small classifier trained on this data set "
-        "(cheap, so larger N), which see what the images show but are nearly blind to blur and JPEG artefacts. "
+        "(cheap, so larger N): what that classifier learned to tell apart, not comparable across data sets or with "
+        "published numbers. "
         + classifier_sentence(results) + " Reference images are the held-out split. Sampling uses DDIM (eta 0); "
         "throughput is measured after a warm-up.",
         "",
