@@ -133,7 +133,8 @@ def dataset_classes(data: ImageDataset) -> tuple[tuple[str, ...], torch.Tensor]:
         labels = torch.where((race >= 0) & (gender >= 0), race * 2 + gender, torch.full_like(race, -1))
         return utk_class_names(), labels
     raise ConditionError(
-        f"The data set '{data.name}' has no labels to condition on (Fashion-MNIST classes or UTKFace file names)."
+        f"The data set '{data.name}' has no labels to condition on. Labels come from Fashion-MNIST's classes, "
+        "UTKFace file names (AGE_GENDER_RACE_...jpg) or class subfolders (FOLDER/cat/*.jpg, FOLDER/dog/*.jpg)."
     )
 
 
@@ -145,7 +146,8 @@ def dataset_captions(data: ImageDataset) -> list[str]:
     if all(k in data.labels for k in ("age", "gender", "race")):
         ages, genders, races = (data.labels[k].tolist() for k in ("age", "gender", "race"))
         return [person_caption(a, g, r) if a >= 0 and g >= 0 else "" for a, g, r in zip(ages, genders, races)]
-    raise ConditionError(f"The data set '{data.name}' has no labels to write captions from.")
+    raise ConditionError(f"The data set '{data.name}' has no labels to write captions from: use class subfolders "
+                         "(FOLDER/cat/*.jpg gives 'a photo of a cat'), UTKFace file names or Fashion-MNIST.")
 
 
 # --- the text side -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Data sets as in-memory uint8 tensors: Fashion-MNIST, any image folder, UTKFace labels.
+"""Data sets as in-memory uint8 tensors: Fashion-MNIST, any image folder, class-folder or UTKFace labels.
 
 Small research data sets fit in memory once decoded and resized; holding them as one
 uint8 tensor makes every later stage (latent cache, FID reference sets, the demo's picker)
@@ -217,13 +217,31 @@ def load_image(path: Path, resolution: int, channels: int) -> np.ndarray:
     return fit_square(open_image_8bit(path, channels), resolution)
 
 
+def folder_classes(root: Path, files: list[Path]) -> list[str]:
+    """The class folders of ``root`` in torchvision's ``ImageFolder`` layout, else [].
+
+    The layout is ``root/<class>/**/<image>``: every file inside a subfolder, at least two
+    such subfolders. The classes are the sorted subfolder names taken over *all* files, so
+    the train and test splits number the classes alike.
+    """
+    tops = {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
+    at_root = any(len(f.relative_to(root).parts) == 1 for f in files)
+    return sorted(tops) if len(tops) >= 2 and not at_root else []
+
+
+def class_label(folder: str) -> str:
+    """A class folder's name as people write it: 'ankle_boot' -> 'ankle boot'."""
+    return " ".join(folder.replace("_", " ").split()) or folder
+
+
 def load_image_folder(root: Path, resolution: int, channels: int, split: Split) -> ImageDataset:
     if not root.exists():
         raise DatasetError(f"Data set path '{root}' does not exist (use 'fashion-mnist' or a folder of images).")
     if not root.is_dir():
         raise DatasetError(f"Data set path '{root}' is not a folder of images.")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    arrays, names, skipped, seen = [], [], [], set()
+    class_folders = folder_classes(root, files)
+    arrays, names, folders, skipped, seen = [], [], [], [], set()
     duplicates = in_split = upscaled = 0
     smallest = resolution
     for path in tqdm(files, desc=f"Reading {root.name} ({split})", unit="file", leave=False, disable=len(files) < 500):
@@ -242,6 +260,7 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
             arrays.append(fit_square(img, resolution))
             seen.add(digest)
             names.append(path.name)
+            folders.append(path.relative_to(root).parts[0])
         except UNREADABLE_IMAGE_ERRORS:
             skipped.append(path.name)
     if skipped:
@@ -270,6 +289,10 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
     if duplicates:
         log.info("Dropped %d byte-identical duplicate image(s) in %s.", duplicates, root)
     dataset = ImageDataset(images=torch.from_numpy(np.stack(arrays)), name=root.name)
+    if class_folders:
+        dataset.labels["class"] = torch.tensor([class_folders.index(f) for f in folders], dtype=torch.int64)
+        dataset.class_names["class"] = tuple(class_label(f) for f in class_folders)
+        return dataset
     parsed = [parse_utkface_name(n) for n in names]
     if sum(p is not None for p in parsed) >= 0.5 * len(parsed):
         for key in ("age", "gender", "race"):

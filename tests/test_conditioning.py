@@ -215,6 +215,45 @@ def test_face_folder_captions_classes_and_a_text_model(tmp_path: Path) -> None:
     assert images.shape == (2, 16, 16, 3)
 
 
+def test_class_folders_are_labels_for_class_and_text_models(tmp_path: Path) -> None:
+    """The ImageFolder layout (FOLDER/<class>/*.jpg) labels a folder: classes and captions from the folder names."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pets"
+    colours = {"cat": (220, 60, 60), "dog": (60, 60, 220), "ankle_boot": (60, 200, 60)}
+    for name, colour in colours.items():
+        (root / name / "more").mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+            where = root / name / ("more" if i % 3 == 0 else "") / f"{name}{i}.png"  # nested files count too
+            Image.fromarray(pixels).save(where)
+    train, test = load_dataset(root, 16, split="train"), load_dataset(root, 16, split="test")
+    assert train.class_names["class"] == test.class_names["class"] == ("ankle boot", "cat", "dog")
+    assert len(train) + len(test) == 36
+    for data in (train, test):  # each image's label is its folder: the folders differ in colour
+        red = data.images[:, 0].float().mean(dim=(1, 2))
+        assert ((red > 150) == (data.labels["class"] == 1)).all()
+    names, labels = dataset_classes(train)
+    assert names == ("ankle boot", "cat", "dog") and labels.min() >= 0
+    captions = dataset_captions(train)
+    assert set(captions) <= {"a photo of an ankle boot", "a photo of a cat", "a photo of a dog"}
+    assert {captions[i] for i in range(len(train)) if labels[i] == 1} == {"a photo of a cat"}
+
+    (root / "stray.png").write_bytes((root / "cat" / "cat1.png").read_bytes())  # a file at the top: no layout
+    assert "class" not in load_dataset(root, 16, split="all").labels
+
+    (root / "stray.png").unlink()
+    out = tmp_path / "pets-class"
+    assert run_cli("train-diffusion", "--factor", 1, "--dataset", root, "--resolution", 16, "--max-steps", 3,
+                   "--batch-size", 4, "--param-budget", 20000, "--condition", "class", "--out", out) == 0
+    pipe = load_pipeline(out)
+    images = pipe(num_images=2, num_inference_steps=2, seed=0, labels=["cat", "ankle boot"], guidance_scale=2.0).images
+    assert images.shape == (2, 16, 16, 3)
+    with pytest.raises(ConditionError, match="cat, dog"):
+        pipe(num_images=1, num_inference_steps=2, seed=0, labels=["horse"])
+
+
 @pytest.mark.parametrize("condition", ["class", "text"])
 def test_conditional_training_resumes_bit_for_bit(tmp_path: Path, condition: str) -> None:
     """Condition dropout draws from the step's generator too, so a resumed run matches an unbroken one."""
