@@ -130,6 +130,10 @@ class DomainClassifier(nn.Module):
         out = self._batched(images_uint8, self.penultimate, batch_size)
         return out.double().numpy().reshape(-1, self.config.feature_dim)
 
+    def probabilities(self, images_uint8: torch.Tensor | np.ndarray, batch_size: int = 512) -> torch.Tensor:
+        """Class probabilities (N, classes), float32: how sure the classifier is of each image."""
+        return self._batched(images_uint8, self.forward, batch_size).float().softmax(dim=1)
+
     def predict(self, images_uint8: torch.Tensor | np.ndarray, batch_size: int = 512) -> torch.Tensor:
         """Predicted labels (int64); for a rotation model, the predicted quarter turn."""
         return self._batched(images_uint8, self.forward, batch_size).argmax(dim=1).long()

@@ -18,6 +18,7 @@ from pipelines.first_stage import AUTOENCODER_KINDS, MIN_LATENT_SIDE
 from .run import RunContext, RunSettings, Sweep, SweepError, autoencoder_cell, help_text, open_run
 
 NO_GAN = "no-gan"
+GAN_FROM = "gan-from-"
 
 
 @dataclass
@@ -32,6 +33,9 @@ class FirstStageSettings:
         "factors trained a second time without the adversarial term (same budget)"))
     no_gan_kinds: list[str] = field(default_factory=lambda: ["kl"], metadata=help_text(
         "kinds trained without the adversarial term at those factors"))
+    gan_start_shares: list[float] = field(default_factory=list, metadata=help_text(
+        "extra points (shares of the budget, e.g. 0.3) to switch the adversarial term on at, for the same "
+        "factors and kinds: a longer adversarial phase than the default one"))
     rfid_samples: int = field(default=1000, metadata=help_text("held-out images for rFID/KID (0 skips them)"))
     grid_images: int = field(default=8, metadata=help_text("held-out images in every reconstruction grid"))
 
@@ -41,6 +45,9 @@ class FirstStageSettings:
                 raise SweepError(f"Unknown autoencoder kind {kind!r}; choose kl and/or vq.", "kinds")
         if 1 in self.factors:
             raise SweepError("f = 1 has no autoencoder; give factors of 2 and more.", "factors")
+        if any(not 0 <= share < 1 for share in self.gan_start_shares):
+            raise SweepError(f"Adversarial start points are shares of the budget from 0 to below 1 "
+                             f"(got {self.gan_start_shares}).", "gan_start_shares")
         if self.rfid_samples == 1 or self.rfid_samples < 0:
             raise SweepError("rFID needs at least 2 images (0 skips it).", "rfid_samples")
         if not 1 <= self.grid_images <= 64:
@@ -54,7 +61,8 @@ PRESETS: dict[str, tuple[RunSettings, FirstStageSettings]] = {
     # for tests and CI: every code path (KL and VQ, GAN on and off, rFID), tiny sizes, seconds on 2 CPU cores
     "ae-smoke": (RunSettings(budget="steps", ae_budget=6, ae_batch_size=4, ae_base_width=8, ae_disc_weight=0.5,
                              max_images=64, fid_samples=12, sample_batch=12, ae_codebook_size=32),
-                 FirstStageSettings(factors=[4, 8], no_gan_factors=[4], rfid_samples=6, grid_images=4)),
+                 FirstStageSettings(factors=[4, 8], no_gan_factors=[4], gan_start_shares=[0.3], rfid_samples=6,
+                                    grid_images=4)),
     # UTKFace faces at 64 px on 2 CPU cores: 1,100 steps (under 10 minutes on an idle machine) per
     # autoencoder, cosine learning rate from 2e-3, patch GAN at weight 0.1 from 60 % of the budget, rFID on
     # 1,000 held-out faces; f = 4, 8, 16 (add 2 and 32 with --factors 2,4,8,16,32). Equal steps rather than
@@ -82,7 +90,23 @@ def cells(cfg: FirstStageSweep) -> list[tuple[str, int, str]]:
     fits = [f for f in cfg.sweep.factors if cfg.run.resolution // f >= MIN_LATENT_SIDE]
     out = [(kind, f, "") for f in fits for kind in cfg.sweep.kinds]
     out += [(kind, f, NO_GAN) for f in fits if f in cfg.sweep.no_gan_factors for kind in cfg.sweep.no_gan_kinds]
+    out += [(kind, f, gan_variant(share)) for share in cfg.sweep.gan_start_shares for f in fits
+            if f in cfg.sweep.no_gan_factors for kind in cfg.sweep.no_gan_kinds]
     return out
+
+
+def gan_variant(share: float) -> str:
+    """The variant name of a model whose adversarial term starts at ``share`` of the budget: 'gan-from-0.3'."""
+    return f"{GAN_FROM}{share:g}"
+
+
+def variant_overrides(variant: str) -> dict[str, float]:
+    """The trainer settings a variant changes."""
+    if variant == NO_GAN:
+        return {"disc_weight": 0.0}
+    if variant.startswith(GAN_FROM):
+        return {"disc_start_share": float(variant.removeprefix(GAN_FROM))}
+    return {}
 
 
 def run_first_stage_sweep(cfg: FirstStageSweep) -> Path:
@@ -99,6 +123,6 @@ def run_first_stage_sweep(cfg: FirstStageSweep) -> Path:
                                classifier=False)
     for kind, factor, variant in todo:
         print(f"== {kind} f={factor}{' ' + variant if variant else ''} ==", flush=True)
-        overrides = {"disc_weight": 0.0} if variant == NO_GAN else {}
-        autoencoder_cell(ctx, kind, factor, cfg.sweep.rfid_samples, variant, cfg.sweep.grid_images, **overrides)
+        autoencoder_cell(ctx, kind, factor, cfg.sweep.rfid_samples, variant, cfg.sweep.grid_images,
+                         **variant_overrides(variant))
     return ctx.out

@@ -18,7 +18,7 @@ from diffusers import VQModel
 from torch import nn
 
 from .checkpoint import TrainState
-from .codebook import CodebookKeeper
+from .codebook import CodebookKeeper, nearest_codes
 from .discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss, patch_layers
 from .first_stage import (
     Autoencoder,
@@ -64,9 +64,14 @@ class AutoencoderTrainConfig(TrainConfig):
     base_width: int = 16  # scales every width of the autoencoder (the paper's is 128)
     layers_per_block: int = 1
     codebook_size: int = 512  # VQ only
+    # VQ only. diffusers' VectorQuantizer weighs the encoder's commitment 1 and the codebook 0.25 (the
+    # original VQGAN code's swapped beta, kept for compatibility); VQ-VAE's intended commitment is 0.25.
+    commitment_weight: float = 0.25
+    codebook_ema: float | None = None  # VQ only: learn the codes as running means with this decay (e.g. 0.99)
     kl_weight: float = 1e-6  # the paper's KL weight: a barely regularised, near-deterministic latent
     disc_weight: float = 0.1  # the paper's is 0.5 (for 100k+ steps); 0 trains without the adversarial term
-    disc_start: int | None = None  # step that switches the discriminator on; None: half the budget
+    disc_start: int | None = None  # step that switches the discriminator on; None: disc_start_share of the budget
+    disc_start_share: float = DISC_START_SHARE  # used when disc_start is None
     disc_width: int = 32  # the PatchGAN's first width (the paper's ndf is 64; half suits our narrow autoencoders)
     perceptual_weight: float = 0.0  # LPIPS; needs the VGG16 weights in the local torch cache
 
@@ -80,10 +85,16 @@ class AutoencoderTrainConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         self.spec(self.channels or 3).validate()
+        if not 0 <= self.disc_start_share < 1:
+            raise TrainingError(f"The discriminator's start share of the budget must be from 0 to below 1 "
+                                f"(got {self.disc_start_share}).", "disc_start_share")
         if self.disc_start is not None and self.disc_start < 0:
             raise TrainingError(f"The discriminator's start step cannot be negative (got {self.disc_start}).",
                                 "disc_start")
-        for name in ("disc_weight", "perceptual_weight", "kl_weight"):
+        if self.codebook_ema is not None and not 0 < self.codebook_ema < 1:
+            raise TrainingError(f"The codebook's EMA decay must be between 0 and 1 (got {self.codebook_ema}).",
+                                "codebook_ema")
+        for name in ("disc_weight", "perceptual_weight", "kl_weight", "commitment_weight"):
             value = getattr(self, name)
             if not 0 <= value <= 1e3:
                 raise TrainingError(f"{name.replace('_', ' ').capitalize()} must be from 0 to 1000 (got {value}).",
@@ -99,22 +110,27 @@ class AutoencoderTrainConfig(TrainConfig):
         if self.disc_start is not None:
             return state.step >= self.disc_start
         if self.max_steps is not None:
-            return state.step >= int(DISC_START_SHARE * self.max_steps)
-        return state.seconds >= DISC_START_SHARE * float(self.max_seconds or 0)
+            return state.step >= int(self.disc_start_share * self.max_steps)
+        return state.seconds >= self.disc_start_share * float(self.max_seconds or 0)
 
     def losses(self) -> str:
         """Which terms train the model, for reports: e.g. 'L1 + KL(1e-06) + PatchGAN(hinge, weight 0.5, from step 400)'."""
         terms = ["L1"]
         if self.perceptual_weight:
             terms.append(f"LPIPS({self.perceptual_weight:g})")
-        terms.append(f"KL({self.kl_weight:g})" if self.kind == "kl" else "VQ(codebook + commitment)")
+        if self.kind == "kl":
+            terms.append(f"KL({self.kl_weight:g})")
+        elif self.codebook_ema is not None:
+            terms.append(f"VQ(EMA codebook {self.codebook_ema:g} + commitment {self.commitment_weight:g})")
+        else:
+            terms.append(f"VQ(codebook + commitment {self.commitment_weight:g})")
         if self.disc_weight:
             if self.disc_start is not None:
                 start = f"step {self.disc_start}"
             elif self.max_steps is not None:
-                start = f"step {int(DISC_START_SHARE * self.max_steps)}"
+                start = f"step {int(self.disc_start_share * self.max_steps)}"
             else:
-                start = f"{DISC_START_SHARE * float(self.max_seconds or 0):g} s"
+                start = f"{self.disc_start_share * float(self.max_seconds or 0):g} s"
             terms.append(f"PatchGAN(hinge, weight {self.disc_weight:g}, from {start})")
         return " + ".join(terms)
 
@@ -142,7 +158,12 @@ class FirstStageObjective(nn.Module):
         self.kl_weight, self.disc_weight = cfg.kl_weight, cfg.disc_weight
         self.disc = (PatchDiscriminator(image_channels, cfg.disc_width, patch_layers(cfg.resolution))
                      if cfg.disc_weight else None)
-        self.keeper = CodebookKeeper(cfg.codebook_size) if isinstance(vae, VQModel) else None
+        self.keeper = (CodebookKeeper(cfg.codebook_size, ema_decay=cfg.codebook_ema,
+                                      latent_channels=vae.config.latent_channels)
+                       if isinstance(vae, VQModel) else None)
+        self.commitment_weight = cfg.commitment_weight
+        if self.keeper is not None and cfg.codebook_ema is not None:
+            vae.quantize.embedding.weight.requires_grad_(False)  # moved by the keeper, not by the optimiser
         self.perceptual_weight = cfg.perceptual_weight
         # Kept out of the module tree (a tuple, not an attribute module): frozen, never checkpointed.
         self._perceptual: tuple[nn.Module, ...] = ()
@@ -151,7 +172,7 @@ class FirstStageObjective(nn.Module):
         self._perceptual = (net,)
 
     def param_groups(self) -> list[dict]:
-        groups: list[dict] = [{"params": list(self.vae.parameters())}]
+        groups: list[dict] = [{"params": [p for p in self.vae.parameters() if p.requires_grad]}]
         if self.disc is not None:  # the paper's Adam betas for the GAN game
             groups.append({"params": list(self.disc.parameters()), "betas": (0.5, 0.9)})
         return groups
@@ -164,8 +185,15 @@ class FirstStageObjective(nn.Module):
             latents = vae.encode(x).latents
             assert self.keeper is not None
             self.keeper.update(vae, latents, step, generator)
-            quant, commit, _ = vae.quantize(latents)
-            return vae.decode(quant, force_not_quantize=True).sample, commit.float().mean()
+            codes = vae.quantize.embedding.weight
+            chosen = codes[nearest_codes(vae, latents)].view(latents.shape[0], *latents.shape[2:], -1)
+            chosen = chosen.permute(0, 3, 1, 2)
+            # Our own VQ loss rather than the quantiser's, whose weights are swapped (see commitment_weight).
+            regulariser = self.commitment_weight * (latents - chosen.detach()).pow(2).mean()
+            if codes.requires_grad:
+                regulariser = regulariser + (chosen - latents.detach()).pow(2).mean()
+            quant = latents + (chosen - latents).detach()  # straight-through
+            return vae.decode(quant, force_not_quantize=True).sample, regulariser.float()
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=generator)).sample
         kl = posterior.kl().mean() / x[0].numel()  # per pixel, to match the per-pixel L1

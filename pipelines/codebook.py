@@ -10,6 +10,11 @@ improved VQGAN") are written here because diffusers does not ship them: initiali
 codes from encoder outputs, and replace codes whose running usage has fallen to nothing
 by encoder outputs of the current batch. Both are deterministic given the step's
 generator, so a resumed run stays bit-exact.
+
+Optionally the codes are not learned by gradient at all but as running (EMA) means of the
+encoder outputs assigned to them (van den Oord et al. 2017, appendix; the k-means view of
+VQ): every code moves straight to the centre of its cluster instead of taking small
+gradient steps, which is what a short training budget needs.
 """
 from __future__ import annotations
 
@@ -46,15 +51,20 @@ def _pick(vectors: torch.Tensor, n: int, generator: torch.Generator) -> torch.Te
 class CodebookKeeper(nn.Module):
     """Running code usage (a buffer, so checkpoints carry it) and the two remedies above."""
 
-    def __init__(self, codebook_size: int, reseed_every: int = 20):
+    def __init__(self, codebook_size: int, reseed_every: int = 20, ema_decay: float | None = None,
+                 latent_channels: int = 1):
         super().__init__()
         self.reseed_every = reseed_every
+        self.ema_decay = ema_decay  # None: the codes are learned by gradient (the codebook loss term)
         self.register_buffer("usage", torch.zeros(codebook_size))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        if ema_decay is not None:
+            self.register_buffer("ema_count", torch.zeros(codebook_size))
+            self.register_buffer("ema_sum", torch.zeros(codebook_size, latent_channels))
 
     @torch.no_grad()
     def update(self, vae: VQModel, latents: torch.Tensor, step: int, generator: torch.Generator) -> None:
-        """Call before quantising a training batch: initialise, count, re-seed dead codes.
+        """Call before quantising a training batch: initialise, count, move codes (EMA), re-seed dead codes.
 
         With several processes the counts are summed over every rank's batch and rank 0's
         codebook is broadcast after any change, so the ranks' codebooks never drift apart
@@ -69,12 +79,20 @@ class CodebookKeeper(nn.Module):
             codes.copy_(_pick(vectors, size, generator).to(codes.dtype))
             self.initialised.fill_(True)
             changed = True
-        counts = torch.bincount(nearest_codes(vae, latents.detach()), minlength=size).float()
+        index = nearest_codes(vae, latents.detach())
+        counts = torch.bincount(index, minlength=size).float()
         seen = vectors.shape[0]
+        sums = torch.zeros(size, vectors.shape[1], device=vectors.device).index_add_(0, index, vectors) \
+            if self.ema_decay is not None else None
         if distributed:
             dist.all_reduce(counts)
+            if sums is not None:
+                dist.all_reduce(sums)
             seen *= dist.get_world_size()
         self.usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
+        if sums is not None:
+            self._ema_step(codes, counts, sums, fresh=changed)
+            changed = True
         if step > 0 and step % self.reseed_every == 0:
             dead = self.usage < DEAD_SHARE * seen / size
             n_dead = int(dead.sum())
@@ -82,8 +100,22 @@ class CodebookKeeper(nn.Module):
                 codes[dead] = _pick(vectors, n_dead, generator).to(codes.dtype)
                 self.usage[dead] = seen / size  # a fresh code gets a grace period
                 changed = True
+                if self.ema_decay is not None:  # the re-seeded codes restart their running means
+                    self.ema_count[dead] = 0.0
+                    self.ema_sum[dead] = 0.0
         if distributed and changed:
             dist.broadcast(codes, src=0)
+
+    def _ema_step(self, codes: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, fresh: bool) -> None:
+        """Move every used code towards the mean of the vectors assigned to it (running, decayed)."""
+        decay = float(self.ema_decay)  # type: ignore[arg-type]
+        if fresh:  # right after initialisation: start the running sums at the codes themselves
+            self.ema_count.fill_(0.0)
+            self.ema_sum.zero_()
+        self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        used = self.ema_count > 1e-6
+        codes[used] = (self.ema_sum[used] / self.ema_count[used, None]).to(codes.dtype)
 
 
 @dataclass

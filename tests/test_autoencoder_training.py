@@ -84,6 +84,42 @@ def test_dead_codes_are_reseeded_from_the_batch() -> None:
     assert vae.quantize.embedding.weight[3].abs().max() < 1e3
 
 
+def test_ema_codebook_moves_codes_to_their_cluster_means() -> None:
+    """With an EMA codebook every used code is the running mean of the vectors assigned to it, and takes no gradient."""
+    obj = _objective("vq", codebook_size=16, codebook_ema=0.5)
+    vae, keeper = obj.vae, obj.keeper
+    assert not vae.quantize.embedding.weight.requires_grad
+    assert all(p is not vae.quantize.embedding.weight for g in obj.param_groups() for p in g["params"])
+    latents = vae.encode(_faces(8)).latents
+    for step in range(6):  # the same batch again and again: k-means steps on it
+        keeper.update(vae, latents, step, torch.Generator().manual_seed(step))
+    vectors = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    codes = vae.quantize.embedding.weight
+    index = torch.cdist(vectors, codes).argmin(1)
+    for code in index.unique()[:5]:  # each used code sits near the mean of its members
+        members = vectors[index == code].mean(0)
+        assert torch.dist(codes[code], members) < 0.2 * vectors.std() + 1e-4
+    loss = obj(_faces(8), torch.Generator().manual_seed(0), step=7, adversarial=False)
+    loss.backward()  # the commitment term trains the encoder; the codes stay out of the optimiser
+    assert vae.quantize.embedding.weight.grad is None and vae.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert "EMA codebook 0.5 + commitment 0.25" in AutoencoderTrainConfig(
+        out=Path("x"), max_steps=1, kind="vq", codebook_ema=0.5).losses()
+
+
+def test_commitment_weight_scales_only_the_encoders_pull() -> None:
+    """Our VQ loss: commitment_weight x |z - sg(e)|^2 + |sg(z) - e|^2 (diffusers' quantiser swaps the two weights)."""
+    x = _faces(8)
+    grads = {}
+    for weight in (0.25, 1.0):
+        obj = _objective("vq", codebook_size=16, commitment_weight=weight, disc_weight=0.0)
+        obj.keeper.update(obj.vae, obj.vae.encode(x).latents, 0, torch.Generator().manual_seed(0))
+        _, regulariser = obj.reconstruct_for_training(x, torch.Generator().manual_seed(0), 1)
+        regulariser.backward()
+        grads[weight] = (obj.vae.quantize.embedding.weight.grad.clone(), obj.vae.encoder.conv_in.weight.grad.clone())
+    torch.testing.assert_close(grads[0.25][0], grads[1.0][0])  # the codebook term does not change
+    torch.testing.assert_close(4 * grads[0.25][1], grads[1.0][1])  # the encoder's pull scales with the weight
+
+
 def test_architecture_follows_the_papers_configs() -> None:
     for factor, mults in CHANNEL_MULTIPLIERS.items():
         spec = AutoencoderSpec(factor=factor, resolution=64, base_width=8)
@@ -159,17 +195,20 @@ def test_first_stage_study_writes_tab8_and_resumes(tmp_path: Path, capsys: pytes
         assert column in table.columns, column
     rows = {(r.kind, r.factor, r.variant) for r in table.itertuples()}
     assert rows == {("kl", 4, "default"), ("vq", 4, "default"), ("kl", 8, "default"), ("vq", 8, "default"),
-                    ("kl", 4, "no-gan")}
+                    ("kl", 4, "no-gan"), ("kl", 4, "gan-from-0.3")}
     vq = table[table.kind == "vq"]
     assert vq["codebook_usage"].between(0, 1).all() and (vq["codebook_size"] == 32).all()
     assert table["codebook_usage"][table.kind == "kl"].isna().all()
     assert (table["rfid_samples"] == 6).all() and table["rfid"].notna().all()
     no_gan = table[table.variant == "no-gan"]["losses"].iloc[0]
     assert "PatchGAN" not in no_gan and "PatchGAN" in table[table.variant == "default"]["losses"].iloc[0]
+    assert "from step 3" in table[table.variant == "default"]["losses"].iloc[0]  # 60 % of 6 steps
+    assert "from step 1" in table[table.variant == "gan-from-0.3"]["losses"].iloc[0]  # 30 % of 6 steps
     report = (out / "report.md").read_text()
     assert "The paper's Tab. 8" in report and "recon-kl-f4-no-gan.png" in report
+    assert "- KL f = 4: with the GAN (gan-from-0.3 of the budget) PSNR" in report
     assert sorted(p.name for p in (out / "grids").iterdir()) == [
-        "recon-kl-f4-no-gan.png", "recon-kl-f4.png", "recon-kl-f8.png", "recon-vq-f4.png", "recon-vq-f8.png"]
+        "recon-kl-f4-gan-from-0.3.png", "recon-kl-f4-no-gan.png", "recon-kl-f4.png", "recon-kl-f8.png", "recon-vq-f4.png", "recon-vq-f8.png"]
     lines = (out / "results.jsonl").read_text()
     capsys.readouterr()
     assert run_cli("ae-sweep", "--preset", "ae-smoke", "--out", out, "--resume") == 0

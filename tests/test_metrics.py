@@ -30,7 +30,7 @@ from ldm_eval.fid import (
     torchmetrics_fid,
 )
 from ldm_eval.reconstruction import reconstruction_metrics
-from pipelines.data import load_dataset
+from pipelines.data import FASHION_MNIST_CLASSES, load_dataset
 from pipelines.errors import InputError
 from pipelines.fidelity import psnr, ssim
 from pipelines.images import ImageFormatError, uint8_to_unit
@@ -81,7 +81,8 @@ def inception(fmnist_test):
 
 @pytest.fixture(scope="module")
 def classifier(fmnist_train) -> DomainClassifier:
-    return train_domain_classifier(fmnist_train.images, fmnist_train.labels["class"], steps=300, batch_size=128, seed=0)
+    return train_domain_classifier(fmnist_train.images, fmnist_train.labels["class"], steps=300, batch_size=128, seed=0,
+                                   class_names=FASHION_MNIST_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -379,3 +380,21 @@ def test_each_backends_fid_rises_under_blur_and_jpeg(inception, domain, classifi
         assert x_real[("inception", how)] > inception_rise, (how, x_real)
         assert x_real[("domain", how)] > domain_rise, (how, x_real)
     assert x_real[("inception", "blur radius 2")] > x_real[("inception", "blur radius 1")]  # more blur, higher
+
+
+def test_recognisability_sees_real_images_one_class_and_noise(classifier, fmnist_test):
+    """Real images pass the zoo's bar; a model that draws one class, or noise, does not."""
+    from ldm_eval.recognisability import recognisability
+
+    real = fmnist_test.images[:500]
+    scores = recognisability(real, classifier, real_uint8=fmnist_test.images[500:1000])
+    assert set(scores.class_shares) == set(FASHION_MNIST_CLASSES)
+    assert abs(sum(scores.class_shares.values()) - 1) < 1e-6
+    assert all(0.05 <= v <= 0.2 for v in scores.class_shares.values()), scores  # a stratified-ish real draw
+    assert scores.confident_share > 0.6 and abs(scores.confident_share - scores.real_confident_share) < 0.1
+    trousers = fmnist_test.images[fmnist_test.labels["class"] == 1][:200]
+    one_class = recognisability(trousers, classifier)
+    assert one_class.class_shares["trouser"] > 0.9 and not one_class.meets_bar()
+    noise = recognisability(noise_like(real[:200], seed=3), classifier)
+    assert noise.confident_share < scores.confident_share and not noise.meets_bar()
+    assert "of 200 samples assigned to one class" in noise.sentence()
