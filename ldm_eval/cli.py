@@ -302,6 +302,15 @@ def cmd_export_zoo(argv: list[str]) -> int:
     return 0
 
 
+def cmd_build_zoo(argv: list[str]) -> int:
+    from .zoo_build import ZooBuildSettings, build_zoo
+
+    (cfg,) = parse("python -m ldm_eval build-zoo", [ZooBuildSettings], argv)
+    zoo = build_zoo(cfg)
+    print(f"\nThe zoo in '{cfg.models}' holds {len(zoo)} model(s).")
+    return 0
+
+
 def cmd_bench_train(argv: list[str]) -> int:
     from .benchmark import run_train_benchmark
 
@@ -344,6 +353,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sample": (cmd_sample, "write N samples of a trained model as PNG files"),
     "fid": (cmd_fid, "FID (and KID) between two folders of images"),
     "report": (cmd_report, "re-render a run folder's report from its stored results"),
+    "build-zoo": (cmd_build_zoo, "train, measure and export the demo's whole model zoo (resumable)"),
     "export-zoo": (cmd_export_zoo, "copy a sweep's models as fp16 with model cards (the demo's zoo)"),
     "bench-train": (cmd_bench_train, "training speed and memory for every factor (prints a table)"),
     "bench-fid": (cmd_bench_fid, "Inception feature extraction: images/s of each way of running it (prints a table)"),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines.errors import InputError
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.first_stage import load_autoencoder
 from pipelines.pipeline import load_pipeline
@@ -72,6 +73,8 @@ def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows
     licence = FASHION_LICENCE if facts.dataset == "fashion-mnist" else UTKFACE_LICENCE
     command = "cond-sweep" if facts.condition != "none" else "sweep"
     preset = env.config.get("preset") if env else None
+    made_by = (f"python -m ldm_eval build-zoo (zoo part {preset.removeprefix('zoo-')})"
+               if preset and preset.startswith("zoo-") else f"python -m ldm_eval {command} --preset {preset}")
     lines = [
         f"# {name}", "",
         f"LDM Lab {'pixel-space DDPM' if facts.factor == 1 else 'latent diffusion model'}, factor f = {facts.factor} "
@@ -80,7 +83,8 @@ def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows
         f"- training: {facts.train_steps} steps, batch {facts.batch_size}, {facts.train_seconds:.0f} s on "
         f"{facts.device_name} ({facts.train_images_per_s:.0f} images/s), seed {facts.seed}",
         f"- parameters: UNet {facts.unet_params:,}, autoencoder {facts.ae_params:,}",
-        f"- produced by `python -m ldm_eval {command} --preset {preset}` "
+        f"- images seen in training: {facts.train_images:,}",
+        f"- produced by `{made_by}` "
         f"(torch {env.torch if env else None}, diffusers {env.diffusers if env else None}); weights stored in fp16",
     ]
     if facts.condition != "none":
@@ -98,10 +102,12 @@ def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows
     return "\n".join(lines)
 
 
-def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = None) -> list[Path]:
+def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = None,
+               max_mb: float | None = None) -> list[Path]:
     """Copy the models of ``run_dir`` (all, or those named in ``only``) into ``out/PREFIX-NAME`` as fp16.
 
-    Diffusion pipelines and stand-alone autoencoders (the first-stage study's) alike.
+    Diffusion pipelines and stand-alone autoencoders (the first-stage study's) alike. A model
+    folder over ``max_mb`` megabytes fails with a clear error and is not written.
     """
     run_dir, out = Path(run_dir), Path(out)
     results = read_results(run_dir)
@@ -125,8 +131,23 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
             rows_json = {"run": str(run_dir), "rows": [dataclasses.asdict(r) for r in rows]}
             write_json_atomic(tmp / "metrics.json", rows_json)
             write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae))
+            _check_size(tmp, name, max_mb)
         written.append(target)
     return written
+
+
+class ExportSizeError(InputError):
+    """An exported model folder is over its size budget."""
+
+
+def _check_size(folder: Path, name: str, max_mb: float | None) -> None:
+    """Refuse a model folder over its budget (raised inside the atomic write: nothing is kept)."""
+    if max_mb is None:
+        return
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / (1024 * 1024)
+    if size > max_mb:
+        raise ExportSizeError(f"The exported model {name} holds {size:.1f} MB, over its {max_mb:g} MB budget: "
+                              "lower its parameter budget (--param-budget) or raise the budget.", "max_model_mb")
 
 
 def _autoencoder_card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None,

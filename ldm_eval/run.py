@@ -79,6 +79,9 @@ class RunSettings:
     batch_size: int = field(default=64, metadata=help_text("denoiser batch size"))
     ae_batch_size: int = field(default=32, metadata=help_text("autoencoder batch size"))
     learning_rate: float = field(default=2e-4, metadata=help_text("denoiser learning rate"))
+    warmup_steps: int = field(default=0, metadata=help_text("denoiser learning-rate warm-up steps"))
+    lr_schedule: Literal["constant", "cosine"] = field(default="constant", metadata=help_text(
+        "denoiser learning rate after the warm-up: constant, or a cosine decay to 0 over the budget"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
     param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
     ae_base_width: int = field(default=16, metadata=help_text("autoencoder base channel width"))
@@ -110,6 +113,10 @@ class RunSettings:
             whole_number(self.max_images, "max_images", "The number of training images", 1, 10**9)
         whole_number(self.fid_samples, "fid_samples", "The number of FID samples", 2, 10**7)
         whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
+        whole_number(self.warmup_steps, "warmup_steps", "Warm-up steps", 0, 10**7)
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise SweepError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose constant or cosine.",
+                             "lr_schedule")
         whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
 
     def budget_kwargs(self, value: float) -> dict[str, float]:

@@ -1,0 +1,67 @@
+"""build-zoo: the zoo's sweeps, resumed after a kill, exported atomically within size budgets."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import ROOT, run_cli
+from safetensors.torch import load_file
+
+from pipelines.pipeline import load_pipeline
+
+SMOKE_MODELS = ["fmnist16-dm-f1", "fmnist16-ldm-kl-f4", "fmnist16-ldm-kl-f4-class"]
+
+
+def _build(tmp: Path, *extra: object) -> int:
+    return run_cli("build-zoo", "--preset", "smoke", "--runs", tmp / "runs", "--models", tmp / "models", *extra)
+
+
+def test_build_zoo_survives_a_kill_and_resumes_without_retraining(tmp_path: Path) -> None:
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    args = [sys.executable, "-m", "ldm_eval", "build-zoo", "--preset", "smoke", "--runs", str(runs),
+            "--models", str(models)]
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = runs / "fmnist16" / "results.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:  # kill once the first denoiser is trained
+        if log.is_file() and '"record": "train"' in log.read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    trained_before = log.read_text().count('"record": "train"')
+    assert trained_before >= 1
+
+    assert _build(tmp_path) == 0
+    assert sorted(p.name for p in models.iterdir()) == SMOKE_MODELS  # no temporary or half-written folder
+    lines = log.read_text()
+    assert lines.count('"record": "train"') == 2  # f = 1 and f = 4, the one finished before the kill not redone
+    assert lines.count('"key": "train/pixel/f1"') == 1
+    for name in SMOKE_MODELS:
+        assert load_pipeline(models / name).unet is not None
+        weights = load_file(models / name / "unet" / "diffusion_pytorch_model.safetensors")
+        assert {t.dtype for t in weights.values()} == {torch.float16}  # fp16 on disk
+    card = (models / "fmnist16-ldm-kl-f4" / "README.md").read_text()
+    assert "build-zoo (zoo part fmnist16)" in card and "images seen in training: 48" in card
+    assert "class" in (models / "fmnist16-ldm-kl-f4-class" / "README.md").read_text()
+
+    stamps = {name: (models / name / "README.md").stat().st_mtime_ns for name in SMOKE_MODELS}
+    results = {part: (runs / part / "results.jsonl").read_text() for part in ("fmnist16", "fmnist16-cond")}
+    assert _build(tmp_path) == 0  # all done: nothing retrained, nothing re-exported
+    assert {name: (models / name / "README.md").stat().st_mtime_ns for name in SMOKE_MODELS} == stamps
+    assert {part: (runs / part / "results.jsonl").read_text() for part in results} == results
+
+
+def test_build_zoo_refuses_a_model_over_its_size_budget(tmp_path: Path, capsys) -> None:
+    assert _build(tmp_path, "--parts", "fmnist16", "--max-model-mb", "0.01") == 2
+    err = capsys.readouterr().err
+    assert "--max-model-mb: " in err and "fmnist16-dm-f1 holds" in err and "over its 0.01 MB budget" in err
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert _build(tmp_path, "--parts", "nope") == 2
+    assert "Unknown zoo part(s) nope" in capsys.readouterr().err
