@@ -112,6 +112,11 @@ PRESETS: dict[str, list[ZooPart]] = {
                                  fid_samples=1000, batch_size=32, sample_batch=100),
                 CompressionSettings(factors=[1, 2, 4, 8, 16], inception_samples=500, ddim_steps=[50],
                                     progress_points=1, progress_samples=200)),
+        ZooPart("utk64-cond", "utk64", "conditioning",  # race x gender classes
+                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000,
+                                 fid_samples=1000, batch_size=32, sample_batch=100),
+                ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0, 3.0], samples_per_class=50,
+                                     ddim_steps=25)),
         ZooPart("utk64-vq", "utk64", "compression",
                 _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000,
                                  fid_samples=1000, batch_size=32, sample_batch=100),

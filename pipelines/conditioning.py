@@ -22,7 +22,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from .data import FASHION_MNIST_CLASSES, UTK_RACES, ImageDataset
+from .data import FASHION_MNIST_CLASSES, UTK_CLASSES, UTK_RACES, ImageDataset
 from .errors import InputError, quote, real_number
 
 ConditionKind = Literal["none", "class", "text"]
@@ -120,7 +120,7 @@ def person_caption(age: int, gender: int, race: int) -> str:
 
 def utk_class_names() -> tuple[str, ...]:
     """The class condition for faces: race x gender ('Asian woman')."""
-    return tuple(f"{race} {gender}" for race in UTK_RACES for gender in ("man", "woman"))
+    return UTK_CLASSES
 
 
 def dataset_classes(data: ImageDataset) -> tuple[tuple[str, ...], torch.Tensor]:
@@ -140,12 +140,12 @@ def dataset_classes(data: ImageDataset) -> tuple[tuple[str, ...], torch.Tensor]:
 
 def dataset_captions(data: ImageDataset) -> list[str]:
     """One caption per image ('' where the labels are unknown: trained as "no condition")."""
+    if all(k in data.labels for k in ("age", "gender", "race")):  # faces: richer captions than their class
+        ages, genders, races = (data.labels[k].tolist() for k in ("age", "gender", "race"))
+        return [person_caption(a, g, r) if a >= 0 and g >= 0 else "" for a, g, r in zip(ages, genders, races)]
     if "class" in data.labels:
         names = data.class_names.get("class", FASHION_MNIST_CLASSES)
         return [class_caption(names[i]) if i >= 0 else "" for i in data.labels["class"].tolist()]
-    if all(k in data.labels for k in ("age", "gender", "race")):
-        ages, genders, races = (data.labels[k].tolist() for k in ("age", "gender", "race"))
-        return [person_caption(a, g, r) if a >= 0 and g >= 0 else "" for a, g, r in zip(ages, genders, races)]
     raise ConditionError(f"The data set '{data.name}' has no labels to write captions from: use class subfolders "
                          "(FOLDER/cat/*.jpg gives 'a photo of a cat'), UTKFace file names or Fashion-MNIST.")
 

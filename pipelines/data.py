@@ -35,6 +35,8 @@ FASHION_MNIST_CLASSES = (
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )
 UTK_RACES = ("White", "Black", "Asian", "Indian", "Other")
+# UTKFace's classes (the class condition, the domain classifier, stratified draws): race x gender, 'Asian woman'
+UTK_CLASSES = tuple(f"{race} {gender}" for race in UTK_RACES for gender in ("man", "woman"))
 # Folders have no official split: 11 % held out for FID / reconstruction (10 % until the first-stage
 # study, which needs 1,000 held-out UTKFace faces for rFID; the older split held 993).
 HELD_OUT_SHARE = 0.11
@@ -77,7 +79,7 @@ class ImageDataset:
                             self.class_names)
 
 
-STRATIFY_KEYS = ("class", "race")  # Fashion-MNIST classes; UTKFace's race (its file names sort by age)
+STRATIFY_KEYS = ("class", "race")  # Fashion-MNIST, class folders and UTKFace (race x gender; its names sort by age)
 
 
 def representative_order(dataset: ImageDataset, seed: int) -> tuple[ImageDataset, str]:
@@ -297,5 +299,7 @@ def load_image_folder(root: Path, resolution: int, channels: int, split: Split) 
     if sum(p is not None for p in parsed) >= 0.5 * len(parsed):
         for key in ("age", "gender", "race"):
             dataset.labels[key] = torch.tensor([p[key] if p else -1 for p in parsed], dtype=torch.int64)
-        dataset.class_names = {"gender": ("male", "female"), "race": UTK_RACES}
+        race, gender = dataset.labels["race"], dataset.labels["gender"]
+        dataset.labels["class"] = torch.where((race >= 0) & (gender >= 0), race * 2 + gender, torch.full_like(race, -1))
+        dataset.class_names = {"gender": ("male", "female"), "race": UTK_RACES, "class": UTK_CLASSES}
     return dataset

@@ -51,7 +51,10 @@ def test_image_folder_recursive_resized_with_labels(tmp_path: Path) -> None:
     assert sum(len(d) for d in loaded) == 40  # every real image, in one split or the other
     assert all(d.images.shape[1:] == (3, 24, 24) for d in loaded)
     assert sum(int(m.split()[1]) for m in messages if m.startswith("Skipped")) == 3  # txt, broken jpg, cut png
-    assert all(set(d.labels) == {"age", "gender", "race"} for d in loaded)
+    assert all(set(d.labels) == {"age", "gender", "race", "class"} for d in loaded)
+    for d in loaded:  # UTKFace's class is race x gender: 'Asian woman' is race 2, gender 1
+        assert (d.labels["class"] == d.labels["race"] * 2 + d.labels["gender"]).all()
+        assert d.class_names["class"][2 * 2 + 1] == "Asian woman"
     gray, _ = _load_both_splits(tmp_path, resolution=20, channels=1)
     assert all(d.images.shape[1:] == (1, 20, 20) for d in gray)
 
