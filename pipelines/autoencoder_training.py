@@ -67,7 +67,11 @@ class AutoencoderTrainConfig(TrainConfig):
     # VQ only. diffusers' VectorQuantizer weighs the encoder's commitment 1 and the codebook 0.25 (the
     # original VQGAN code's swapped beta, kept for compatibility); VQ-VAE's intended commitment is 0.25.
     commitment_weight: float = 0.25
-    codebook_ema: float | None = None  # VQ only: learn the codes as running means with this decay (e.g. 0.99)
+    # VQ only: learn the codes as running means with this decay (None: by gradient, the codebook loss). Measured on
+    # UTKFace 64 px, VQ f = 4, 1,100 steps, 300 held-out faces: gradient codebook 24.3 dB; EMA 0.99 24.9 dB; EMA 0.9
+    # 24.3 dB; EMA 0.99 with 4,096 codes 24.1 dB (a larger codebook learns slower: 2,048 / 8,192 codes by gradient
+    # gave 24.1 / 23.9 dB).
+    codebook_ema: float | None = 0.99
     kl_weight: float = 1e-6  # the paper's KL weight: a barely regularised, near-deterministic latent
     disc_weight: float = 0.1  # the paper's is 0.5 (for 100k+ steps); 0 trains without the adversarial term
     disc_start: int | None = None  # step that switches the discriminator on; None: disc_start_share of the budget
