@@ -74,6 +74,10 @@ class BenchSettings:
     steps: int = field(default=4, metadata=help_text("timed steps per configuration"))
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     out: Path | None = field(default=None, metadata=help_text("also write the table as CSV and Markdown here"))
+    recipe: bool = field(default=False, metadata=help_text(
+        "instead: what each CPU speed setting of the denoiser recipe buys (EMA foreach, inference_mode, "
+        "channels_last, bf16), each against its baseline, interleaved"))
+    param_budget: int = field(default=4_000_000, metadata=help_text("UNet parameters of the --recipe table"))
 
 
 @dataclass
@@ -315,6 +319,18 @@ def cmd_bench_train(argv: list[str]) -> int:
     from .benchmark import run_train_benchmark
 
     (cfg,) = parse("python -m ldm_eval bench-train", [BenchSettings], argv)
+    if cfg.recipe:
+        from pipelines.atomic import write_text_atomic
+
+        from .bench_recipe import run_recipe_benchmark
+
+        table = run_recipe_benchmark(param_budget=cfg.param_budget, batch_size=cfg.batch_size,
+                                     rounds=max(cfg.steps, 3))
+        text = f"{table.attrs['header']}\n\n{table.to_markdown(index=False, floatfmt='.3g')}\n"
+        print(text)
+        if cfg.out is not None:
+            write_text_atomic(cfg.out / "recipe_benchmark.md", text)
+        return 0
     run_train_benchmark(resolutions=cfg.resolutions, factors=cfg.factors, batch_size=cfg.batch_size,
                         steps=cfg.steps, device=cfg.device, out=cfg.out)
     return 0

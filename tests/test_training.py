@@ -189,3 +189,19 @@ def test_two_process_training_over_gloo(tmp_path: Path, condition: str) -> None:
     assert latest_checkpoint(tmp_path / "mp").name == "step-00000004"
     pipe = load_pipeline(tmp_path / "mp")
     assert pipe.factor == 1 and pipe.condition == condition
+
+
+def test_recipe_benchmark_prints_each_setting_against_its_baseline(capsys) -> None:
+    """bench-train --recipe: every speed setting timed against its baseline; EMA foreach and inference_mode
+    compute exactly what their baselines compute, channels_last the same up to float rounding."""
+    from conftest import run_cli
+
+    assert run_cli("bench-train", "--recipe", "--param-budget", "30000", "--batch-size", "4", "--steps", "3") == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip() + "/" + line.split("|")[3].strip(): line.split("|")
+            for line in out.splitlines() if line.startswith("| ") and "setting" not in line}
+    assert set(rows) == {"EMA update/foreach", "sampling forward/inference_mode", "training step/channels_last",
+                         "training step/bf16 autocast"}
+    assert float(rows["EMA update/foreach"][7]) == 0 and float(rows["sampling forward/inference_mode"][7]) == 0
+    assert float(rows["training step/channels_last"][7]) < 1e-4
+    assert "refused on this CPU" in out or "enabled on this CPU" in out
