@@ -30,7 +30,7 @@ from .report import (  # noqa: E402
     save_figure,
     write_report,
 )
-from .first_stage_sweep import NO_GAN  # noqa: E402
+from .first_stage_sweep import GAN_FROM, NO_GAN  # noqa: E402
 from .results import write_table  # noqa: E402
 
 # The columns of results.csv, in order (the Tab. 8 layout plus what tells rows apart).
@@ -92,7 +92,8 @@ def gan_reading(table: pd.DataFrame) -> list[str]:
         for _, a in g[g["variant"] != NO_GAN].iterrows():
             if pd.isna(a["rfid"]):
                 continue
-            which = "the GAN" if a["variant"] == "default" else f"the GAN ({a['variant']} of the budget)"
+            which = ("the GAN" if a["variant"] == "default" else
+                     f"the GAN from {float(a['variant'].removeprefix(GAN_FROM)):.0%} of the budget")
             lines.append(f"- {kind.upper()} f = {factor}: with {which} PSNR {a['psnr']:.2f} dB, rFID {_fid(a)}; "
                          f"without it PSNR {b['psnr']:.2f} dB, rFID {_fid(b)}; {_verdict(a, b)}.")
     return lines

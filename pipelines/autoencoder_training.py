@@ -67,11 +67,11 @@ class AutoencoderTrainConfig(TrainConfig):
     # VQ only. diffusers' VectorQuantizer weighs the encoder's commitment 1 and the codebook 0.25 (the
     # original VQGAN code's swapped beta, kept for compatibility); VQ-VAE's intended commitment is 0.25.
     commitment_weight: float = 0.25
-    # VQ only: learn the codes as running means with this decay (None: by gradient, the codebook loss). Measured on
+    # VQ only: learn the codes as running means with this decay (0: by gradient, the codebook loss). Measured on
     # UTKFace 64 px, VQ f = 4, 1,100 steps, 300 held-out faces: gradient codebook 24.3 dB; EMA 0.99 24.9 dB; EMA 0.9
     # 24.3 dB; EMA 0.99 with 4,096 codes 24.1 dB (a larger codebook learns slower: 2,048 / 8,192 codes by gradient
     # gave 24.1 / 23.9 dB).
-    codebook_ema: float | None = 0.99
+    codebook_ema: float = 0.99
     kl_weight: float = 1e-6  # the paper's KL weight: a barely regularised, near-deterministic latent
     disc_weight: float = 0.1  # the paper's is 0.5 (for 100k+ steps); 0 trains without the adversarial term
     disc_start: int | None = None  # step that switches the discriminator on; None: disc_start_share of the budget
@@ -95,9 +95,9 @@ class AutoencoderTrainConfig(TrainConfig):
         if self.disc_start is not None and self.disc_start < 0:
             raise TrainingError(f"The discriminator's start step cannot be negative (got {self.disc_start}).",
                                 "disc_start")
-        if self.codebook_ema is not None and not 0 < self.codebook_ema < 1:
-            raise TrainingError(f"The codebook's EMA decay must be between 0 and 1 (got {self.codebook_ema}).",
-                                "codebook_ema")
+        if not 0 <= self.codebook_ema < 1:
+            raise TrainingError(f"The codebook's EMA decay must be from 0 (codes learned by gradient) to below 1 "
+                                f"(got {self.codebook_ema}).", "codebook_ema")
         for name in ("disc_weight", "perceptual_weight", "kl_weight", "commitment_weight"):
             value = getattr(self, name)
             if not 0 <= value <= 1e3:
@@ -124,7 +124,7 @@ class AutoencoderTrainConfig(TrainConfig):
             terms.append(f"LPIPS({self.perceptual_weight:g})")
         if self.kind == "kl":
             terms.append(f"KL({self.kl_weight:g})")
-        elif self.codebook_ema is not None:
+        elif self.codebook_ema:
             terms.append(f"VQ(EMA codebook {self.codebook_ema:g} + commitment {self.commitment_weight:g})")
         else:
             terms.append(f"VQ(codebook + commitment {self.commitment_weight:g})")
@@ -162,11 +162,11 @@ class FirstStageObjective(nn.Module):
         self.kl_weight, self.disc_weight = cfg.kl_weight, cfg.disc_weight
         self.disc = (PatchDiscriminator(image_channels, cfg.disc_width, patch_layers(cfg.resolution))
                      if cfg.disc_weight else None)
-        self.keeper = (CodebookKeeper(cfg.codebook_size, ema_decay=cfg.codebook_ema,
+        self.keeper = (CodebookKeeper(cfg.codebook_size, ema_decay=cfg.codebook_ema or None,
                                       latent_channels=vae.config.latent_channels)
                        if isinstance(vae, VQModel) else None)
         self.commitment_weight = cfg.commitment_weight
-        if self.keeper is not None and cfg.codebook_ema is not None:
+        if self.keeper is not None and cfg.codebook_ema:
             vae.quantize.embedding.weight.requires_grad_(False)  # moved by the keeper, not by the optimiser
         self.perceptual_weight = cfg.perceptual_weight
         # Kept out of the module tree (a tuple, not an attribute module): frozen, never checkpointed.

@@ -107,11 +107,12 @@ def test_ema_codebook_moves_codes_to_their_cluster_means() -> None:
 
 
 def test_commitment_weight_scales_only_the_encoders_pull() -> None:
-    """Our VQ loss: commitment_weight x |z - sg(e)|^2 + |sg(z) - e|^2 (diffusers' quantiser swaps the two weights)."""
+    """Our VQ loss with a gradient-learned codebook (--codebook-ema 0): commitment_weight x |z - sg(e)|^2 +
+    |sg(z) - e|^2 (diffusers' quantiser swaps the two weights)."""
     x = _faces(8)
     grads = {}
     for weight in (0.25, 1.0):
-        obj = _objective("vq", codebook_size=16, commitment_weight=weight, disc_weight=0.0)
+        obj = _objective("vq", codebook_size=16, commitment_weight=weight, disc_weight=0.0, codebook_ema=0.0)
         obj.keeper.update(obj.vae, obj.vae.encode(x).latents, 0, torch.Generator().manual_seed(0))
         _, regulariser = obj.reconstruct_for_training(x, torch.Generator().manual_seed(0), 1)
         regulariser.backward()
@@ -206,7 +207,7 @@ def test_first_stage_study_writes_tab8_and_resumes(tmp_path: Path, capsys: pytes
     assert "from step 1" in table[table.variant == "gan-from-0.3"]["losses"].iloc[0]  # 30 % of 6 steps
     report = (out / "report.md").read_text()
     assert "The paper's Tab. 8" in report and "recon-kl-f4-no-gan.png" in report
-    assert "- KL f = 4: with the GAN (gan-from-0.3 of the budget) PSNR" in report
+    assert "- KL f = 4: with the GAN from 30% of the budget PSNR" in report
     assert sorted(p.name for p in (out / "grids").iterdir()) == [
         "recon-kl-f4-gan-from-0.3.png", "recon-kl-f4-no-gan.png", "recon-kl-f4.png", "recon-kl-f8.png", "recon-vq-f4.png", "recon-vq-f8.png"]
     lines = (out / "results.jsonl").read_text()

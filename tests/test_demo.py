@@ -203,7 +203,8 @@ def test_generate_is_the_core_sampler(server) -> None:
         np.testing.assert_array_equal(demo, harness)
         np.testing.assert_array_equal(demo, direct)
         one_by_one = timed_sampling(pipe, 3, 4, sampler, seed=11, batch_size=1, **core).images
-        np.testing.assert_allclose(demo, one_by_one, rtol=0, atol=1e-5)
+        # batched and one-by-one convolutions round differently in float32 (1.04e-5 seen): far below 1/255
+        np.testing.assert_allclose(demo, one_by_one, rtol=0, atol=1e-4)
 
 
 def test_generate_endpoint_with_label_and_guidance(client, server) -> None:
