@@ -72,8 +72,10 @@ class ZooSizeError(SweepError):
 
 def _denoiser_recipe(**kw) -> RunSettings:
     """The denoiser recipe every zoo part shares (chosen by measurement: see the README's recipe table)."""
+    # Budgets are wall-clock seconds for denoisers and autoencoders alike (the sweeps' one budget unit); the
+    # autoencoders train as in the first-stage study (ae-quick: 1,100 steps took ~300 s at 32 px, ~570 s at 64 px).
     base = dict(budget="seconds", learning_rate=1e-3, warmup_steps=200, lr_schedule="cosine", batch_size=64,
-                ae_budget=1100, ae_batch_size=8, ae_base_width=16, ae_learning_rate=2e-3, ae_disc_weight=0.1,
+                ae_budget=300, ae_batch_size=8, ae_base_width=16, ae_learning_rate=2e-3, ae_disc_weight=0.1,
                 max_images=None, resume=True)
     base.update(kw)
     return RunSettings(**base)
@@ -108,17 +110,17 @@ PRESETS: dict[str, list[ZooPart]] = {
                 ConditioningSettings(factors=[4, 8], conditions=["class", "text"], guidance=[1.0, 3.0],
                                      samples_per_class=50, ddim_steps=25)),
         ZooPart("utk64", "utk64", "compression",
-                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000,
+                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000, ae_budget=570,
                                  fid_samples=1000, batch_size=32, sample_batch=100),
                 CompressionSettings(factors=[1, 2, 4, 8, 16], inception_samples=500, ddim_steps=[50],
                                     progress_points=1, progress_samples=200)),
         ZooPart("utk64-cond", "utk64", "conditioning",  # race x gender classes
-                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000,
+                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000, ae_budget=570,
                                  fid_samples=1000, batch_size=32, sample_batch=100),
                 ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0, 3.0], samples_per_class=50,
                                      ddim_steps=25)),
         ZooPart("utk64-vq", "utk64", "compression",
-                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000,
+                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=900, param_budget=8_000_000, ae_budget=570,
                                  fid_samples=1000, batch_size=32, sample_batch=100),
                 CompressionSettings(factors=[4], kinds=["vq"], inception_samples=500, ddim_steps=[50],
                                     progress_points=1, progress_samples=200)),
