@@ -172,13 +172,9 @@ def export_part(part: ZooPart, run_dir: Path, models: Path, max_model_mb: float)
     """Export the part's pipelines not yet in the zoo; refuse (and write nothing) when one is over budget."""
     from .export import export_zoo
 
-    written = []
-    for name in _pipelines(run_dir):
-        target = models / f"{part.prefix}-{name}"
-        if _already_exported(run_dir / "models" / name, target):
-            continue
-        written += export_zoo(run_dir, models, part.prefix, only=[name], max_mb=max_model_mb)
-    return written
+    todo = [name for name in _pipelines(run_dir)
+            if not _already_exported(run_dir / "models" / name, models / f"{part.prefix}-{name}")]
+    return export_zoo(run_dir, models, part.prefix, only=todo, max_mb=max_model_mb) if todo else []
 
 
 def build_zoo(cfg: ZooBuildSettings) -> list[Path]:

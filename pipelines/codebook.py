@@ -90,9 +90,8 @@ class CodebookKeeper(nn.Module):
                 dist.all_reduce(sums)
             seen *= dist.get_world_size()
         self.usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
-        if sums is not None:
-            self._ema_step(codes, counts, sums, fresh=changed)
-            changed = True
+        if sums is not None:  # every rank computes the same codes from the summed counts: nothing to broadcast
+            self._ema_step(codes, counts, sums)
         if step > 0 and step % self.reseed_every == 0:
             dead = self.usage < DEAD_SHARE * seen / size
             n_dead = int(dead.sum())
@@ -106,12 +105,12 @@ class CodebookKeeper(nn.Module):
         if distributed and changed:
             dist.broadcast(codes, src=0)
 
-    def _ema_step(self, codes: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, fresh: bool) -> None:
-        """Move every used code towards the mean of the vectors assigned to it (running, decayed)."""
+    def _ema_step(self, codes: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor) -> None:
+        """Move every used code towards the mean of the vectors assigned to it (running, decayed).
+
+        The running count and sum decay alike, so their ratio is an unbiased mean from the first step.
+        """
         decay = float(self.ema_decay)  # type: ignore[arg-type]
-        if fresh:  # right after initialisation: start the running sums at the codes themselves
-            self.ema_count.fill_(0.0)
-            self.ema_sum.zero_()
         self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
         self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
         used = self.ema_count > 1e-6
