@@ -22,6 +22,7 @@ from pipelines.results import (
     ConditioningRecord,
     EnvironmentRecord,
     FidRecord,
+    RecognisabilityRecord,
     Results,
     TrainingSummary,
     read_results,
@@ -68,8 +69,17 @@ def model_rows(results: Results, facts: TrainingSummary) -> list[MetricRow]:
     return rows
 
 
+def recognisability_line(r: RecognisabilityRecord) -> str:
+    """A card's line: how many samples a real-data classifier is sure of, with real images for scale."""
+    shares = sorted(r.class_shares.values())
+    real = f" (real held-out images: {r.real_confident_share:.0%})" if r.real_confident_share is not None else ""
+    return (f"- recognisable: {r.confident_share:.0%} of {r.n} samples assigned to one class with probability >= "
+            f"{r.confidence:g} by a classifier trained on the real training images{real}; class shares "
+            f"{shares[0]:.1%} to {shares[-1]:.1%} over {len(shares)} classes (DDIM {r.ddim_steps} steps)")
+
+
 def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows: list[MetricRow],
-          ae: AutoencoderRecord | None) -> str:
+          ae: AutoencoderRecord | None, recognised: list[RecognisabilityRecord] = ()) -> str:
     licence = FASHION_LICENCE if facts.dataset == "fashion-mnist" else UTKFACE_LICENCE
     command = "cond-sweep" if facts.condition != "none" else "sweep"
     preset = env.config.get("preset") if env else None
@@ -95,6 +105,7 @@ def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows
                       f"{facts.condition_params:,} parameters.", ""]
     lines += ["", "## Measured by the harness in the same run", ""]
     lines += [row.card_line() for row in rows]
+    lines += [recognisability_line(r) for r in recognised]
     if ae:
         rfid = f", rFID {ae.rfid:.1f} (Inception, N={ae.rfid_samples})" if ae.rfid is not None else ""
         lines.append(f"- autoencoder: PSNR {ae.psnr:.2f} dB, SSIM {ae.ssim:.3f} (N={ae.recon_samples}){rfid}")
@@ -122,15 +133,19 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
         facts = TrainingSummary.load(folder / "training.json")
         rows = model_rows(results, facts)
         ae = results.one(AutoencoderRecord, kind=facts.kind, factor=facts.factor, variant="")
+        recognised = ([] if facts.condition != "none" else
+                      results.of(RecognisabilityRecord, kind="pixel" if facts.factor == 1 else facts.kind,
+                                 factor=facts.factor, condition="none"))
         name = f"{prefix}-{folder.name}"
         target = out / name
         with atomic_folder(target) as tmp:
             pipe = load_pipeline(folder, device="cpu")
             pipe.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
             shutil.copy2(folder / "training.json", tmp / "training.json")  # verbatim, whatever its generation
-            rows_json = {"run": str(run_dir), "rows": [dataclasses.asdict(r) for r in rows]}
+            rows_json = {"run": str(run_dir), "rows": [dataclasses.asdict(r) for r in rows],
+                         "recognisability": [dataclasses.asdict(r) for r in recognised]}
             write_json_atomic(tmp / "metrics.json", rows_json)
-            write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae))
+            write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae, recognised))
             _check_size(tmp, name, max_mb)
         written.append(target)
     return written

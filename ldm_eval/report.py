@@ -31,6 +31,7 @@ from pipelines.results import (  # noqa: E402
     EnvironmentRecord,
     ModelRecord,
     ProgressRecord,
+    RecognisabilityRecord,
     Record,
     Results,
     TrainingRecord,
@@ -193,6 +194,7 @@ def render_report(run_dir: Path) -> Path:
     degenerate = table.loc[table["degenerate"], "factor"].unique().tolist()
     if degenerate:
         lines += [f"Factors {degenerate} leave a latent of 2x2 or smaller here: run and flagged as degenerate.", ""]
+    lines += recognisability_lines(results)
     if len(ae):
         lines += ["## Autoencoders (cf. paper Tab. 8)", "", md_table(ae[AUTOENCODER_COLUMNS]), ""]
     lines += image_lines(plots)
@@ -272,6 +274,24 @@ def classifier_sentence(results: Results) -> str:
     chance = f" (chance {1 / clf.num_classes:.2f})" if clf.num_classes else ""
     return (f"The domain classifier was trained on the data set's labels; its accuracy on {clf.n} real held-out "
             f"images is {clf.accuracy_on_real:.3f}{chance}.")
+
+
+def recognisability_lines(results: Results) -> list[str]:
+    """A section: per model and DDIM steps, how many samples the real-data classifier is sure of."""
+    found = results.of(RecognisabilityRecord, condition="none")
+    if not found:
+        return []
+    rows = pd.DataFrame([{
+        "model": _label(r.kind, r.factor), "ddim_steps": r.ddim_steps, "n": r.n,
+        "confident_share": round(r.confident_share, 3), "real_confident_share": r.real_confident_share,
+        "min_class_share": round(min(r.class_shares.values()), 3),
+        "max_class_share": round(max(r.class_shares.values()), 3), "meets_bar": r.meets_bar} for r in found])
+    reading = ("The domain classifier (trained on the real training images) assigns each sample to one class; "
+               f"`confident_share` is the share it assigns with probability >= {found[0].confidence:g}, "
+               "`real_confident_share` the same share on as many real held-out images (the ceiling), and the "
+               "class shares say whether every class is drawn. The bar: at least 80 % confident and every class "
+               "between 5 % and 20 % of the samples.")
+    return ["## Recognisability: would a person see the objects?", "", reading, "", md_table(rows), ""]
 
 
 def budget_sentence(cfg: dict[str, Any], results: Results) -> str:

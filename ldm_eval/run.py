@@ -36,6 +36,7 @@ from pipelines.results import (
     ClassifierRecord,
     EnvironmentRecord,
     FidRecord,
+    RecognisabilityRecord,
     ResultsLog,
     TrainingRecord,
     TrainingSummary,
@@ -44,6 +45,7 @@ from pipelines.training import device_name
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import backend_label, compute_features, kid_from_features, kid_subset_for
+from .recognisability import recognisability
 from .reconstruction import reconstruction_metrics
 from .reference_cache import CACHEABLE_BACKENDS, reference_features
 from .results import FILE_ORDER_DRAW
@@ -89,6 +91,9 @@ class RunSettings:
     ae_disc_weight: float = field(default=0.0, metadata=help_text(
         "weight of the autoencoders' patch-GAN term (the paper's 0.5; 0 trains without it)"))
     ae_codebook_size: int = field(default=512, metadata=help_text("codes of the VQ autoencoders"))
+    share_from: Path | None = field(default=None, metadata=help_text(
+        "another run folder on the same data whose autoencoders and domain classifier this run uses "
+        "(trained there when missing)"))
     bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata=help_text(
         "bootstrap resamples behind every FID's 95 % interval (0 skips the interval)"))
     max_images: int | None = field(default=10_000, metadata=help_text("train on the first N images only"))
@@ -280,7 +285,8 @@ def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label
         test, draw = representative_order(test, settings.seed)
     if begun is None:
         log.append(environment({**config, "reference_draw": draw}, device))
-    clf = _classifier(settings, settings.out / "domain_classifier", device) if classifier else None
+    clf_folder = (settings.share_from or settings.out) / "domain_classifier"
+    clf = _classifier(settings, clf_folder, device) if classifier else None
     if clf is not None and not log.has(ClassifierRecord):  # the report says what the domain features learned
         key = next((k for k in STRATIFY_KEYS if k in test.labels), None)
         labels = test.labels[key] if key is not None and clf.config.task == "class" else None
@@ -312,6 +318,16 @@ def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tup
     return out
 
 
+def recognisability_record(ctx: RunContext, samples_uint8: torch.Tensor, **cell: Any) -> RecognisabilityRecord | None:
+    """Whether the run's real-data classifier recognises the samples (None: it learned rotations, not classes)."""
+    if ctx.classifier is None or ctx.classifier.config.task != "class":
+        return None
+    r = recognisability(samples_uint8, ctx.classifier, real_uint8=ctx.test.images[:len(samples_uint8)])
+    return RecognisabilityRecord(**cell, n=r.n, confidence=r.confidence, confident_share=r.confident_share,
+                                 class_shares=r.class_shares, real_confident_share=r.real_confident_share,
+                                 meets_bar=r.meets_bar())
+
+
 def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int, variant: str = "",
                      grid_images: int = 8, **overrides: Any) -> Path:
     """Train (or resume) one first stage and log its reconstruction quality (Tab. 8); returns its folder.
@@ -323,7 +339,9 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int,
     """
     s = ctx.settings
     name = f"ae-{kind}-f{factor}" + (f"-{variant}" if variant else "")
-    folder = ctx.out / "models" / name
+    # Several sweeps on one data set (the zoo's parts) can share their first stages: the trainer
+    # below then resumes the shared folder, a no-op when it is finished.
+    folder = (s.share_from or ctx.out) / "models" / name
     if ctx.log.has(AutoencoderRecord, kind=kind, factor=factor, variant=variant):
         return folder
     trained = train_autoencoder(AutoencoderTrainConfig(**{

@@ -31,6 +31,7 @@ from .run import (
     fid_records,
     help_text,
     open_run,
+    recognisability_record,
     training_record,
 )
 
@@ -146,8 +147,11 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         timed = timed_sampling(pipe, s.fid_samples, steps, "ddim", seed=s.seed + 1000, batch_size=s.sample_batch)
         save_grid(timed.images, ctx.out / "grids" / f"samples-{kind}-f{factor}-ddim{steps}.png")
         cell = {"kind": kind, "factor": factor, "ddim_steps": steps}
-        for record in fid_records(ctx, unit_nhwc_to_uint8_nchw(timed.images), backends, **cell):
+        samples = unit_nhwc_to_uint8_nchw(timed.images)
+        for record in fid_records(ctx, samples, backends, **cell):
             ctx.log.append(record)
+        if (recognised := recognisability_record(ctx, samples, device=str(ctx.device), **cell)) is not None:
+            ctx.log.append(recognised)
         ctx.log.append(SamplingRecord(
             **cell, n=len(timed.images), seconds=timed.seconds, samples_per_s=timed.samples_per_s,
             sec_per_image=timed.sec_per_image, peak_mem_sample_mb=timed.peak_mb, memory_method=timed.memory_method,

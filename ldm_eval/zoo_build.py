@@ -38,6 +38,7 @@ class ZooPart:
     sweep: Literal["compression", "conditioning"]
     run: RunSettings
     settings: CompressionSettings | ConditioningSettings
+    share_from: str | None = None  # another part whose autoencoders and classifier this one uses (same data, recipe)
 
 
 @dataclass
@@ -93,7 +94,7 @@ PRESETS: dict[str, list[ZooPart]] = {
                                     progress_samples=8)),
         ZooPart("fmnist16-cond", "fmnist16", "conditioning", _denoiser_recipe(resolution=16, **_SMOKE),
                 ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0], samples_per_class=2,
-                                     ddim_steps=2, condition_width=16)),
+                                     ddim_steps=2, condition_width=16), share_from="fmnist16"),
     ],
     # 2 CPU cores: about 3 hours in all, in several resumed runs if need be
     "cpu": [
@@ -162,7 +163,8 @@ def _already_exported(source: Path, target: Path) -> bool:
 
 def run_part(part: ZooPart, runs: Path) -> Path:
     """Train and measure one part (resuming whatever it finished before); its run folder."""
-    run = replace(part.run, out=runs / part.name, resume=True)
+    shared = runs / part.share_from if part.share_from else None
+    run = replace(part.run, out=runs / part.name, resume=True, share_from=shared)
     if part.sweep == "compression":
         return run_sweep(Sweep(f"zoo-{part.name}", run, part.settings))
     return run_conditional_sweep(Sweep(f"zoo-{part.name}", run, part.settings))

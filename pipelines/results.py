@@ -255,6 +255,27 @@ class ClassifierRecord(Record):
         return "cond-classifier"
 
 
+@dataclass(kw_only=True)
+class RecognisabilityRecord(SampleSetRecord):
+    """How many samples the run's real-data classifier is sure of, and their spread over its classes.
+
+    ``real_confident_share`` is the same share on as many real held-out images: the ceiling
+    this classifier allows. ``meets_bar``: the zoo's bar (see ``ldm_eval.recognisability``).
+    """
+
+    tag: ClassVar[str] = "recognisability"
+    n: int
+    confidence: float
+    confident_share: float
+    class_shares: dict[str, float]
+    real_confident_share: float | None
+    meets_bar: bool
+
+    @property
+    def key(self) -> str:
+        return self._key("recognisability")
+
+
 @dataclass
 class ModelRecord(Record):
     """A model an evaluation measured: where it came from and what it is (``evaluate``)."""
@@ -297,7 +318,7 @@ class ReferenceRecord(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {cls.tag: cls for cls in (
     EnvironmentRecord, TrainingRecord, AutoencoderRecord, ProgressRecord, SamplingRecord, FidRecord,
-    ConditioningRecord, ClassifierRecord, ModelRecord, ReferenceRecord)}
+    ConditioningRecord, ClassifierRecord, ModelRecord, ReferenceRecord, RecognisabilityRecord)}
 R = TypeVar("R", bound=Record)
 
 

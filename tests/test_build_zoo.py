@@ -49,7 +49,14 @@ def test_build_zoo_survives_a_kill_and_resumes_without_retraining(tmp_path: Path
         assert {t.dtype for t in weights.values()} == {torch.float16}  # fp16 on disk
     card = (models / "fmnist16-ldm-kl-f4" / "README.md").read_text()
     assert "build-zoo (zoo part fmnist16)" in card and "images seen in training: 48" in card
+    assert "- recognisable: " in card and "by a classifier trained on the real training images" in card
     assert "class" in (models / "fmnist16-ldm-kl-f4-class" / "README.md").read_text()
+    # the conditioning part used the compression part's autoencoder and classifier instead of training its own
+    assert not list((runs / "fmnist16-cond" / "models").glob("ae-*"))
+    assert not (runs / "fmnist16-cond" / "domain_classifier").exists()
+    assert (load_file(models / "fmnist16-ldm-kl-f4" / "vae" / "diffusion_pytorch_model.safetensors")["encoder.conv_in.weight"]
+            == load_file(models / "fmnist16-ldm-kl-f4-class" / "vae" / "diffusion_pytorch_model.safetensors")[
+                "encoder.conv_in.weight"]).all()
 
     stamps = {name: (models / name / "README.md").stat().st_mtime_ns for name in SMOKE_MODELS}
     results = {part: (runs / part / "results.jsonl").read_text() for part in ("fmnist16", "fmnist16-cond")}

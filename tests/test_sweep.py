@@ -14,7 +14,12 @@ from conftest import ROOT, run_cli
 from ldm_eval.results import TABLE_COLUMNS
 from ldm_eval.sweep import FACTORS_32PX as FACTORS
 from ldm_eval.uncertainty import MIN_IMAGES_FOR_INTERVALS
-from pipelines.results import ProgressRecord, TrainingRecord, read_results
+from pipelines.results import (
+    ProgressRecord,
+    RecognisabilityRecord,
+    TrainingRecord,
+    read_results,
+)
 
 SMOKE = [sys.executable, "-m", "ldm_eval", "sweep", "--preset", "smoke"]
 NOT_APPLICABLE_TO_PIXELS = {"rfid", "psnr", "ssim"}
@@ -70,6 +75,13 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
     assert (table["fid"] > 0).all() and (table["samples_per_s"] > 0).all()
     report = (run / "report.md").read_text()
     assert "The paper's numbers" in report and "N=" in report
+    recognised = results.of(RecognisabilityRecord)  # every sample set judged by the real-data classifier
+    assert sorted((r.factor, r.ddim_steps) for r in recognised) == sorted((f, s) for f in FACTORS for s in (2, 4))
+    for r in recognised:
+        assert r.n == 24 and 0 <= r.confident_share <= 1 and 0 < r.real_confident_share <= 1
+        assert abs(sum(r.class_shares.values()) - 1) < 1e-6 and len(r.class_shares) == 10
+        assert r.meets_bar is False  # six training steps draw nothing a classifier is sure of
+    assert "## Recognisability: would a person see the objects?" in report
     assert results.environment.config["reference_draw"] == "a random draw (seed 0) stratified by class"
     assert "Reference and evaluation images: a random draw (seed 0) stratified by class." in report
     html = (run / "report.html").read_text()
