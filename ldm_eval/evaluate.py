@@ -59,6 +59,9 @@ class EvaluateSettings:
 
     reference: str = field(default="", metadata=help_text("reference images: a folder (used whole) or fashion-mnist"))
     n: int = field(default=500, metadata=help_text("samples per model and step count (and reference images)"))
+    reference_split: Literal["auto", "all", "test"] = field(default="auto", metadata=help_text(
+        "auto: fashion-mnist's test split, a folder whole; test: a folder's held-out share, never trained on"))
+    reference_n: int = field(default=0, metadata=help_text("reference images (0: as many as --n)"))
     ddim_steps: list[int] = field(default_factory=lambda: [10, 50], metadata=help_text("DDIM step counts, e.g. 10,50"))
     backend: Literal["inception", "domain"] = field(default="inception", metadata=help_text(
         "FID features: inception (standard) or domain (a small CNN trained on the reference images)"))
@@ -79,6 +82,12 @@ class EvaluateSettings:
         if not self.reference:
             raise SweepError("Give the reference images: --reference FOLDER or --reference fashion-mnist.", "reference")
         whole_number(self.n, "n", "The number of samples", 2, 1_000_000)
+        whole_number(self.reference_n, "reference_n", "The number of reference images", 0, 1_000_000)
+        if 0 < self.reference_n < 2:
+            raise SweepError("FID needs at least 2 reference images (0: as many as --n).", "reference_n")
+        if self.reference_split not in ("auto", "all", "test"):
+            raise SweepError(f"Unknown reference split {self.reference_split!r}; choose auto, all or test.",
+                             "reference_split")
         if not self.ddim_steps:
             raise SweepError("Give at least one DDIM step count.", "ddim_steps")
         check_ddim_steps(self.ddim_steps, "ddim_steps")
@@ -104,13 +113,15 @@ def _kind(pipe: LatentDiffusionPipeline) -> str:
     return "pixel" if pipe.factor == 1 else pipe.first_stage.kind
 
 
-def _reference_images(spec: str, resolution: int, channels: int, n: int, seed: int | None) -> tuple[ImageDataset, str]:
+def _reference_images(spec: str, resolution: int, channels: int, n: int, seed: int | None,
+                      split: str = "auto") -> tuple[ImageDataset, str]:
     """The reference set, drawn at random (stratified by label) unless ``seed`` is None (file order)."""
-    split = "test" if spec == FASHION_MNIST else "all"
+    if split == "auto":
+        split = "test" if spec == FASHION_MNIST else "all"
     data = load_dataset(spec, resolution, channels, split=split)
     if len(data) < n:
-        raise SweepError(f"The reference '{spec}' has {len(data)} images; N = {n} samples need as many reference "
-                         "images (lower --n).", "n")
+        raise SweepError(f"The reference '{spec}' ({split} split) has {len(data)} images; {n} are asked for (lower "
+                         "--n or --reference-n).", "n")
     return (data, FILE_ORDER_DRAW) if seed is None else representative_order(data, seed)
 
 
@@ -122,7 +133,8 @@ class _Reference:
 
 def _reference(cfg: EvaluateSettings, log_: ResultsLog, device: torch.device, data: ImageDataset,
                resolution: int) -> _Reference:
-    images = data.images[: cfg.n]
+    n_ref = cfg.reference_n or cfg.n
+    images = data.images[:n_ref]
     if cfg.backend == "domain":
         folder = cfg.out / f"domain_classifier-{resolution}px"
         if (folder / "config.json").is_file():
@@ -132,7 +144,7 @@ def _reference(cfg: EvaluateSettings, log_: ResultsLog, device: torch.device, da
             clf.save(folder)
         return _Reference(compute_features(images, "domain", device, classifier=clf), clf)
     ref = reference_features(images, "inception", device, source=f"{cfg.reference} at {resolution} px")
-    log_.append(ReferenceRecord(source=ref.key.source, content=ref.key.content, fid_backend="inception", n=cfg.n,
+    log_.append(ReferenceRecord(source=ref.key.source, content=ref.key.content, fid_backend="inception", n=n_ref,
                                 resolution=resolution, cached=ref.cached, seconds=round(ref.seconds, 3),
                                 compute_seconds=ref.compute_seconds))
     return _Reference(ref.features, None)
@@ -154,7 +166,8 @@ def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
     draw_seed = None if begun is not None and "reference_draw" not in begun.config else cfg.seed  # keep an old run's
     images: dict[tuple[int, int], ImageDataset] = {}
     for key in {(p.resolution, p.image_channels) for p in pipes.values()}:  # the reference at every size a model needs
-        images[key], draw = _reference_images(cfg.reference, *key, cfg.n, draw_seed)
+        images[key], draw = _reference_images(cfg.reference, *key, cfg.reference_n or cfg.n, draw_seed,
+                                              cfg.reference_split)
     results.append_once(environment({"command": "evaluate", "models": list(models), **asdict(cfg),
                                      "reference_draw": draw}, device))
     references: dict[tuple[int, int], _Reference] = {}

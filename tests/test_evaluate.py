@@ -84,6 +84,14 @@ def test_evaluates_both_public_layouts_and_reuses_the_reference(public_models, r
     assert second.compute_seconds == first.compute_seconds and second.seconds < first.compute_seconds
     assert "time saved" in (again / "report.md").read_text()
 
+    # 10 samples against all 20 reference images (the "N samples vs more held-out images")
+    uneven = tmp_path / "uneven"
+    assert run_cli("evaluate", ldm, "--reference", reference_folder, "--n", N // 2, "--reference-n", N,
+                   "--ddim-steps", 2, "--bootstrap-resamples", 0, "--out", uneven) == 0
+    (fid,) = read_results(uneven).of(FidRecord)
+    assert fid.fid_samples == N // 2 and fid.reference_samples == N
+    assert read_results(uneven).one(ReferenceRecord).cached  # the same 20 images as before
+
 
 def test_bad_input_is_refused_before_any_work(public_models, reference_folder, tmp_path, capsys) -> None:
     ddpm, _ = public_models
@@ -95,6 +103,10 @@ def test_bad_input_is_refused_before_any_work(public_models, reference_folder, t
     assert "does not exist" in capsys.readouterr().err
     assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--n", N + 1, "--out", out) == 2
     assert f"has {N} images" in capsys.readouterr().err
+    # a folder's held-out share (about 11 % of 20 images) is too small for N = 20
+    assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--reference-split", "test", "--n", N,
+                   "--out", out) == 2
+    assert "(test split) has" in capsys.readouterr().err
     assert run_cli("evaluate", ddpm, "--reference", tmp_path / "nothing", "--n", N, "--out", out) == 2
     assert "does not exist" in capsys.readouterr().err
     assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--ddim-steps", 0, "--out", out) == 2
