@@ -164,8 +164,9 @@ def run_sweep(cfg: CompressionSweep) -> Path:
     cfg.validate()
     needed = max(cfg.run.fid_samples, cfg.sweep.inception_samples, cfg.sweep.progress_samples)
     ctx = open_run(cfg.run, cfg.flat_config(), needed)
-    cells: list[tuple[str, int]] = [("pixel", 1)] if 1 in cfg.sweep.factors else []
-    cells += [(kind, f) for kind in cfg.sweep.kinds for f in cfg.sweep.factors if f > 1]
+    # in the order the factors were given (a long sweep can put the models wanted first first)
+    cells = [("pixel", 1) if f == 1 else (kind, f) for kind in cfg.sweep.kinds for f in cfg.sweep.factors]
+    cells = list(dict.fromkeys(cells))  # pixel space once, whatever the kinds
     for kind, factor in cells:
         print(f"== {kind} f={factor} ==", flush=True)
         autoencoder = autoencoder_cell(ctx, kind, factor, cfg.sweep.inception_samples) if factor > 1 else None

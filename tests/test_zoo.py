@@ -14,7 +14,7 @@ from pipelines.pipeline import load_pipeline
 from pipelines.results import RecordError, TrainingSummary
 
 ZOO = ROOT / "models"
-MAX_BYTES = 60_000_000
+MAX_BYTES = 120_000_000
 
 
 def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
@@ -22,7 +22,7 @@ def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
     # nine pipelines (the Fashion-MNIST f = 32 model left: a 1x1 latent, now refused) and four first stages
     assert len(folders) >= 9 and len(list(ZOO.glob("first-stage/*/config.json"))) == 4
     total = sum(f.stat().st_size for f in ZOO.rglob("*") if f.is_file())
-    assert total <= MAX_BYTES, f"the zoo holds {total / 1e6:.1f} MB, over the 60 MB cap"
+    assert total <= MAX_BYTES, f"the zoo holds {total / 1e6:.1f} MB, over the 120 MB cap"
     for folder in folders:
         assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
         card = (folder / "README.md").read_text()
