@@ -51,6 +51,8 @@ class ZooBuildSettings:
     max_model_mb: float = field(default=30.0, metadata=help_text("size budget of one exported model folder (MB)"))
     max_total_mb: float = field(default=120.0, metadata=help_text("size budget of the whole zoo folder (MB)"))
     parts: list[str] = field(default_factory=list, metadata=help_text("build only these parts (default: all)"))
+    export_only: bool = field(default=False, metadata=help_text(
+        "train nothing: export the models the parts have finished and measured so far"))
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -174,12 +176,22 @@ def run_part(part: ZooPart, runs: Path) -> Path:
     return run_conditional_sweep(Sweep(f"zoo-{part.name}", run, part.settings))
 
 
+def _measured(run_dir: Path, name: str) -> bool:
+    """Whether the pipeline's samples were measured (a sweep measures a model right after training it)."""
+    from pipelines.results import TrainingSummary, read_results
+
+    from .export import model_rows
+
+    return bool(model_rows(read_results(run_dir), TrainingSummary.load(run_dir / "models" / name / "training.json")))
+
+
 def export_part(part: ZooPart, run_dir: Path, models: Path, max_model_mb: float) -> list[Path]:
-    """Export the part's pipelines not yet in the zoo; refuse (and write nothing) when one is over budget."""
+    """Export the part's measured pipelines not yet in the zoo; refuse (and write nothing) when one is over budget."""
     from .export import export_zoo
 
     todo = [name for name in _pipelines(run_dir)
-            if not _already_exported(run_dir / "models" / name, models / f"{part.prefix}-{name}")]
+            if _measured(run_dir, name)
+            and not _already_exported(run_dir / "models" / name, models / f"{part.prefix}-{name}")]
     return export_zoo(run_dir, models, part.prefix, only=todo, max_mb=max_model_mb) if todo else []
 
 
@@ -191,8 +203,13 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
         shutil.rmtree(stale, ignore_errors=True)
     parts = [p for p in PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
     for part in parts:
-        print(f"=== zoo part {part.name} ({part.sweep} sweep) ===", flush=True)
-        run_dir = run_part(part, runs)
+        if cfg.export_only:
+            run_dir = runs / part.name
+            if not run_dir.is_dir():
+                continue
+        else:
+            print(f"=== zoo part {part.name} ({part.sweep} sweep) ===", flush=True)
+            run_dir = run_part(part, runs)
         for path in export_part(part, run_dir, cfg.models, cfg.max_model_mb):
             print(f"exported {path} ({folder_mb(path):.1f} MB)", flush=True)
     zoo = sorted(p for p in cfg.models.glob("*") if (p / "model_index.json").is_file())

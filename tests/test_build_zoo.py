@@ -29,14 +29,22 @@ def test_build_zoo_survives_a_kill_and_resumes_without_retraining(tmp_path: Path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = runs / "fmnist16" / "results.jsonl"
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:  # kill once the first denoiser is trained
-        if log.is_file() and '"record": "train"' in log.read_text():
+    while time.time() < deadline and proc.poll() is None:  # kill once the first denoiser is trained and measured
+        if log.is_file() and '"record": "sampling"' in log.read_text():
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     trained_before = log.read_text().count('"record": "train"')
     assert trained_before >= 1
+
+    # --export-only ships what is finished and measured, and trains nothing
+    logged = log.read_text()
+    assert _build(tmp_path, "--export-only") == 0
+    assert log.read_text() == logged
+    early = sorted(p.name for p in models.iterdir())
+    assert "fmnist16-dm-f1" in early and set(early) <= set(SMOKE_MODELS)
+    assert all("FID" in (models / name / "README.md").read_text() for name in early)
 
     assert _build(tmp_path) == 0
     assert sorted(p.name for p in models.iterdir()) == SMOKE_MODELS  # no temporary or half-written folder
