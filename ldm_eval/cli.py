@@ -56,6 +56,22 @@ class FidSettings:
 
 
 @dataclass
+class RecogniseSettings:
+    """``recognise MODEL [MODEL ...] --classifier DIR``: would a person recognise the samples?"""
+
+    classifier: Path = field(metadata=help_text(
+        "a class classifier trained on the real data (a sweep's domain_classifier/ folder)"))
+    real: str = field(default="", metadata=help_text(
+        "real images for scale: fashion-mnist or a folder (its held-out split)"))
+    n: int = field(default=500, metadata=help_text("samples per model"))
+    ddim_steps: int = field(default=50, metadata=help_text("DDIM steps"))
+    seed: int = field(default=0, metadata=help_text("seed of sampling"))
+    batch_size: int = field(default=100, metadata=help_text("images per sampling batch (never changes the images)"))
+    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
+    out: Path | None = field(default=None, metadata=help_text("also write the results as JSON here"))
+
+
+@dataclass
 class ExportSettings:
     """``export-zoo RUN_DIR``: copy a sweep's models as fp16 with model cards (the demo's zoo)."""
 
@@ -285,6 +301,28 @@ def cmd_fid(argv: list[str]) -> int:
     return 0
 
 
+def cmd_recognise(argv: list[str]) -> int:
+    from pipelines.atomic import write_json_atomic
+    from pipelines.errors import whole_number
+
+    from .recognisability import recognise_models
+
+    parser = _parser("python -m ldm_eval recognise", [RecogniseSettings])
+    parser.add_argument("models", nargs="+", help="model folders")
+    cfg, args = parser.parse_args_into_dataclasses(args=_split_commas(argv, _list_flags([RecogniseSettings])))
+    whole_number(cfg.n, "n", "The number of samples", 1, 1_000_000)
+    whole_number(cfg.ddim_steps, "ddim_steps", "DDIM steps", 1, 1000)
+    found = recognise_models(list(args.models), cfg.classifier, cfg.real, cfg.n, cfg.ddim_steps, cfg.seed,
+                             cfg.batch_size, cfg.device)
+    for name, r in found.items():
+        print(f"{name}: {r.sentence()}; {'meets' if r.meets_bar() else 'misses'} the bar")
+    if cfg.out:
+        write_json_atomic(cfg.out, {"classifier": str(cfg.classifier), "ddim_steps": cfg.ddim_steps, "seed": cfg.seed,
+                                    "models": {name: {**dataclasses.asdict(r), "meets_bar": r.meets_bar()}
+                                               for name, r in found.items()}})
+    return 0
+
+
 def cmd_report(argv: list[str]) -> int:
     from .report import render_any_report
 
@@ -368,6 +406,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train-diffusion": (cmd_train_diffusion, "train a denoiser (pixel space or on cached latents)"),
     "sample": (cmd_sample, "write N samples of a trained model as PNG files"),
     "fid": (cmd_fid, "FID (and KID) between two folders of images"),
+    "recognise": (cmd_recognise, "would a person recognise a model's samples? a real-data classifier's verdict"),
     "report": (cmd_report, "re-render a run folder's report from its stored results"),
     "build-zoo": (cmd_build_zoo, "train, measure and export the demo's whole model zoo (resumable)"),
     "export-zoo": (cmd_export_zoo, "copy a sweep's models as fp16 with model cards (the demo's zoo)"),

@@ -10,6 +10,7 @@ is sure of 85 % of real images cannot be sure of more samples than that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,3 +70,37 @@ def recognisability(samples_uint8: torch.Tensor | np.ndarray, classifier: Domain
                            confident_share=_confident_share(probs, confidence),
                            class_shares={name: float(c / len(probs)) for name, c in zip(names, counts)},
                            real_confident_share=real)
+
+
+def recognise_models(models: list[str], classifier_dir: Path, real: str = "", n: int = 500, ddim_steps: int = 50,
+                     seed: int = 0, batch_size: int = 100, device: str = "auto") -> dict[str, Recognisability]:
+    """Sample ``n`` images of each model (DDIM) and ask a real-data classifier to name them.
+
+    The way to put today's and tomorrow's models side by side with one judge: the classifier
+    is loaded, never trained here, so every model is measured by the same one. ``real``
+    (``fashion-mnist`` or a folder, whose held-out split is used) gives the real-image share
+    for scale.
+    """
+    from pipelines.data import FASHION_MNIST, load_dataset
+    from pipelines.images import unit_nhwc_to_uint8_nchw
+    from pipelines.pipeline import load_pipeline, resolve_device
+    from pipelines.sampling import timed_sampling
+
+    from .domain_classifier import DomainClassifier
+
+    dev = resolve_device(device)
+    clf = DomainClassifier.load(classifier_dir, dev)
+    pipes = {name: load_pipeline(name, device=dev) for name in models}  # a bad folder fails before any sampling
+    for name, pipe in pipes.items():
+        if (pipe.resolution, pipe.image_channels) != (clf.config.resolution, clf.config.in_channels):
+            raise ClassifierError(f"{name} draws {pipe.image_channels}-channel {pipe.resolution} px images; the "
+                                  f"classifier reads {clf.config.in_channels}-channel {clf.config.resolution} px.")
+    real_images = None
+    if real:
+        real_images = load_dataset(real if real == FASHION_MNIST else Path(real), clf.config.resolution,
+                                   clf.config.in_channels, split="test").images[:n]
+    out = {}
+    for name, pipe in pipes.items():
+        timed = timed_sampling(pipe, n, ddim_steps, "ddim", seed=seed, batch_size=batch_size)
+        out[name] = recognisability(unit_nhwc_to_uint8_nchw(timed.images), clf, real_uint8=real_images)
+    return out

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import scipy.linalg
 import torch
-from conftest import write_pngs
+from conftest import run_cli, write_pngs
 
 from ldm_eval.domain_classifier import ClassifierError, DomainClassifier, train_domain_classifier
 from ldm_eval.fid import (
@@ -398,3 +398,24 @@ def test_recognisability_sees_real_images_one_class_and_noise(classifier, fmnist
     noise = recognisability(noise_like(real[:200], seed=3), classifier)
     assert noise.confident_share < scores.confident_share and not noise.meets_bar()
     assert "of 200 samples assigned to one class" in noise.sentence()
+
+
+def test_recognise_command_judges_models_with_one_loaded_classifier(tiny_ldm, classifier, tmp_path, capsys):
+    """``recognise``: samples of a saved model named by a saved real-data classifier; a size mismatch is refused."""
+    import json
+
+    train16 = load_dataset("fashion-mnist", 16, split="train")
+    small = train_domain_classifier(train16.images[:512], train16.labels["class"][:512], steps=20, batch_size=64,
+                                    seed=0, class_names=FASHION_MNIST_CLASSES)
+    small.save(tmp_path / "clf16")
+    out = tmp_path / "recognised.json"
+    assert run_cli("recognise", tiny_ldm, "--classifier", tmp_path / "clf16", "--real", "fashion-mnist", "--n", 16,
+                   "--ddim-steps", 2, "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "of 16 samples assigned to one class with probability >= 0.9 (real held-out images: " in printed
+    result = json.loads(out.read_text())["models"][str(tiny_ldm)]
+    assert result["n"] == 16 and abs(sum(result["class_shares"].values()) - 1) < 1e-6
+    assert 0 <= result["real_confident_share"] <= 1 and result["meets_bar"] is False
+    classifier.save(tmp_path / "clf32")
+    assert run_cli("recognise", tiny_ldm, "--classifier", tmp_path / "clf32") == 2
+    assert "draws 1-channel 16 px images; the classifier reads 1-channel 32 px" in capsys.readouterr().err
