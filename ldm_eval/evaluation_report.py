@@ -104,9 +104,12 @@ def render_evaluation_report(run_dir: Path) -> Path:
     table = evaluation_table(results)
     write_table(run_dir, table)
     env, cfg = environment(results)
+    split = cfg.get("reference_split", "auto")
+    ref_n = cfg.get("reference_n") or cfg.get("n")
+    reference = f"`{cfg.get('reference')}`" + (f" ({split} split)" if split != "auto" else "") + f", {ref_n} images"
     lines = [
         f"# LDM Lab evaluation: {run_dir.name}", "",
-        f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference `{cfg.get('reference')}`; "
+        f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference {reference}; "
         f"N = {cfg.get('n')} samples per model and step count (DDIM, eta 0, seed {cfg.get('seed')}), "
         f"{cfg.get('backend')} features, precision {cfg.get('mixed_precision')}.", "",
         measured_on(env, cfg), "",

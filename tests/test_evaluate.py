@@ -91,6 +91,7 @@ def test_evaluates_both_public_layouts_and_reuses_the_reference(public_models, r
     (fid,) = read_results(uneven).of(FidRecord)
     assert fid.fid_samples == N // 2 and fid.reference_samples == N
     assert read_results(uneven).one(ReferenceRecord).cached  # the same 20 images as before
+    assert f", {N} images; N = {N // 2} samples per model" in (uneven / "report.md").read_text()
 
 
 def test_bad_input_is_refused_before_any_work(public_models, reference_folder, tmp_path, capsys) -> None:
