@@ -176,21 +176,19 @@ def run_part(part: ZooPart, runs: Path) -> Path:
     return run_conditional_sweep(Sweep(f"zoo-{part.name}", run, part.settings))
 
 
-def _measured(run_dir: Path, name: str) -> bool:
-    """Whether the pipeline's samples were measured (a sweep measures a model right after training it)."""
-    from pipelines.results import TrainingSummary, read_results
-
-    from .export import model_rows
-
-    return bool(model_rows(read_results(run_dir), TrainingSummary.load(run_dir / "models" / name / "training.json")))
-
-
 def export_part(part: ZooPart, run_dir: Path, models: Path, max_model_mb: float) -> list[Path]:
     """Export the part's measured pipelines not yet in the zoo; refuse (and write nothing) when one is over budget."""
-    from .export import export_zoo
+    from pipelines.results import TrainingSummary, read_results
+
+    from .export import export_zoo, model_rows
+
+    results = read_results(run_dir)  # once: a sweep measures each model right after training it
+
+    def measured(name: str) -> bool:
+        return bool(model_rows(results, TrainingSummary.load(run_dir / "models" / name / "training.json")))
 
     todo = [name for name in _pipelines(run_dir)
-            if _measured(run_dir, name)
+            if measured(name)
             and not _already_exported(run_dir / "models" / name, models / f"{part.prefix}-{name}")]
     return export_zoo(run_dir, models, part.prefix, only=todo, max_mb=max_model_mb) if todo else []
 
