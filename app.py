@@ -24,8 +24,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="requests run at once; the rest queue")
     args = parser.parse_args(argv)
 
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     from demo.service import Lab
     from demo.ui import build_app
+
+    # "Loading pipeline components" bars on every first use of a model say nothing a demo user can act on
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
     roots = [Path(m) for m in args.models if Path(m).is_dir() and not (Path(m) / "model_index.json").is_file()]
     singles = [m for m in args.models if Path(m) not in roots]

@@ -1,6 +1,7 @@
-"""Screenshots of every tab of a running demo, for the README: ``python -m demo.screenshots URL OUT``.
+"""Screenshots of every tab of a running demo, for the README: ``python -m demo.screenshots URL OUT [PHOTO]``.
 
-Uses Debian's Chromium through Playwright (no browser download).
+Uses Debian's Chromium through Playwright (no browser download). With ``PHOTO``, the
+autoencoder explorer reconstructs that picture (e.g. a held-out face) instead of a data set image.
 """
 from __future__ import annotations
 
@@ -11,18 +12,18 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 
-def take(url: str, out: Path, executable: str = "/usr/bin/chromium") -> list[Path]:
+def take(url: str, out: Path, photo: Path | None = None, executable: str = "/usr/bin/chromium") -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
     shots = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         steps = [
             ("generate", "Generate", "Generate", "#generate-gallery img"),
-            ("compare", "Compare factors", "Compare", "#compare-gallery img"),
+            ("compare", "Compare factors", "Compare", "#compare-grid img"),
             ("autoencoder", "Autoencoder explorer", None, None),
             ("trajectory", "Denoising trajectory", "Show trajectory", None),
             ("results", "Results", None, None),
@@ -30,10 +31,14 @@ def take(url: str, out: Path, executable: str = "/usr/bin/chromium") -> list[Pat
         for name, tab, button, wait_for in steps:
             page.get_by_role("tab", name=tab).click()
             if name == "autoencoder":
-                page.get_by_role("button", name="Use data set image").click()
-                page.wait_for_timeout(1500)
+                if photo is not None:
+                    page.locator("#explorer-image input[type=file]").set_input_files(str(photo))
+                else:
+                    page.get_by_role("button", name="Use data set image").click()
+                page.wait_for_timeout(2000)
                 page.get_by_role("button", name="Reconstruct").click()
-                page.wait_for_timeout(8000)
+                page.wait_for_selector("#explorer-grid img", timeout=120_000)
+                page.wait_for_timeout(2000)
             elif button:
                 page.get_by_role("button", name=button, exact=True).click()
                 if wait_for:
@@ -42,7 +47,7 @@ def take(url: str, out: Path, executable: str = "/usr/bin/chromium") -> list[Pat
             else:
                 page.wait_for_timeout(2000)
             path = out / f"demo-{name}.png"
-            page.screenshot(path=str(path), full_page=False)
+            page.screenshot(path=str(path), full_page=name in ("compare", "autoencoder", "results"))
             shots.append(path)
             if name == "generate":
                 shots.append(_conditional_generate(page, out))
@@ -71,5 +76,5 @@ def _conditional_generate(page, out: Path, label: str = "ankle boot", guidance: 
 
 
 if __name__ == "__main__":
-    for shot in take(sys.argv[1], Path(sys.argv[2])):
+    for shot in take(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None):
         print(shot)

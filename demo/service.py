@@ -14,14 +14,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.conditioning import class_caption
-from pipelines.errors import InputError, whole_number
+from pipelines.errors import InputError, quote, whole_number
 from pipelines.fidelity import psnr, ssim
 from pipelines.first_stage import FirstStage, load_autoencoder
 from pipelines.images import (
@@ -41,16 +41,16 @@ from pipelines.sampling import TimedSamples, timed_sampling
 
 from .zoo import (
     ModelEntry,
+    ShownFid,
     discover_autoencoders,
     discover_models,
+    fid_line,
     latest_results,
-    model_fid,
+    model_fids,
+    result_folders,
     sweep_results,
     user_model_entry,
 )
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 MAX_IMAGES = 16  # the demo's policy: one request stays quick on a CPU (the core allows far more)
 MAX_STEPS = 1000  # the Steps sliders' range; each model's own limit is the core's to enforce
@@ -161,26 +161,49 @@ class ComparedModel(NamedTuple):
     entry: ModelEntry
     timed: TimedSamples
     timing: Timing
-    fid: str
+    fid: str  # every FID the reports hold for the model, as one line
     condition: Condition
+    fids: tuple[ShownFid, ...] = ()  # the same, as numbers (empty when there is none)
 
 
-def prepare_upload(image: Image.Image | np.ndarray | str | Path, resolution: int, channels: int) -> torch.Tensor:
-    """Any mode or size to a (1, C, R, R) float tensor in [-1, 1]; huge uploads refused."""
+def open_upload(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
+    """An upload (a file in Gradio's cache, an array or a PIL image) as an upright PIL image; huge or broken refused.
+
+    Messages name the file by its own name, never by its path in the server's cache.
+    """
     if isinstance(image, (str, Path)):
         path = Path(image)
+        name = quote(path.name, 40)
         if path.stat().st_size > MAX_UPLOAD_BYTES:
-            raise DemoInputError(f"The upload is {path.stat().st_size / 2**20:.1f} MB; the limit is 10 MB.")
+            raise DemoInputError(f"The upload {name} is {path.stat().st_size / 2**20:.1f} MB; the limit is 10 MB.")
         try:
             image = Image.open(path)
             image.load()
-        except (OSError, Image.DecompressionBombError, SyntaxError) as err:
-            raise DemoInputError(f"That file is not an image this demo can read ({err}).") from None
+        except Image.DecompressionBombError:
+            raise DemoInputError(f"The image {name} has too many pixels to open safely; the limit is 40 "
+                                 "megapixels.") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            reason = ("its contents are not in an image format (PNG, JPEG, WebP...)"
+                      if isinstance(err, UnidentifiedImageError) else "it is damaged or cut short")
+            raise DemoInputError(f"That file is not an image this demo can read: {name}: {reason}.") from None
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image.astype(np.uint8) if image.dtype != np.uint8 else image)
     if image.width * image.height > MAX_UPLOAD_PIXELS:
         raise DemoInputError(f"The image is {image.width}x{image.height} pixels; the limit is 40 megapixels.")
-    image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+    return ImageOps.exif_transpose(image)
+
+
+def is_colour(image: Image.Image) -> bool:
+    """Whether the picture has colour (a grey photo stored as RGB has none), to pick models trained on such data."""
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    rgb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.int16)
+    return int(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).max()) > 8
+
+
+def prepare_upload(image: Image.Image | np.ndarray | str | Path, resolution: int, channels: int) -> torch.Tensor:
+    """Any mode or size to a (1, C, R, R) float tensor in [-1, 1]; huge uploads refused."""
+    image = open_upload(image).convert("L" if channels == 1 else "RGB")
     image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
     return uint8_to_signed(as_uint8_nchw(np.array(image)[None]))  # a copy: PIL's buffer is read-only
 
@@ -253,9 +276,13 @@ class Lab:
         # shipped weights are fp16 to keep the repository small; compute in fp32 on CPU
         return torch.float32 if self.device.type == "cpu" else None
 
-    def results(self) -> tuple[pd.DataFrame | None, Path | None]:
-        """The Results tab's table and the run folder it comes from (the newest compression run)."""
-        return latest_results(self.report_dirs) if self.report_dirs else latest_results()
+    def newest_sweep(self) -> Path | None:
+        """The newest compression sweep's folder: the Results tab opens on it."""
+        return (latest_results(self.report_dirs) if self.report_dirs else latest_results())[1]
+
+    def result_folders(self) -> dict[str, Path]:
+        """Every report or run folder the Results tab offers, by the name it shows."""
+        return result_folders(self.report_dirs) if self.report_dirs else result_folders()
 
     # --- the four actions ---------------------------------------------------------------
 
@@ -286,7 +313,9 @@ class Lab:
         rows = []
         for entry, condition, request in plans:
             timed, timing = self._sample(entry, request, condition, False)
-            rows.append(ComparedModel(entry, timed, timing, model_fid(runs, entry), condition))
+            fids = model_fids(runs, entry)
+            rows.append(ComparedModel(entry, timed, timing, fid_line(fids), condition,
+                                      tuple(fids) if isinstance(fids, list) else ()))
         return rows
 
     def _check(self, entry: ModelEntry, sampler: object, steps: object, seed: object, n: int,
@@ -327,7 +356,7 @@ class Lab:
             real, recon = signed_to_unit(x.cpu()), signed_to_unit(recon.cpu())
             c, h, w = stage.latent_shape(resolution)
             out.append({
-                "model": entry.label, "factor": stage.factor, "kind": stage.kind,
+                "model": entry.label, "name": entry.short_name, "factor": stage.factor, "kind": stage.kind,
                 "input": unit_to_uint8(real.permute(0, 2, 3, 1).numpy())[0],
                 "reconstruction": unit_to_uint8(recon.permute(0, 2, 3, 1).numpy())[0],
                 "psnr": psnr(real, recon), "ssim": ssim(real, recon),

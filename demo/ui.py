@@ -11,14 +11,39 @@ from PIL import Image
 
 from pipelines.conditioning import MAX_GUIDANCE
 from pipelines.data import FASHION_MNIST_CLASSES, load_dataset
+from pipelines.errors import quote
 from pipelines.images import unit_to_uint8
+from pipelines.results import read_results
 
-from .service import MAX_IMAGES, MAX_STEPS, DemoInputError, Lab
-from .zoo import CONDITION_WORDS, ModelEntry
+from .service import MAX_IMAGES, MAX_STEPS, DemoInputError, Lab, is_colour, open_upload
+from .views import (
+    compare_chart,
+    compare_grid_html,
+    dataset_title,
+    readable,
+    reconstruction_grid_html,
+)
+from .zoo import CONDITION_WORDS, ModelEntry, results_table
 
 INTRO = """# LDM Lab: why latent diffusion works
 Pixel-space diffusion (f = 1) against latent diffusion whose autoencoder shrinks each side by f.
 Same denoiser size everywhere: watch time and memory fall as f grows, and detail go when f is too big."""
+
+# "What am I looking at": one plain line under each tab's title
+TAB_NOTES = {
+    "generate": "Draw new images from one model. **f** is how much its autoencoder shrinks each side of the image "
+                "before diffusion runs (f = 1: pixel space, no autoencoder); the denoiser works on the smaller latent.",
+    "compare": "The same seed through several models, one column per f, grouped by data set. Under each image: "
+               "sampling time, throughput, peak memory and the FID its report measured (lower is better). "
+               "Cf. the paper's Fig. 6-7: small f is slow, large f loses detail; the middle wins.",
+    "explorer": "Only the autoencoder (first stage): the image is encoded to a latent and decoded back. The latent "
+                "shape is channels x height x width; the compression ratio is image values / latent values. "
+                "PSNR (dB, higher is better) says how much detail survives. Cf. the paper's Tab. 8.",
+    "trajectory": "One sample, step by step: left of each frame the noisy latent decoded (x_t), right the model's "
+                  "current guess of the clean image (x0). Early steps settle the layout, late steps add detail.",
+    "results": "The harness's measurements (`python -m ldm_eval`): pick a report or run folder to see its table "
+               "and plots. Every number says what produced it (backend, N samples, steps) in the report itself.",
+}
 
 NO_LABEL = ("(no label)", "")
 PROMPT_EXAMPLE = "a photo of an ankle boot"
@@ -36,7 +61,8 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ValueError as err:  # DemoInputError included
-            raise gr.Error(str(err)) from None
+            # a refused input is the user's to fix, not the server's: no traceback in the log
+            raise gr.Error(str(err), print_exception=False) from None
     return wrapper
 
 
@@ -91,12 +117,38 @@ def _condition_note(entry: ModelEntry | None) -> str:
     return f"This model is conditioned on **{CONDITION_WORDS[entry.condition]}**."
 
 
-def explorer_default(entries: list[ModelEntry]) -> list[str]:
-    """The explorer's first choice: a KL and a VQ autoencoder of each of the first two shared factors, if any."""
-    pairs = [e for e in entries if e.first_stage_only]
-    both = sorted({e.factor for e in pairs if e.kind == "kl"} & {e.factor for e in pairs if e.kind == "vq"})[:2]
-    chosen = [e.label for e in pairs if e.factor in both]
-    return chosen or [e.label for e in entries][:5]
+DEFAULT_PICKS = 6  # models ticked at first in Compare and in the explorer
+
+
+def compare_default(models: list[ModelEntry]) -> list[str]:
+    """Compare's first choice: one unconditional model per (kind, factor) of the default model's data set."""
+    unconditional = [m for m in models if m.condition == "none"]
+    anchor = next((m for m in unconditional if m.factor == 4), unconditional[0] if unconditional else None)
+    if anchor is None:
+        return [m.label for m in models][:DEFAULT_PICKS]
+    first: dict[tuple[str, int], ModelEntry] = {}
+    for m in unconditional:
+        if (m.dataset, m.resolution) == (anchor.dataset, anchor.resolution):
+            first.setdefault((m.kind, m.factor), m)
+    return [m.label for m in sorted(first.values(), key=lambda m: (m.factor, m.kind))][:DEFAULT_PICKS]
+
+
+def explorer_default(entries: list[ModelEntry], channels: int | None = None) -> list[str]:
+    """The explorer's choice for an image of ``channels`` (1 grey, 3 colour; None: before any image).
+
+    Models trained on data like the image (a colour photo through grey Fashion-MNIST models
+    comes back as grey mush): a KL and a VQ autoencoder of each of the first two factors that
+    have both, else one model per (kind, factor), smallest factor first.
+    """
+    pool = [e for e in entries if channels is None or e.channels == channels] or entries
+    first = {}  # one model per (kind, factor): stand-alone autoencoders before pipelines, then by name
+    for e in sorted(pool, key=lambda e: (not e.first_stage_only, e.factor, e.kind, e.name)):
+        first.setdefault((e.kind, e.factor), e)
+    both = sorted({f for k, f in first if k == "kl"} & {f for k, f in first if k == "vq"})[:2]
+    chosen = [first[(kind, f)] for f in both for kind in ("kl", "vq")]
+    if not chosen:
+        chosen = sorted(first.values(), key=lambda e: (e.factor, e.kind))[:DEFAULT_PICKS]
+    return [e.label for e in chosen]
 
 
 def build_app(lab: Lab) -> gr.Blocks:
@@ -131,53 +183,77 @@ def build_app(lab: Lab) -> gr.Blocks:
     def compare(models, sampler, steps, seed, label=None, prompt=None, guidance=1.0):
         rows = lab.compare(models or [], _sampler(sampler), steps, seed, label=label, prompt=prompt,
                            guidance=1.0 if guidance is None else guidance)
-        gallery, table = [], []
-        for entry, timed, timing, fid, condition in rows:
-            caption = (f"f={entry.factor} ({condition.caption}): {timing.wall_seconds:.2f} s, "
-                       f"{timing.peak_memory_mb or 0:.0f} MB; {fid}")
-            gallery.append((_upscale(_pil(unit_to_uint8(timed.images)[0])), caption))
-            table.append({"model": entry.label, "factor": entry.factor, "condition": condition.caption,
-                          "guidance": timing.guidance, "wall_s": timing.wall_seconds,
-                          "samples_per_s": timing.samples_per_s, "peak_memory_mb": timing.peak_memory_mb,
-                          "memory": timing.memory_method, "fid (latest report)": fid})
-        return gallery, pd.DataFrame(table)
+        table = [{"model": r.entry.short_name, "data": dataset_title(r.entry), "factor": r.entry.factor,
+                  "kind": r.entry.kind_text, "condition": r.condition.caption, "guidance": r.timing.guidance,
+                  "wall_s": r.timing.wall_seconds, "samples_per_s": r.timing.samples_per_s,
+                  "peak_memory_mb": r.timing.peak_memory_mb, "memory": r.timing.memory_method,
+                  "fid (its report)": r.fid} for r in rows]
+        return compare_grid_html(rows), compare_chart(rows), readable(pd.DataFrame(table))
 
     @_user_errors
     def reconstruct(image, models):
         rows = lab.reconstruct(_upload_path(image), models or [])
-        gallery = [(_upscale(_pil(rows[0]["input"])), "input")]
-        gallery += [(_upscale(_pil(r["reconstruction"])),
-                     f"{r['kind'].upper()} f={r['factor']}: PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}") for r in rows]
-        latents = [(Image.fromarray(p), f"{r['kind'].upper()} f={r['factor']} channel {i}")
+        entries = [lab.entry(name, autoencoders=True) for name in models]
+        latents = [(Image.fromarray(p), f"{r['kind'].upper()} f={r['factor']} · {i}")
                    for r in rows for i, p in enumerate(r["latents"])]
-        table = pd.DataFrame([{"model": r["model"], "factor": r["factor"], "latent": "x".join(map(str, r["latent_shape"])),
-                               "compression_ratio": round(r["compression_ratio"], 1), "psnr_db": round(r["psnr"], 2),
-                               "ssim": round(r["ssim"], 4), "kind": r["kind"]} for r in rows])
-        return gallery, latents, table
+        table = pd.DataFrame([{"model": r["name"], "kind": r["kind"].upper(), "factor": r["factor"],
+                               "latent": "x".join(map(str, r["latent_shape"])),
+                               "compression_ratio": r["compression_ratio"], "psnr_db": r["psnr"], "ssim": r["ssim"]}
+                              for r in rows])
+        return reconstruction_grid_html(rows, entries), latents, readable(table)
+
+    def explorer_upload(image):
+        """Check an upload at once (a file that is not an image is named and cleared) and tick the models
+        trained on data like it: colour photos -> the colour (face) models, grey -> the grey ones."""
+        try:
+            picture = open_upload(_upload_path(image))
+        except DemoInputError as err:
+            gr.Warning(str(err))
+            return None, gr.CheckboxGroup()
+        return gr.Image(), gr.CheckboxGroup(value=explorer_default(explorer, 3 if is_colour(picture) else 1))
 
     @_user_errors
     def trajectory(model, steps, seed):
         timed, timing = lab.generate(model, "ddim", steps, seed, 1, trajectory=True)
         xt, x0 = unit_to_uint8(timed.trajectory_xt[:, 0]), unit_to_uint8(timed.trajectory_x0[:, 0])
         frames = [np.concatenate([a, b], axis=1) for a, b in zip(xt, x0)]
-        pil = [_upscale(_pil(f), 256) for f in frames]
+        pil = [_pil(f).resize((256, 128), Image.Resampling.NEAREST) for f in frames]
         gif = Path(_tmpdir()) / f"trajectory-{abs(hash((model, steps, seed)))}.gif"
         pil[0].save(gif, save_all=True, append_images=pil[1:], duration=120, loop=0)
-        gallery = [(img, f"t={t}: x_t | predicted x0") for img, t in zip(pil, timed.timesteps)]
+        gallery = [(img, f"t={t}") for img, t in zip(pil, timed.timesteps)]
         return str(gif), gallery, timing.__dict__
 
     def pick_from_data(index):
         resolution = max((m.resolution for m in lab.models), default=32)
         data = _test_images(resolution)
-        i = int(index) % len(data)
-        return _pil(data[i])
+        i = int(index or 0) % len(data)
+        return _pil(data[i]), gr.CheckboxGroup(value=explorer_default(explorer, 1))  # Fashion-MNIST: grey
 
-    results, report_dir = lab.results()
+    def show_results(name):
+        """The chosen run's table (rounded), its plots and where its full report is."""
+        if not name:
+            return (gr.Markdown("No harness report found yet: run `python -m ldm_eval`."), None,
+                    gr.Gallery(value=[], visible=False))
+        if name not in folders:
+            raise gr.Error(f"Unknown report folder {quote(name)}; pick one from the list.", print_exception=False)
+        path = folders[name]
+        table = results_table(read_results(path), path)
+        report = next((f"`{name}/{file}`" for file in ("report.html", "report.md") if (path / file).is_file()),
+                      "none rendered yet (`python -m ldm_eval report FOLDER`)")
+        plots = [(str(p), p.stem.replace("_", " ")) for p in sorted((path / "plots").glob("*.png"))]
+        return (gr.Markdown(f"Results of `{name}`; full report: {report}."), readable(table),
+                gr.Gallery(value=plots, visible=bool(plots)))
+
+    explorer = lab.explorer_models
+    folders = lab.result_folders()
+    newest = lab.newest_sweep()
+    first_report = next((name for name, path in folders.items() if path == newest), next(iter(folders), None))
     with gr.Blocks(title="LDM Lab") as app:
         gr.Markdown(INTRO)
         if not labels:
             gr.Markdown("**No models found.** Train some with `python -m ldm_eval` (they appear from `runs/`).")
         with gr.Tab("Generate"):
+            gr.Markdown(TAB_NOTES["generate"], elem_classes="tab-note")
             with gr.Row():
                 g_model = gr.Dropdown(labels, value=default, label="Model")
                 g_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
@@ -197,14 +273,17 @@ def build_app(lab: Lab) -> gr.Blocks:
                                        info=GUIDANCE_INFO, elem_id="generate-guidance",
                                        interactive=default_kind != "none")
             g_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-            g_gallery = gr.Gallery(label="Samples", columns=8, elem_id="generate-gallery")
+            g_gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain",
+                                   elem_id="generate-gallery")
             g_timing = gr.JSON(label="Timing", elem_id="generate-timing")
             g_model.change(generate_model_changed, [g_model, g_label], [g_label, g_prompt, g_guidance, g_note],
                            api_visibility="private")
             g_button.click(generate, [g_model, g_sampler, g_steps, g_seed, g_n, g_label, g_prompt, g_guidance],
                            [g_gallery, g_timing], api_name="generate", **RAW)
         with gr.Tab("Compare factors"):
-            c_models = gr.CheckboxGroup(labels, value=labels[:6], label="Models")
+            gr.Markdown(TAB_NOTES["compare"], elem_classes="tab-note")
+            c_models = gr.CheckboxGroup(labels, value=compare_default(lab.models), label="Models",
+                                        elem_id="compare-models")
             with gr.Row():
                 c_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
                 c_steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
@@ -218,47 +297,52 @@ def build_app(lab: Lab) -> gr.Blocks:
                 c_guidance = gr.Slider(0, MAX_GUIDANCE, value=1, step=0.5, label="Guidance scale",
                                        info=GUIDANCE_INFO, elem_id="compare-guidance")
             c_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
-            c_gallery = gr.Gallery(label="Same seed, every factor", columns=6, elem_id="compare-gallery")
-            c_table = gr.Dataframe(label="Time, memory and FID")
+            c_grid = gr.HTML(elem_id="compare-grid")
+            c_chart = gr.Plot(label="Seconds per image and FID per model", elem_id="compare-chart")
+            c_table = gr.Dataframe(label="Time, memory and FID", elem_id="compare-table")
             c_button.click(compare, [c_models, c_sampler, c_steps, c_seed, c_label, c_prompt, c_guidance],
-                           [c_gallery, c_table], api_name="compare", **RAW)
+                           [c_grid, c_chart, c_table], api_name="compare", **RAW)
         with gr.Tab("Autoencoder explorer"):
+            gr.Markdown(TAB_NOTES["explorer"], elem_classes="tab-note")
             with gr.Row():
-                r_image = gr.Image(type="filepath", label="Upload an image (up to 10 MB)")
+                r_image = gr.Image(type="filepath", label="Upload an image (up to 10 MB)", elem_id="explorer-image")
                 with gr.Column():
                     r_index = gr.Number(0, precision=0, label="...or a held-out image from the data set (index)")
                     r_pick = gr.Button("Use data set image")
-            explorer = lab.explorer_models
             r_models = gr.CheckboxGroup([m.label for m in explorer], value=explorer_default(explorer),
-                                        label="Models (KL and VQ autoencoders of the same f sit side by side)")
-            r_button = gr.Button("Reconstruct", variant="primary")
-            r_gallery = gr.Gallery(label="Input and reconstructions", columns=6)
-            r_latents = gr.Gallery(label="Latent channels", columns=8)
-            r_table = gr.Dataframe(label="Quality and compression")
-            r_pick.click(pick_from_data, [r_index], [r_image], api_visibility="private")
-            r_button.click(reconstruct, [r_image, r_models], [r_gallery, r_latents, r_table], api_name="reconstruct",
+                                        label="Models (uploading an image ticks those trained on data like it)",
+                                        elem_id="explorer-models")
+            r_button = gr.Button("Reconstruct", variant="primary", elem_id="explorer-button")
+            r_grid = gr.HTML(elem_id="explorer-grid")
+            r_latents = gr.Gallery(label="Latent channels", columns=8, height="auto", object_fit="contain")
+            r_table = gr.Dataframe(label="Quality and compression", elem_id="explorer-table")
+            r_image.upload(explorer_upload, [r_image], [r_image, r_models], api_visibility="private", **RAW)
+            r_pick.click(pick_from_data, [r_index], [r_image, r_models], api_visibility="private")
+            r_button.click(reconstruct, [r_image, r_models], [r_grid, r_latents, r_table], api_name="reconstruct",
                            **RAW)
         with gr.Tab("Denoising trajectory"):
+            gr.Markdown(TAB_NOTES["trajectory"], elem_classes="tab-note")
             with gr.Row():
                 t_model = gr.Dropdown(labels, value=default, label="Model")
                 t_steps = gr.Slider(2, 100, value=20, step=1, label="DDIM steps")
                 t_seed = gr.Number(0, precision=0, label="Seed")
             t_button = gr.Button("Show trajectory", variant="primary")
-            gr.Markdown("Left: the noisy sample x_t; right: the model's guess of the clean image x0. Early steps "
-                        "settle the layout, late steps add detail.")
-            t_gif = gr.Image(label="Animation", type="filepath")
-            t_frames = gr.Gallery(label="Every step", columns=10)
-            t_timing = gr.JSON(label="Timing")
+            with gr.Row():
+                t_gif = gr.Image(label="Animation (x_t | predicted x0)", type="filepath", height=280)
+                t_timing = gr.JSON(label="Timing")
+            t_frames = gr.Gallery(label="Every step (x_t | predicted x0)", columns=5, height="auto",
+                                  object_fit="contain", elem_id="trajectory-frames")
             t_button.click(trajectory, [t_model, t_steps, t_seed], [t_gif, t_frames, t_timing], api_name="trajectory")
         with gr.Tab("Results"):
-            if results is None:
-                gr.Markdown("No harness report found yet: run `python -m ldm_eval`.")
-            else:
-                gr.Markdown(f"Latest harness results: `{report_dir}` (see `report.html` there for the full report).")
-                source = "results.csv" if (report_dir / "results.csv").is_file() else "FID records (results.jsonl)"
-                gr.Dataframe(results, label=source)
-                for plot in sorted((report_dir / "plots").glob("*.png")):
-                    gr.Image(str(plot), label=plot.stem, type="filepath")
+            gr.Markdown(TAB_NOTES["results"], elem_classes="tab-note")
+            s_folder = gr.Dropdown(list(folders), value=first_report, label="Report or run folder",
+                                   elem_id="results-folder")
+            s_where = gr.Markdown(elem_id="results-where")
+            s_table = gr.Dataframe(label="Results", elem_id="results-table")
+            s_plots = gr.Gallery(label="Plots", columns=2, height="auto", object_fit="contain",
+                                 elem_id="results-plots")
+            s_folder.change(show_results, [s_folder], [s_where, s_table, s_plots], api_name="results")
+            app.load(show_results, [s_folder], [s_where, s_table, s_plots], api_visibility="private")
     return app
 
 

@@ -49,6 +49,17 @@ class ModelEntry:
     condition: str = "none"  # "none", "class" or "text"
     class_names: tuple[str, ...] = ()
     first_stage_only: bool = False  # an autoencoder folder (the first-stage study's), not a pipeline
+    channels: int = 3  # image channels it draws or reads: 1 grey, 3 colour
+
+    @property
+    def short_name(self) -> str:
+        """The folder's own name, for captions (the full name stays in the pickers)."""
+        return self.path.name if self.path.name else self.name
+
+    @property
+    def kind_text(self) -> str:
+        """'pixel', 'KL' or 'VQ', as captions and tables print it."""
+        return "pixel" if self.factor == 1 and not self.first_stage_only else self.kind.upper()
 
     @property
     def label(self) -> str:
@@ -81,6 +92,17 @@ def _condition(folder: Path, facts: TrainingSummary) -> tuple[str, tuple[str, ..
 AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel")
 
 
+def _channels(folder: Path, first_stage_only: bool) -> int:
+    """Image channels from the model's configs (no weights loaded): what the decoder (or pixel UNet) puts out."""
+    configs = [folder / "config.json"] if first_stage_only else [folder / "vae" / "config.json",
+                                                                 folder / "unet" / "config.json"]
+    for config in configs:
+        channels = _read_json(config).get("out_channels")
+        if isinstance(channels, int) and channels > 0:
+            return channels
+    return 3
+
+
 def _entry(folder: Path, root: Path, first_stage_only: bool = False) -> ModelEntry | None:
     if not (folder / "training.json").is_file():
         return None
@@ -94,7 +116,7 @@ def _entry(folder: Path, root: Path, first_stage_only: bool = False) -> ModelEnt
     return ModelEntry(
         name=f"{root.name}/{name}", path=folder, factor=facts.factor, kind=facts.kind, dataset=facts.dataset,
         resolution=facts.resolution, facts=facts, condition=condition, class_names=class_names,
-        first_stage_only=first_stage_only,
+        first_stage_only=first_stage_only, channels=_channels(folder, first_stage_only),
     )
 
 
@@ -112,7 +134,8 @@ def user_model_entry(source: str, pipe: LatentDiffusionPipeline) -> ModelEntry:
     kind = "pixel" if pipe.factor == 1 else pipe.first_stage.kind
     name = path.name if path.exists() else str(source)
     return ModelEntry(name=f"user/{name}", path=path, factor=pipe.factor, kind=kind, dataset="user model",
-                      resolution=pipe.resolution, condition=pipe.condition, class_names=tuple(pipe.class_names))
+                      resolution=pipe.resolution, condition=pipe.condition, class_names=tuple(pipe.class_names),
+                      channels=pipe.image_channels)
 
 
 def discover_models(dirs: tuple[Path, ...] | list[Path] = DEFAULT_MODEL_DIRS) -> list[ModelEntry]:
@@ -162,17 +185,34 @@ def sweep_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> 
     carry their own ``metrics.json``. A run whose file cannot be read is skipped with a
     warning, so one broken folder under ``runs/`` does not stop the demo.
     """
-    files = dict.fromkeys(p.resolve() for d in dirs if Path(d).is_dir() for p in Path(d).rglob(RESULTS))
+    runs = [(results, folder) for results, folder in _readable_runs(dirs)
+            if results.of(FidRecord) and not results.of(ConditioningRecord)]
+    # newest first by the run's own start time (a fresh clone gives every file the same age), then by file age
+    return sorted(runs, key=lambda run: (run[0].environment.started if run[0].environment else "",
+                                         (run[1] / RESULTS).stat().st_mtime), reverse=True)
+
+
+def _readable_runs(dirs: tuple[Path, ...] | list[Path]) -> list[tuple[Results, Path]]:
+    """Every run folder (one with a results log) under ``dirs``; an unreadable one is skipped with a warning."""
+    files = dict.fromkeys(p.resolve() for d in dirs if Path(d).is_dir() for p in Path(d).rglob(RESULTS)
+                          if "checkpoints" not in p.parts)
     runs = []
-    for path in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True):
+    for path in files:
         try:
-            results = read_results(path.parent)
+            runs.append((read_results(path.parent), path.parent))
         except RecordError as err:
             log.warning("Skipping %s: %s", path, err)
-            continue
-        if results.of(FidRecord) and not results.of(ConditioningRecord):
-            runs.append((results, path.parent))
     return runs
+
+
+def result_folders(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> dict[str, Path]:
+    """Every run or report folder the Results tab can show (any harness run), by the name people see:
+    its path from the folder above the one searched (``reports/quick``, ``runs/zoo-cpu/fmnist32``)."""
+    found: dict[str, Path] = {}
+    for root in map(Path, dirs):
+        for _, folder in _readable_runs([root]):
+            found.setdefault(folder.relative_to(root.resolve().parent).as_posix(), folder)
+    return dict(sorted(found.items()))
 
 
 def results_table(results: Results, folder: Path) -> pd.DataFrame:
@@ -184,26 +224,46 @@ def results_table(results: Results, folder: Path) -> pd.DataFrame:
 
 
 def latest_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> tuple[pd.DataFrame | None, Path | None]:
-    """The newest compression run's table (and its folder), or (None, None)."""
-    runs = sweep_results(dirs)
+    """The newest compression sweep's table (and its folder), or (None, None).
+
+    A sweep trained its models (it has training records); an evaluation of saved models is not one.
+    """
+    runs = [(results, folder) for results, folder in sweep_results(dirs) if results.of(TrainingRecord)]
     if not runs:
         return None, None
     results, folder = runs[0]
     return results_table(results, folder), folder
 
 
-def _own_metrics(entry: ModelEntry) -> str | None:
+@dataclass
+class ShownFid:
+    """One FID the demo shows for a model, with what produced it."""
+
+    fid: float
+    backend: str
+    n: int
+    ddim_steps: int
+    ci: tuple[float, float] | None = None
+    guidance: float | None = None
+    accuracy: float | None = None
+
+    def text(self) -> str:
+        acc = f"accuracy {self.accuracy:.2f}, " if self.accuracy is not None else ""
+        ci = f" [95 % CI {self.ci[0]:.1f}-{self.ci[1]:.1f}]" if self.ci else ""
+        g = f", g={self.guidance:g}" if self.guidance is not None else ""
+        return f"{acc}FID {self.fid:.1f}{ci} ({self.backend}, N={self.n}, DDIM {self.ddim_steps}{g})"
+
+
+def _own_metrics(entry: ModelEntry) -> list[ShownFid] | None:
     """Metrics exported with a zoo model (``metrics.json``): exactly this model's, from its own run."""
     rows = _read_json(entry.path / "metrics.json").get("rows")
     if not rows:
         return None
-    parts = []
-    for r in rows:
-        acc = f"accuracy {r['accuracy']:.2f}, " if r.get("accuracy") is not None else ""
-        g = f", g={r['guidance']:g}" if r.get("guidance") is not None else ""
-        parts.append(f"{acc}FID {r['fid']:.1f} ({r['fid_backend']}, N={int(r['fid_samples'])}, "
-                     f"DDIM {int(r['ddim_steps'])}{g})")
-    return "; ".join(parts)
+    return [ShownFid(fid=float(r["fid"]), backend=str(r["fid_backend"]), n=int(r["fid_samples"]),
+                     ddim_steps=int(r["ddim_steps"]), guidance=r.get("guidance"), accuracy=r.get("accuracy"),
+                     ci=(r["fid_ci_low"], r["fid_ci_high"]) if r.get("fid_ci_low") is not None
+                     and r.get("fid_ci_high") is not None else None)
+            for r in rows]
 
 
 def _resolution(results: Results, kind: str, factor: int) -> int | None:
@@ -215,8 +275,8 @@ def _resolution(results: Results, kind: str, factor: int) -> int | None:
     return None if env is None else env.config.get("resolution")
 
 
-def model_fid(runs: Results | list[Results] | None, entry: ModelEntry) -> str:
-    """The model's FID (and conditioning accuracy), labelled with backend, N, DDIM steps, guidance.
+def model_fids(runs: Results | list[Results] | None, entry: ModelEntry) -> list[ShownFid] | str:
+    """The model's FIDs (and conditioning accuracy), or a sentence saying why there is none.
 
     A zoo model's own exported metrics come first; otherwise the newest compression run (of
     those given, newest first) that measured this factor and kind at this resolution, with
@@ -240,12 +300,15 @@ def model_fid(runs: Results | list[Results] | None, entry: ModelEntry) -> str:
     best: dict[str, FidRecord] = {}
     for r in sorted(fids, key=lambda r: (r.fid_backend, r.ddim_steps)):  # stable: a re-measurement wins a tie
         best[r.fid_backend] = r
-    return "; ".join(f"FID {r.fid:.1f}{_interval(r)} ({r.fid_backend}, N={r.fid_samples}, DDIM {r.ddim_steps})"
-                     for r in best.values())
+    return [ShownFid(fid=r.fid, backend=r.fid_backend, n=r.fid_samples, ddim_steps=r.ddim_steps,
+                     ci=(r.fid_ci_low, r.fid_ci_high) if r.fid_ci_low is not None and r.fid_ci_high is not None
+                     else None) for r in best.values()]
 
 
-def _interval(r: FidRecord) -> str:
-    """' [95 % CI 10.2-13.9]' when the run measured one, else ''."""
-    if r.fid_ci_low is None or r.fid_ci_high is None:
-        return ""
-    return f" [95 % CI {r.fid_ci_low:.1f}-{r.fid_ci_high:.1f}]"
+def fid_line(fids: list[ShownFid] | str) -> str:
+    """``model_fids``' answer as one line, each FID labelled with backend, N, DDIM steps (and guidance)."""
+    return fids if isinstance(fids, str) else "; ".join(f.text() for f in fids)
+
+
+def model_fid(runs: Results | list[Results] | None, entry: ModelEntry) -> str:
+    return fid_line(model_fids(runs, entry))

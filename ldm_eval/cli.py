@@ -112,6 +112,15 @@ class BenchFidSettings:
         "(0 skips it)"))
 
 
+@dataclass
+class BenchStartupSettings:
+    """``bench-startup``: the web demo's time to its first HTTP 200 against the bare library imports."""
+
+    rounds: int = field(default=3, metadata=help_text("interleaved rounds of both timings"))
+    app: Path = field(default=Path("app.py"), metadata=help_text("the demo's entry point"))
+    out: Path | None = field(default=None, metadata=help_text("also write the table as Markdown here"))
+
+
 # --- parsing -----------------------------------------------------------------------------
 
 
@@ -397,6 +406,24 @@ def cmd_bench_fid(argv: list[str]) -> int:
     return 0
 
 
+def cmd_bench_startup(argv: list[str]) -> int:
+    from pipelines.atomic import write_text_atomic
+    from pipelines.errors import InputError, whole_number
+
+    from .bench_startup import run_startup_benchmark
+
+    (cfg,) = parse("python -m ldm_eval bench-startup", [BenchStartupSettings], argv)
+    whole_number(cfg.rounds, "rounds", "The number of rounds", 1, 50)
+    if not cfg.app.is_file():
+        raise InputError(f"No demo entry point at '{cfg.app}' (give the path of app.py).", "app")
+    table, summary = run_startup_benchmark(cfg.app.resolve(), cfg.rounds)
+    text = f"{summary}\n\n{table.to_markdown(index=False, floatfmt='.2f')}\n"
+    print(text)
+    if cfg.out is not None:
+        write_text_atomic(cfg.out / "startup_benchmark.md", text)
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sweep": (cmd_sweep, "train and measure every factor (the default command)"),
     "cond-sweep": (cmd_cond_sweep, "class- and text-conditional models across factors and guidance scales"),
@@ -412,6 +439,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export-zoo": (cmd_export_zoo, "copy a sweep's models as fp16 with model cards (the demo's zoo)"),
     "bench-train": (cmd_bench_train, "training speed and memory for every factor (prints a table)"),
     "bench-fid": (cmd_bench_fid, "Inception feature extraction: images/s of each way of running it (prints a table)"),
+    "bench-startup": (cmd_bench_startup, "the web demo's time to first HTTP 200 against the bare imports (ratio)"),
 }
 
 

@@ -28,6 +28,7 @@ from pipelines.results import (
     read_results,
 )
 
+from .recognisability import Recognisability
 from .results import domain_fid
 
 UTKFACE_LICENCE = ("Trained on UTKFace (Zhang, Song, Qi, CVPR 2017), released for non-commercial research only; "
@@ -71,11 +72,9 @@ def model_rows(results: Results, facts: TrainingSummary) -> list[MetricRow]:
 
 def recognisability_line(r: RecognisabilityRecord) -> str:
     """A card's line: how many samples a real-data classifier is sure of, with real images for scale."""
-    shares = sorted(r.class_shares.values())
-    real = f" (real held-out images: {r.real_confident_share:.0%})" if r.real_confident_share is not None else ""
-    return (f"- recognisable: {r.confident_share:.0%} of {r.n} samples assigned to one class with probability >= "
-            f"{r.confidence:g} by a classifier trained on the real training images{real}; class shares "
-            f"{shares[0]:.1%} to {shares[-1]:.1%} over {len(shares)} classes (DDIM {r.ddim_steps} steps)")
+    measured = Recognisability(n=r.n, confidence=r.confidence, confident_share=r.confident_share,
+                               class_shares=r.class_shares, real_confident_share=r.real_confident_share)
+    return "- recognisable: " + measured.sentence("a classifier trained on the real training images", r.ddim_steps)
 
 
 def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows: list[MetricRow],

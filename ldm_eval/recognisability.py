@@ -37,14 +37,16 @@ class Recognisability:
         low, high = share_range
         return self.confident_share >= min_confident and all(low <= v <= high for v in self.class_shares.values())
 
-    def sentence(self) -> str:
-        """One line for cards and reports."""
+    def sentence(self, judge: str = "", ddim_steps: int | None = None) -> str:
+        """One line for cards, reports and the CLI; ``judge`` names the classifier, ``ddim_steps`` the sampler."""
         shares = sorted(self.class_shares.values())
+        by = f" by {judge}" if judge else ""
         real = (f" (real held-out images: {self.real_confident_share:.0%})"
                 if self.real_confident_share is not None else "")
+        sampler = f" (DDIM {ddim_steps} steps)" if ddim_steps else ""
         return (f"{self.confident_share:.0%} of {self.n} samples assigned to one class with probability >= "
-                f"{self.confidence:g}{real}; class shares {shares[0]:.1%} to {shares[-1]:.1%} "
-                f"({len(shares)} classes)")
+                f"{self.confidence:g}{by}{real}; class shares {shares[0]:.1%} to {shares[-1]:.1%} "
+                f"over {len(shares)} classes{sampler}")
 
 
 def _confident_share(probs: torch.Tensor, confidence: float) -> float:

@@ -70,6 +70,20 @@ def _label(kind: str, factor: int) -> str:
     return "pixel f=1" if factor == 1 else f"{kind.upper()} f={factor}"
 
 
+# One colour and marker per factor, one line style per kind: a sweep draws up to 11 series (pixel, KL and
+# VQ at five factors), more than a 10-colour cycle tells apart, and "KL f=2" and "VQ f=32" once shared one.
+FACTOR_COLOURS = {1: "#000000", 2: "#1f77b4", 4: "#ff7f0e", 8: "#2ca02c", 16: "#d62728", 32: "#9467bd",
+                  64: "#8c564b"}
+FACTOR_MARKERS = {1: "o", 2: "s", 4: "^", 8: "D", 16: "v", 32: "P", 64: "X"}
+KIND_LINES = {"pixel": "-", "kl": "-", "vq": "--"}
+
+
+def series_style(kind: str, factor: int) -> dict[str, str]:
+    """Matplotlib keywords of one (kind, factor) series: colour and marker by f, solid KL, dashed VQ."""
+    return {"color": FACTOR_COLOURS.get(factor, "#7f7f7f"), "marker": FACTOR_MARKERS.get(factor, "*"),
+            "linestyle": KIND_LINES.get(kind, ":")}
+
+
 def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Path]:
     """FID along training (Fig. 6), quality vs sampling speed (Fig. 7), training speed and memory per factor."""
     plots: dict[str, Path] = {}
@@ -77,7 +91,7 @@ def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Pa
     if len(progress):
         fig, ax = plt.subplots(figsize=(6, 4))
         for (kind, factor), g in progress.groupby(["kind", "factor"]):
-            ax.plot(g["train_steps"], g["fid"], marker="o", label=_label(kind, factor))
+            ax.plot(g["train_steps"], g["fid"], label=_label(kind, factor), **series_style(kind, factor))
         n = int(progress["fid_samples"].iloc[0])
         ax.set(xlabel="training steps", ylabel=f"FID (domain features, N={n})", title="FID along training (cf. paper Fig. 6)")
         ax.legend(fontsize=8)
@@ -88,8 +102,8 @@ def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Pa
         fig, ax = plt.subplots(figsize=(6, 4))
         for (kind, factor), gg in g.groupby(["kind", "factor"]):
             gg = gg.sort_values("ddim_steps")
-            ax.errorbar(gg["samples_per_s"], gg["fid"], yerr=error_bars(gg), marker="o", capsize=3,
-                        label=_label(kind, factor))
+            ax.errorbar(gg["samples_per_s"], gg["fid"], yerr=error_bars(gg), capsize=3, label=_label(kind, factor),
+                        **series_style(kind, factor))
             for _, row in gg.iterrows():
                 ax.annotate(str(int(row["ddim_steps"])), (row["samples_per_s"], row["fid"]), fontsize=7)
         ax.set_xscale("log")

@@ -10,9 +10,11 @@ implementations.
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from .errors import InputError
+
+# torchmetrics is imported where it is used: it costs ~2 s of a cold start, and the web demo
+# should answer its first request before anyone asks for a reconstruction.
 
 SSIM_KERNEL = 11  # the standard Gaussian window; shrunk for images smaller than it
 
@@ -28,6 +30,8 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 def psnr(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
     """Mean per-image PSNR in dB of float images in [0, 1]; inf when all pairs are identical."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     _check_pair(a, b)
     values = [
         peak_signal_noise_ratio(b[i : i + batch_size].float(), a[i : i + batch_size].float(),
@@ -39,6 +43,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
     """Mean per-image SSIM of float images in [0, 1] (Gaussian 11x11 window, smaller for tiny images)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _check_pair(a, b)
     side = min(a.shape[-2:])
     if side < 3:

@@ -11,6 +11,8 @@ from conftest import ROOT, run_cli
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from pipelines.results import ResultsLog
+
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 JUNK_IMAGE = r"^That file is not an image this demo can read"
@@ -37,6 +39,23 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ldm: Path, tiny_cla
     assert run_cli("train-diffusion", "--factor", "1", "--dataset", "fashion-mnist", "--resolution", "16",
                    "--max-steps", "2", "--batch-size", "8", "--param-budget", "20000", "--max-images", "64",
                    "--out", root / "dm-f1") == 0
+    # a colour autoencoder (the explorer ticks it for colour photos), trained on a folder of colour pictures
+    photos = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        colour = rng.integers(0, 255, 3)
+        Image.fromarray((np.ones((16, 16, 3)) * colour + rng.integers(0, 40, (16, 16, 3))).clip(0, 255)
+                        .astype(np.uint8)).save(photos / f"photo-{i}.png")
+    assert run_cli("train-autoencoder", "--factor", 4, "--kind", "kl", "--dataset", photos, "--resolution", 16,
+                   "--max-steps", 2, "--batch-size", 8, "--base-width", 8, "--out",
+                   root / "first-stage" / "colour-ae-kl-f4") == 0
+    # two harness runs for the Results tab (records as a sweep logs them, a plot each)
+    for name, fid in (("reports/sweep-a", 2.864633179502356), ("reports/sweep-b", 31.5)):
+        log = ResultsLog(root / name)
+        for record in (_environment(16), _trained("kl", 4, resolution=16), _fid("kl", 4, 50, fid)):
+            log.append(record)
+        (root / name / "plots").mkdir()
+        Image.new("RGB", (60, 40), "white").save(root / name / "plots" / "fid_vs_speed_domain.png")
     return root
 
 
@@ -47,6 +66,8 @@ def server(model_dir: Path):
 
     lab = Lab(model_dirs=[model_dir], report_dirs=[model_dir], device="cpu")
     assert [(m.factor, m.condition) for m in lab.models] == [(1, "none"), (1, "text"), (4, "none"), (4, "class")]
+    assert sorted((m.name.split("/")[-1], m.channels) for m in lab.autoencoders) == [
+        ("ae-kl-f4", 1), ("ae-vq-f4", 1), ("colour-ae-kl-f4", 3)]
     app = build_app(lab)
     app.queue(default_concurrency_limit=2, max_size=256)
     port = _free_port()
@@ -79,12 +100,26 @@ def test_generate_endpoint(client, server) -> None:
     assert timing["device"] == "cpu"
 
 
+def _cells(grid_html: str) -> list[tuple[str, str, str]]:
+    """(heading, model folder, caption text) of every figure of a Compare or explorer grid, in order."""
+    import html
+    import re
+
+    cells = re.findall(r'<div class="f">(.*?)</div><div class="name">(.*?)</div><img [^>]*src="data:image/png;'
+                       r'base64,[^"]+"><figcaption>(.*?)</figcaption>', grid_html)
+    return [(html.unescape(h), html.unescape(n), html.unescape(c.replace("<br>", " | "))) for h, n, c in cells]
+
+
 def test_compare_endpoint(client, server) -> None:
+    """One column per model with every figure under it (time, throughput, memory, FID), a chart, a table."""
     labels = [m.label for m in server[1].models if m.condition == "none"]
-    gallery, table = client.predict(labels, "DDIM", 4, 1, api_name="/compare")
-    assert len(gallery) == 2 and all(Path(item["image"]).is_file() for item in gallery)
-    assert [row[1] for row in table["data"]] == [1, 4]
-    assert "f=1" in gallery[0]["caption"] and "f=4" in gallery[1]["caption"]
+    grid, chart, table = client.predict(labels, "DDIM", 4, 1, api_name="/compare")
+    cells = _cells(grid)
+    assert [c[:2] for c in cells] == [("f = 1 · pixel", "dm-f1"), ("f = 4 · KL", "ldm-f4")]
+    assert all(" s · " in caption and "samples/s" in caption and "MB peak" in caption for *_, caption in cells)
+    assert "<h3>Fashion-MNIST, 16 px</h3>" in grid and chart is not None
+    columns = dict(zip(table["headers"], zip(*table["data"])))
+    assert columns["factor"] == (1, 4) and columns["kind"] == ("pixel", "KL")
 
 
 def test_model_listing_names_each_condition(server) -> None:
@@ -257,12 +292,12 @@ def test_guidance_range_is_the_cores(client, server) -> None:
 
 def test_compare_endpoint_with_a_label_across_conditions(client, server) -> None:
     labels = [m.label for m in server[1].models]
-    gallery, table = client.predict(labels, "DDIM", 3, 1, "ankle boot", "", 2, api_name="/compare")
-    captions = [item["caption"] for item in gallery]
-    assert "f=1 (unconditional: condition ignored)" in captions[0]
-    assert "f=1 (prompt: 'a photo of an ankle boot')" in captions[1]
-    assert "f=4 (unconditional: condition ignored)" in captions[2]
-    assert "f=4 (label: ankle boot)" in captions[3]
+    grid, _, table = client.predict(labels, "DDIM", 3, 1, "ankle boot", "", 2, api_name="/compare")
+    captions = [(heading, caption) for heading, _, caption in _cells(grid)]
+    assert captions[0][0] == "f = 1 · pixel" and "unconditional: condition ignored" in captions[0][1]
+    assert captions[1][0] == "f = 1 · pixel" and "prompt: 'a photo of an ankle boot'" in captions[1][1]
+    assert captions[2][0] == "f = 4 · KL" and "unconditional: condition ignored" in captions[2][1]
+    assert captions[3][0] == "f = 4 · KL" and "label: ankle boot" in captions[3][1]
     conditions = dict(zip(table["headers"], zip(*table["data"])))
     assert conditions["guidance"] == (1, 2, 1, 2)
 
@@ -272,28 +307,46 @@ def test_reconstruct_endpoint_any_image_mode(client, server, tmp_path: Path) -> 
 
     rgba = tmp_path / "odd.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 50, 4), dtype=np.uint8), "RGBA").save(rgba)
-    gallery, latents, table = client.predict(handle_file(str(rgba)), [_label(server[1], 4)], api_name="/reconstruct")
-    assert len(gallery) == 2 and "PSNR" in gallery[1]["caption"]
+    grid, latents, table = client.predict(handle_file(str(rgba)), [_label(server[1], 4)], api_name="/reconstruct")
+    cells = _cells(grid)
+    assert [c[:2] for c in cells] == [("input", "16 px, grey"), ("f = 4 · KL", "ldm-f4")]
+    assert "PSNR" in cells[1][2] and "latent 3x4x4 (5x fewer values)" in cells[1][2]
     assert len(latents) == 3  # KL f = 4: three latent channels
-    row = table["data"][0]
-    assert row[1] == 4 and row[2] == "3x4x4" and row[3] == pytest.approx(16 * 16 / 48, abs=0.05)
+    row = dict(zip(table["headers"], table["data"][0]))
+    assert (row["factor"], row["latent"], row["kind"]) == (4, "3x4x4", "KL")
+    assert row["compression_ratio"] == pytest.approx(16 * 16 / 48, abs=0.05)
 
 
 def test_explorer_shows_kl_and_vq_autoencoders_side_by_side(client, server, tmp_path: Path) -> None:
+    """KL and VQ of the same f side by side, each captioned with its own folder, kind, f and PSNR."""
     from gradio_client import handle_file
 
     from demo.ui import explorer_default
 
     lab = server[1]
-    assert [(m.kind, m.factor) for m in lab.autoencoders] == [("kl", 4), ("vq", 4)]
+    grey = [m for m in lab.autoencoders if m.channels == 1]
+    assert [(m.kind, m.factor) for m in grey] == [("kl", 4), ("vq", 4)]
     assert all(m.first_stage_only for m in lab.autoencoders) and not any(m.first_stage_only for m in lab.models)
-    chosen = explorer_default(lab.explorer_models)
-    assert chosen == [m.label for m in lab.autoencoders] and "VQ f=4 autoencoder" in chosen[1]
+    chosen = explorer_default(lab.explorer_models, 1)
+    assert chosen == [m.label for m in grey] and "VQ f=4 autoencoder" in chosen[1]
     image = tmp_path / "gray.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16), dtype=np.uint8)).save(image)
-    gallery, latents, table = client.predict(handle_file(str(image)), chosen, api_name="/reconstruct")
-    assert len(gallery) == 3 and "PSNR" in gallery[2]["caption"]  # the input, then KL and VQ
-    assert [(row[1], row[2]) for row in table["data"]] == [(4, "3x4x4"), (4, "3x4x4")]
+    grid, latents, table = client.predict(handle_file(str(image)), chosen, api_name="/reconstruct")
+    cells = _cells(grid)
+    assert [c[:2] for c in cells] == [("input", "16 px, grey"), ("f = 4 · KL", "ae-kl-f4"), ("f = 4 · VQ", "ae-vq-f4")]
+    assert all("PSNR" in caption and " dB" in caption for *_, caption in cells[1:])
+    assert [(row[1], row[2], row[3]) for row in table["data"]] == [("KL", 4, "3x4x4"), ("VQ", 4, "3x4x4")]
+
+
+def test_explorer_default_follows_the_image_colour(server) -> None:
+    """Colour photos tick the colour models, grey images the grey ones; one KL and one VQ per factor."""
+    from demo.ui import explorer_default
+
+    models = server[1].explorer_models
+    colour = [m.label for m in models if m.channels == 3]
+    assert explorer_default(models, 3) == colour == [next(m.label for m in models if m.name.endswith("colour-ae-kl-f4"))]
+    assert explorer_default(models, 1) == [m.label for m in models if m.first_stage_only and m.channels == 1]
+    assert explorer_default([m for m in models if m.channels == 1], 3) == explorer_default(models, 1)  # none: grey
 
 
 def test_trajectory_endpoint(client, server) -> None:
@@ -445,13 +498,133 @@ def test_browser_generate_and_compare(server) -> None:
         assert '"guidance"\n:\n3' in page.locator("#generate-timing").inner_text()
         page.screenshot(path=str(ARTIFACTS / "generate-label.png"))
         page.get_by_role("tab", name="Compare factors").click()
+        # the first choice is the unconditional models; tick the class model beside them
+        page.locator("#compare-models label", has_text=_label(server[1], 4, "class")).click()
         page.locator("#compare-label input").click()
         page.get_by_role("option", name="bag").click()
         page.click("#compare-button")
-        page.wait_for_selector("#compare-gallery img", timeout=60_000)
-        assert page.locator("#compare-gallery img").count() >= 2
-        page.wait_for_function("document.querySelector('#compare-gallery').innerText.includes('label: bag')",
+        page.wait_for_selector("#compare-grid img", timeout=60_000)
+        assert page.locator("#compare-grid img").count() >= 2
+        page.wait_for_function("document.querySelector('#compare-grid').innerText.includes('label: bag')",
                                timeout=10_000)
-        assert "unconditional: condition ignored" in page.locator("#compare-gallery").inner_text()
+        assert "unconditional: condition ignored" in page.locator("#compare-grid").inner_text()
         page.screenshot(path=str(ARTIFACTS / "compare.png"))
         browser.close()
+
+
+def _toast_text(page) -> str:
+    """The text of the error/warning popups now on screen (waits for one)."""
+    page.wait_for_selector(".toast-body", timeout=60_000)
+    return " ".join(page.locator(".toast-body").all_inner_texts())
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_browser_messages_explorer_compare_and_results(server, tmp_path: Path) -> None:
+    """What a person sees: readable refusals (a non-image upload, a 5,000-character prompt), one guidance
+    range, the explorer ticking models like the image, the Compare grid with every figure visible, and a
+    chosen report's rounded table and plots."""
+    from playwright.sync_api import sync_playwright
+
+    from pipelines.conditioning import MAX_GUIDANCE
+
+    url, lab = server
+    notimage = tmp_path / "notimage.png"
+    notimage.write_text("this is a text file, not a picture\n")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.stack([np.full((24, 24), v, np.uint8) for v in (200, 40, 90)], -1)).save(photo)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+
+        # 2: a 5,000-character prompt: the message says what is wrong and quotes a few words, not the prompt
+        page.get_by_label("Model", exact=True).first.click()
+        page.get_by_role("option", name=_label(lab, 1, "text")).click()
+        page.wait_for_selector("#generate-prompt textarea:not([disabled])", timeout=10_000)
+        page.locator("#generate-prompt textarea").fill("a photo of a sneaker " * 240)
+        page.click("#generate-button")
+        text = _toast_text(page)
+        assert "tokens long; this model reads at most" in text and len(text) < 300, text
+        page.screenshot(path=str(ARTIFACTS / "long-prompt.png"))
+        page.locator(".toast-close").first.click()
+
+        # 3: one guidance range: the slider's box goes to MAX_GUIDANCE and 20 is taken (it was refused past 15)
+        page.get_by_label("Model", exact=True).first.click()
+        page.get_by_role("option", name=_label(lab, 4, "class")).click()
+        guidance = page.locator("#generate-guidance input[type=number]")
+        page.wait_for_selector("#generate-guidance input[type=number]:not([disabled])", timeout=10_000)
+        assert float(guidance.get_attribute("max")) == MAX_GUIDANCE
+        guidance.fill("20")
+        guidance.press("Enter")
+        page.locator("#generate-label input").click()
+        page.get_by_role("option", name="bag").click()
+        page.click("#generate-button")
+        page.wait_for_function("document.querySelector('#generate-timing').innerText.includes('label: bag')",
+                               timeout=60_000)
+        assert '"guidance"\n:\n20' in page.locator("#generate-timing").inner_text()
+
+        # 1 and 5: a non-image upload is named and refused at once; a colour photo ticks the colour models
+        page.get_by_role("tab", name="Autoencoder explorer").click()
+        page.locator("#explorer-image input[type=file]").set_input_files(str(notimage))
+        text = _toast_text(page)
+        assert "That file is not an image this demo can read: 'notimage.png'" in text and "/tmp" not in text
+        page.screenshot(path=str(ARTIFACTS / "explorer-not-an-image.png"))
+        page.locator(".toast-close").first.click()
+        page.locator("#explorer-image input[type=file]").set_input_files(str(photo))
+        colour = next(m.label for m in lab.autoencoders if m.channels == 3)
+        page.wait_for_function(f"[...document.querySelectorAll('#explorer-models input:checked')].map("
+                               f"i => i.closest('label').innerText.trim()).join('|') === {colour!r}",
+                               timeout=30_000)
+        page.click("#explorer-button")
+        page.wait_for_selector("#explorer-grid figcaption", timeout=60_000)
+        assert "PSNR" in page.locator("#explorer-grid figure").nth(1).inner_text()
+        page.screenshot(path=str(ARTIFACTS / "explorer-colour.png"))
+
+        # 6: Compare: one column per model, every caption line inside its box, a chart under the grid
+        page.get_by_role("tab", name="Compare factors").click()
+        page.click("#compare-button")
+        page.wait_for_selector("#compare-grid figcaption", timeout=60_000)
+        figures = page.locator("#compare-grid figure")
+        assert figures.count() == 2 and "Fashion-MNIST, 16 px" in page.locator("#compare-grid h3").inner_text()
+        for i in range(figures.count()):
+            caption = figures.nth(i).locator("figcaption")
+            assert "samples/s" in caption.inner_text() and "MB peak" in caption.inner_text()
+            assert caption.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight")
+        assert "FID 2.9 (domain, N=100, DDIM 50)" in figures.nth(1).inner_text() \
+            or "FID 31.5 (domain, N=100, DDIM 50)" in figures.nth(1).inner_text()
+        page.wait_for_selector("#compare-chart img, #compare-chart svg, #compare-chart canvas", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "compare-grid.png"), full_page=True)
+
+        # 7: Results: pick a report by its relative name; its table is rounded and its plot loads
+        page.get_by_role("tab", name="Results").click()
+        page.locator("#results-folder input").click()
+        name = f"{server_root(lab)}/reports/sweep-a"
+        page.get_by_role("option", name=name).click()
+        page.wait_for_function(f"document.querySelector('#results-where').innerText.includes({name!r})",
+                               timeout=30_000)
+        table = page.locator("#results-table").inner_text()
+        assert "2.865" in table and "2.8646" not in table
+        page.wait_for_selector("#results-plots img", timeout=30_000)
+        assert page.locator("#results-plots img").first.evaluate("i => i.complete && i.naturalWidth > 0")
+        page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
+        browser.close()
+
+
+def server_root(lab) -> str:
+    """The name the Results tab gives the test's report root (the model folder's own name)."""
+    return next(iter(lab.result_folders())).split("/")[0]
+
+
+def test_startup_benchmark_times_the_real_demo_against_the_bare_imports(tmp_path: Path, capsys) -> None:
+    """bench-startup starts app.py for real and reports time to first HTTP 200 beside the bare imports."""
+    assert run_cli("bench-startup", "--rounds", 1, "--app", ROOT / "app.py", "--out", tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert "Demo start-up: first HTTP 200 after " in printed and "ratio " in printed
+    row = (tmp_path / "startup_benchmark.md").read_text().splitlines()[-1].split("|")
+    bare, demo = float(row[2]), float(row[3])
+    assert 0 < bare < demo  # the demo imports those libraries and more before it can answer
+    assert run_cli("bench-startup", "--app", tmp_path / "missing.py") == 2
+    assert "No demo entry point at" in capsys.readouterr().err

@@ -211,3 +211,14 @@ def test_first_stage_report_reads_the_gan_rows_and_orders_grids_like_the_table(t
     grids = [line for line in report.read_text().splitlines() if line.startswith("**recon-")]
     assert grids[:3] == ["**recon-kl-f4**", "**recon-kl-f4-no-gan**", "**recon-vq-f4**"]
     assert grids[-1] == "**recon-vq-f16**"
+
+
+def test_every_series_of_a_sweep_has_its_own_look() -> None:
+    """Pixel, KL and VQ at every factor: 11 series, no two drawn alike (colour and marker by f, VQ dashed)."""
+    from ldm_eval.report import series_style
+
+    series = [("pixel", 1)] + [(kind, f) for kind in ("kl", "vq") for f in (2, 4, 8, 16, 32)]
+    looks = [tuple(series_style(kind, f).values()) for kind, f in series]
+    assert len(set(looks)) == len(series)
+    assert series_style("kl", 2)["color"] != series_style("vq", 32)["color"]
+    assert series_style("vq", 8)["linestyle"] == "--" and series_style("kl", 8)["linestyle"] == "-"
