@@ -120,17 +120,29 @@ def _condition_note(entry: ModelEntry | None) -> str:
 DEFAULT_PICKS = 6  # models ticked at first in Compare and in the explorer
 
 
+def _main_set(models: list[ModelEntry]) -> list[ModelEntry]:
+    """The unconditional models of the data set with the most factors: what the demo opens on."""
+    sets: dict[tuple[str, int], list[ModelEntry]] = {}
+    for m in models:
+        if m.condition == "none":
+            sets.setdefault((m.dataset, m.resolution), []).append(m)
+    return max(sets.values(), key=lambda ms: len({m.factor for m in ms}), default=[])
+
+
+def default_model(models: list[ModelEntry]) -> str | None:
+    """Generate's first model: f = 4 of the main set (the paper's sweet spot), else its first, else any."""
+    main = _main_set(models)
+    return next((m.label for m in main if m.factor == 4), main[0].label if main else
+                (models[0].label if models else None))
+
+
 def compare_default(models: list[ModelEntry]) -> list[str]:
-    """Compare's first choice: one unconditional model per (kind, factor) of the default model's data set."""
-    unconditional = [m for m in models if m.condition == "none"]
-    anchor = next((m for m in unconditional if m.factor == 4), unconditional[0] if unconditional else None)
-    if anchor is None:
-        return [m.label for m in models][:DEFAULT_PICKS]
+    """Compare's first choice: one model per (kind, factor) of the main set, smallest f first."""
     first: dict[tuple[str, int], ModelEntry] = {}
-    for m in unconditional:
-        if (m.dataset, m.resolution) == (anchor.dataset, anchor.resolution):
-            first.setdefault((m.kind, m.factor), m)
-    return [m.label for m in sorted(first.values(), key=lambda m: (m.factor, m.kind))][:DEFAULT_PICKS]
+    for m in _main_set(models):
+        first.setdefault((m.kind, m.factor), m)
+    chosen = sorted(first.values(), key=lambda m: (m.factor, m.kind)) or models
+    return [m.label for m in chosen][:DEFAULT_PICKS]
 
 
 def explorer_default(entries: list[ModelEntry], channels: int | None = None) -> list[str]:
@@ -153,8 +165,7 @@ def explorer_default(entries: list[ModelEntry], channels: int | None = None) -> 
 
 def build_app(lab: Lab) -> gr.Blocks:
     labels = [m.label for m in lab.models]
-    default = next((m.label for m in lab.models if m.factor == 4 and m.condition == "none"),
-                   next((m.label for m in lab.models if m.factor == 4), labels[0] if labels else None))
+    default = default_model(lab.models)
     default_entry = lab.entry(default) if default else None
     default_kind = default_entry.condition if default_entry is not None else "none"
     all_classes = _all_class_names(lab.models)

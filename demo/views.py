@@ -11,7 +11,6 @@ import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,8 +41,7 @@ GRID_CSS = """
 
 def dataset_title(entry: ModelEntry) -> str:
     """'Fashion-MNIST, 32 px' or 'utkface, 64 px': how the grid and chart group models."""
-    name = DATASET_NAMES.get(entry.dataset, Path(entry.dataset).name or entry.dataset)
-    return f"{name}, {entry.resolution} px"
+    return f"{DATASET_NAMES.get(entry.dataset, entry.data_name)}, {entry.resolution} px"
 
 
 def space_text(entry: ModelEntry) -> str:
@@ -159,6 +157,7 @@ def compare_chart(rows: Sequence[ComparedModel]) -> Figure:
         axes[1].annotate("no FID" if np.isnan(value) else f"{value:.1f}\n{backend}", (xi, 0 if np.isnan(value)
                          else value), ha="center", va="bottom", fontsize=7)
     axes[1].set(ylabel="FID (lower is better)", title="Quality (FID of the model's own report)")
+    axes[1].set_ylim(top=max([f for f in fids if not np.isnan(f)], default=1.0) * 1.2)  # room for the labels
     for ax in axes:
         ax.set_xticks(x, labels, fontsize=8)
     fig.tight_layout()

@@ -62,13 +62,18 @@ class ModelEntry:
         return "pixel" if self.factor == 1 and not self.first_stage_only else self.kind.upper()
 
     @property
+    def data_name(self) -> str:
+        """The data set as people name it: a folder by its own name, not by where it sits on the trainer's disk."""
+        return self.dataset if self.dataset in ("fashion-mnist", "user model") else Path(self.dataset).name
+
+    @property
     def label(self) -> str:
         """Conditional models name their condition; unconditional labels stay as they always were."""
         if self.first_stage_only:
-            return f"{self.name} ({self.kind.upper()} f={self.factor} autoencoder, {self.dataset}, {self.resolution}px)"
+            return f"{self.name} ({self.kind.upper()} f={self.factor} autoencoder, {self.data_name}, {self.resolution}px)"
         space = "pixel" if self.factor == 1 else f"{self.kind.upper()} f={self.factor}"
         extra = "" if self.condition == "none" else f", {CONDITION_WORDS.get(self.condition, self.condition)}"
-        return f"{self.name} ({space}, {self.dataset}, {self.resolution}px{extra})"
+        return f"{self.name} ({space}, {self.data_name}, {self.resolution}px{extra})"
 
 
 def _read_json(path: Path) -> dict:
