@@ -628,3 +628,25 @@ def test_startup_benchmark_times_the_real_demo_against_the_bare_imports(tmp_path
     assert 0 < bare < demo  # the demo imports those libraries and more before it can answer
     assert run_cli("bench-startup", "--app", tmp_path / "missing.py") == 2
     assert "No demo entry point at" in capsys.readouterr().err
+
+
+def test_raw_http_errors_name_the_field_and_range(server) -> None:
+    """Over plain HTTP (no client library), a non-number or NaN is answered with the same readable message."""
+    import json
+    import urllib.request
+
+    url, lab = server
+
+    def call(*data) -> str:
+        body = json.dumps({"data": list(data)}, allow_nan=True).encode()
+        request = urllib.request.Request(url + "gradio_api/call/generate", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            event = json.loads(response.read())["event_id"]
+        with urllib.request.urlopen(f"{url}gradio_api/call/generate/{event}", timeout=120) as response:
+            return response.read().decode()
+
+    label = _label(lab, 4)
+    assert "Steps must be a whole number from 1 to 1000 (got 'abc')." in call(label, "DDIM", "abc", 0, 1, "", "", 1)
+    assert "Steps must be a whole number from 1 to 1000 (got None)." in call(label, "DDIM", None, 0, 1, "", "", 1)
+    answer = call(_label(lab, 4, "class"), "DDIM", 2, 0, 1, "bag", "", float("nan"))
+    assert "Guidance scale must be a number from 0 to 50 (got nan)." in answer and '"error": null' not in answer
