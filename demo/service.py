@@ -45,7 +45,6 @@ from .zoo import (
     discover_autoencoders,
     discover_models,
     fid_line,
-    latest_results,
     model_fids,
     result_folders,
     sweep_results,
@@ -276,12 +275,8 @@ class Lab:
         # shipped weights are fp16 to keep the repository small; compute in fp32 on CPU
         return torch.float32 if self.device.type == "cpu" else None
 
-    def newest_sweep(self) -> Path | None:
-        """The newest compression sweep's folder: the Results tab opens on it."""
-        return (latest_results(self.report_dirs) if self.report_dirs else latest_results())[1]
-
-    def result_folders(self) -> dict[str, Path]:
-        """Every report or run folder the Results tab offers, by the name it shows."""
+    def result_folders(self) -> tuple[dict[str, Path], Path | None]:
+        """Every report or run folder the Results tab offers, by the name it shows, and the newest sweep's."""
         return result_folders(self.report_dirs) if self.report_dirs else result_folders()
 
     # --- the four actions ---------------------------------------------------------------
@@ -356,7 +351,7 @@ class Lab:
             real, recon = signed_to_unit(x.cpu()), signed_to_unit(recon.cpu())
             c, h, w = stage.latent_shape(resolution)
             out.append({
-                "model": entry.label, "name": entry.short_name, "factor": stage.factor, "kind": stage.kind,
+                "model": entry.label, "entry": entry, "factor": stage.factor, "kind": stage.kind,
                 "input": unit_to_uint8(real.permute(0, 2, 3, 1).numpy())[0],
                 "reconstruction": unit_to_uint8(recon.permute(0, 2, 3, 1).numpy())[0],
                 "psnr": psnr(real, recon), "ssim": ssim(real, recon),

@@ -204,14 +204,13 @@ def build_app(lab: Lab) -> gr.Blocks:
     @_user_errors
     def reconstruct(image, models):
         rows = lab.reconstruct(_upload_path(image), models or [])
-        entries = [lab.entry(name, autoencoders=True) for name in models]
         latents = [(Image.fromarray(p), f"{r['kind'].upper()} f={r['factor']} · {i}")
                    for r in rows for i, p in enumerate(r["latents"])]
-        table = pd.DataFrame([{"model": r["name"], "kind": r["kind"].upper(), "factor": r["factor"],
+        table = pd.DataFrame([{"model": r["entry"].short_name, "kind": r["kind"].upper(), "factor": r["factor"],
                                "latent": "x".join(map(str, r["latent_shape"])),
                                "compression_ratio": r["compression_ratio"], "psnr_db": r["psnr"], "ssim": r["ssim"]}
                               for r in rows])
-        return reconstruction_grid_html(rows, entries), latents, readable(table)
+        return reconstruction_grid_html(rows), latents, readable(table)
 
     def explorer_upload(image):
         """Check an upload at once (a file that is not an image is named and cleared) and tick the models
@@ -256,8 +255,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                 gr.Gallery(value=plots, visible=bool(plots)))
 
     explorer = lab.explorer_models
-    folders = lab.result_folders()
-    newest = lab.newest_sweep()
+    folders, newest = lab.result_folders()
     first_report = next((name for name, path in folders.items() if path == newest), next(iter(folders), None))
     with gr.Blocks(title="LDM Lab") as app:
         gr.Markdown(INTRO)

@@ -115,15 +115,16 @@ def compare_grid_html(rows: Sequence[ComparedModel]) -> str:
                               for r in group] for title, group in _groups(rows).items()})
 
 
-def reconstruction_grid_html(rows: list[dict], entries: Sequence[ModelEntry]) -> str:
+def reconstruction_grid_html(rows: list[dict]) -> str:
     """The input, then each autoencoder's reconstruction with its kind, f, latent, PSNR and SSIM, by data set."""
     groups: dict[str, list[Cell]] = {}
-    for row, entry in zip(rows, entries):
+    for row in rows:
+        entry = row["entry"]
         cells = groups.setdefault(dataset_title(entry), [])
         if not cells:  # each group's own input: grey models see the picture in grey
             cells.append(Cell("input", f"{entry.resolution} px, {'colour' if entry.channels == 3 else 'grey'}",
                               row["input"], ["what the models are given"]))
-        cells.append(Cell(f"f = {row['factor']} · {row['kind'].upper()}", row["name"], row["reconstruction"],
+        cells.append(Cell(f"f = {row['factor']} · {row['kind'].upper()}", entry.short_name, row["reconstruction"],
                           [f"PSNR {row['psnr']:.1f} dB · SSIM {row['ssim']:.3f}",
                            f"latent {'x'.join(map(str, row['latent_shape']))} "
                            f"({row['compression_ratio']:.0f}x fewer values)"]))

@@ -190,11 +190,16 @@ def sweep_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> 
     carry their own ``metrics.json``. A run whose file cannot be read is skipped with a
     warning, so one broken folder under ``runs/`` does not stop the demo.
     """
-    runs = [(results, folder) for results, folder in _readable_runs(dirs)
-            if results.of(FidRecord) and not results.of(ConditioningRecord)]
+    return _sweeps(_readable_runs(dirs))
+
+
+def _sweeps(runs: list[tuple[Results, Path]]) -> list[tuple[Results, Path]]:
+    """The compression runs among ``runs``, newest first."""
+    sweeps = [(results, folder) for results, folder in runs
+              if results.of(FidRecord) and not results.of(ConditioningRecord)]
     # newest first by the run's own start time (a fresh clone gives every file the same age), then by file age
-    return sorted(runs, key=lambda run: (run[0].environment.started if run[0].environment else "",
-                                         (run[1] / RESULTS).stat().st_mtime), reverse=True)
+    return sorted(sweeps, key=lambda run: (run[0].environment.started if run[0].environment else "",
+                                           (run[1] / RESULTS).stat().st_mtime), reverse=True)
 
 
 def _readable_runs(dirs: tuple[Path, ...] | list[Path]) -> list[tuple[Results, Path]]:
@@ -210,14 +215,24 @@ def _readable_runs(dirs: tuple[Path, ...] | list[Path]) -> list[tuple[Results, P
     return runs
 
 
-def result_folders(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> dict[str, Path]:
-    """Every run or report folder the Results tab can show (any harness run), by the name people see:
-    its path from the folder above the one searched (``reports/quick``, ``runs/zoo-cpu/fmnist32``)."""
+def _newest_trained(sweeps: list[tuple[Results, Path]]) -> tuple[Results, Path] | None:
+    """The newest sweep that trained its models (an evaluation of saved models is not one)."""
+    return next(((results, folder) for results, folder in sweeps if results.of(TrainingRecord)), None)
+
+
+def result_folders(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) -> tuple[dict[str, Path], Path | None]:
+    """What the Results tab offers, from one read of the results logs: every run or report folder by the
+    name people see (its path from the folder above the one searched: ``reports/quick``,
+    ``runs/zoo-cpu/fmnist32``), and the newest compression sweep's folder, which it opens on."""
     found: dict[str, Path] = {}
+    every = []
     for root in map(Path, dirs):
-        for _, folder in _readable_runs([root]):
+        runs = _readable_runs([root])
+        every += runs
+        for _, folder in runs:
             found.setdefault(folder.relative_to(root.resolve().parent).as_posix(), folder)
-    return dict(sorted(found.items()))
+    newest = _newest_trained(_sweeps(every))
+    return dict(sorted(found.items())), None if newest is None else newest[1]
 
 
 def results_table(results: Results, folder: Path) -> pd.DataFrame:
@@ -233,10 +248,10 @@ def latest_results(dirs: tuple[Path, ...] | list[Path] = DEFAULT_REPORT_DIRS) ->
 
     A sweep trained its models (it has training records); an evaluation of saved models is not one.
     """
-    runs = [(results, folder) for results, folder in sweep_results(dirs) if results.of(TrainingRecord)]
-    if not runs:
+    newest = _newest_trained(sweep_results(dirs))
+    if newest is None:
         return None, None
-    results, folder = runs[0]
+    results, folder = newest
     return results_table(results, folder), folder
 
 

@@ -11,6 +11,7 @@ from conftest import ROOT, run_cli
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from demo.screenshots import CHROMIUM_ARGS
 from pipelines.results import ResultsLog
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -475,9 +476,7 @@ def test_browser_generate_and_compare(server) -> None:
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server[0])
         page.click("#generate-button")
@@ -534,9 +533,7 @@ def test_browser_messages_explorer_compare_and_results(server, tmp_path: Path) -
     Image.fromarray(np.stack([np.full((24, 24), v, np.uint8) for v in (200, 40, 90)], -1)).save(photo)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
 
@@ -615,7 +612,7 @@ def test_browser_messages_explorer_compare_and_results(server, tmp_path: Path) -
 
 def server_root(lab) -> str:
     """The name the Results tab gives the test's report root (the model folder's own name)."""
-    return next(iter(lab.result_folders())).split("/")[0]
+    return next(iter(lab.result_folders()[0])).split("/")[0]
 
 
 def test_startup_benchmark_times_the_real_demo_against_the_bare_imports(tmp_path: Path, capsys) -> None:
