@@ -358,7 +358,8 @@ def cmd_build_zoo(argv: list[str]) -> int:
 
     (cfg,) = parse("python -m ldm_eval build-zoo", [ZooBuildSettings], argv)
     zoo = build_zoo(cfg)
-    print(f"\nThe zoo in '{cfg.models}' holds {len(zoo)} model(s).")
+    if not (cfg.open_only or cfg.no_export):
+        print(f"\nThe zoo in '{cfg.models}' holds {len(zoo)} model(s).")
     return 0
 
 

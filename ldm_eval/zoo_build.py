@@ -16,7 +16,12 @@ export with a message that names it, and so does a zoo over its total budget.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -53,6 +58,15 @@ class ZooBuildSettings:
     parts: list[str] = field(default_factory=list, metadata=help_text("build only these parts (default: all)"))
     export_only: bool = field(default=False, metadata=help_text(
         "train nothing: export the models the parts have finished and measured so far"))
+    jobs: int = field(default=1, metadata=help_text(
+        "cells (one model each) trained at once, each in its own process: a GPU that one small model leaves "
+        "mostly idle trains several side by side"))
+    cells: list[str] = field(default_factory=list, metadata=help_text(
+        "train only these cells, as PART:MODEL (e.g. fmnist32:ldm-kl-f4); what --jobs gives each process"))
+    open_only: bool = field(default=False, metadata=help_text(
+        "only open the parts' runs (held-out data, domain classifier, environment): what --jobs does first"))
+    no_export: bool = field(default=False, metadata=help_text("train and measure, but export nothing"))
+    utkface: str = field(default=_UTK, metadata=help_text("the UTKFace folder of face photos the utk64 parts train on"))
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -65,6 +79,13 @@ class ZooBuildSettings:
         if unknown:
             raise SweepError(f"Unknown zoo part(s) {', '.join(unknown)}; preset {self.preset} has {', '.join(known)}.",
                              "parts")
+        if not 1 <= self.jobs <= 64:
+            raise SweepError(f"Jobs must be from 1 to 64 (got {self.jobs}).", "jobs")
+        cells = {c.id for part in PRESETS[self.preset] for c in part_cells(part)}
+        wrong = [c for c in self.cells if c not in cells]
+        if wrong:
+            raise SweepError(f"Unknown cell(s) {', '.join(wrong)}; preset {self.preset} has {', '.join(sorted(cells))}.",
+                             "cells")
 
 
 class ZooSizeError(SweepError):
@@ -96,20 +117,8 @@ _FMNIST = dict(train_budget=900, param_budget=2_000_000, batch_size=64, fid_samp
 _UTK_RUN = dict(dataset=_UTK, resolution=64, train_budget=900, param_budget=2_000_000, batch_size=32, ae_budget=570,
                 fid_samples=500, sample_batch=100, classifier_steps=1000)
 
-PRESETS: dict[str, list[ZooPart]] = {
-    # for tests and CI: two tiny parts, seconds on 2 CPU cores
-    "smoke": [
-        ZooPart("fmnist16", "fmnist16", "compression", _denoiser_recipe(resolution=16, **_SMOKE),
-                CompressionSettings(factors=[1, 4], inception_samples=0, ddim_steps=[2], progress_points=1,
-                                    progress_samples=8)),
-        ZooPart("fmnist16-cond", "fmnist16", "conditioning", _denoiser_recipe(resolution=16, **_SMOKE),
-                ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0], samples_per_class=2,
-                                     ddim_steps=2, condition_width=16), share_from="fmnist16"),
-    ],
-    # 2 CPU cores: every model of a set trains for the same 15 minutes; on an AVX2-only 2-core machine
-    # the whole preset takes about 6 hours, in several resumed runs. The models the README's bar is about
-    # come first (Fashion-MNIST f = 4 and 8, then UTKFace f = 4); pixel space last, as the slowest.
-    "cpu": [
+def _cpu_parts() -> list[ZooPart]:
+    return [
         ZooPart("fmnist32", "fmnist32", "compression", _denoiser_recipe(**_FMNIST),
                 CompressionSettings(factors=[4, 8, 2, 16, 1], inception_samples=0, ddim_steps=[10, 50],
                                     progress_points=1, progress_samples=200)),
@@ -131,22 +140,44 @@ PRESETS: dict[str, list[ZooPart]] = {
         ZooPart("utk64-cond", "utk64", "conditioning", _denoiser_recipe(**_UTK_RUN),  # race x gender classes
                 ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0, 3.0], samples_per_class=50,
                                      ddim_steps=25), share_from="utk64"),
+    ]
+
+
+def _gpu_parts() -> list[ZooPart]:
+    """The cpu preset's parts with GPU budgets: bf16 autocast, larger batches, seconds shared by all cells."""
+    gpu = dict(device="cuda", mixed_precision="bf16", ae_budget=40, ae_batch_size=32, train_budget=150,
+               fid_samples=1000, sample_batch=500, warmup_steps=200)
+    fmnist = _denoiser_recipe(**{**_FMNIST, **gpu, "batch_size": 512, "ae_batch_size": 64})
+    utk = _denoiser_recipe(**{**_UTK_RUN, **gpu, "batch_size": 256, "param_budget": 3_000_000, "sample_batch": 250,
+                              "fid_samples": 500})
+    parts = []
+    for part in _cpu_parts():
+        run = fmnist if part.prefix == "fmnist32" else utk
+        settings = part.settings
+        if isinstance(settings, CompressionSettings):  # Inception FID is measured afterwards (evaluate), on CPU
+            settings = replace(settings, inception_samples=0, progress_samples=500)
+        parts.append(replace(part, run=run, settings=settings))
+    return parts
+
+
+PRESETS: dict[str, list[ZooPart]] = {
+    # for tests and CI: two tiny parts, seconds on 2 CPU cores
+    "smoke": [
+        ZooPart("fmnist16", "fmnist16", "compression", _denoiser_recipe(resolution=16, **_SMOKE),
+                CompressionSettings(factors=[1, 4], inception_samples=0, ddim_steps=[2], progress_points=1,
+                                    progress_samples=8)),
+        ZooPart("fmnist16-cond", "fmnist16", "conditioning", _denoiser_recipe(resolution=16, **_SMOKE),
+                ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0], samples_per_class=2,
+                                     ddim_steps=2, condition_width=16), share_from="fmnist16"),
     ],
-    # one GPU in about 9 minutes: the same parts, wider UNets, bf16 autocast where the GPU is faster with it
-    "gpu": [
-        ZooPart("fmnist32", "fmnist32", "compression",
-                _denoiser_recipe(train_budget=40, param_budget=16_000_000, batch_size=256, ae_budget=20,
-                                 ae_batch_size=64, ae_base_width=32, budget="seconds", fid_samples=1000,
-                                 device="cuda", mixed_precision="bf16", sample_batch=500),
-                CompressionSettings(factors=[1, 2, 4, 8, 16], inception_samples=0, ddim_steps=[50],
-                                    progress_points=1, progress_samples=500)),
-        ZooPart("utk64", "utk64", "compression",
-                _denoiser_recipe(dataset=_UTK, resolution=64, train_budget=50, param_budget=32_000_000,
-                                 batch_size=128, ae_budget=25, ae_batch_size=32, ae_base_width=64, fid_samples=1000,
-                                 device="cuda", mixed_precision="bf16", sample_batch=250),
-                CompressionSettings(factors=[1, 2, 4, 8, 16], inception_samples=1000, ddim_steps=[50],
-                                    progress_points=1, progress_samples=500)),
-    ],
+    # 2 CPU cores: every model of a set trains for the same 15 minutes; on an AVX2-only 2-core machine
+    # the whole preset takes about 6 hours, in several resumed runs. The models the README's bar is about
+    # come first (Fashion-MNIST f = 4 and 8, then UTKFace f = 4); pixel space last, as the slowest.
+    "cpu": _cpu_parts(),
+    # One GPU in about 7 minutes with --jobs 16: every cell of every part trains at once, each in its own
+    # process (a 2-3 M-parameter UNet leaves an H100 mostly idle), so within a set every model gets the same
+    # seconds on the same shared GPU. UNets stay near the CPU recipe's size: the zoo must stay under 120 MB.
+    "gpu": _gpu_parts(),
 }
 
 
@@ -167,13 +198,83 @@ def _already_exported(source: Path, target: Path) -> bool:
     return b.is_file() and a.is_file() and json.loads(a.read_text()) == json.loads(b.read_text())
 
 
+def _part_run(part: ZooPart, runs: Path) -> RunSettings:
+    shared = runs / part.share_from if part.share_from else None
+    return replace(part.run, out=runs / part.name, resume=True, share_from=shared)
+
+
 def run_part(part: ZooPart, runs: Path) -> Path:
     """Train and measure one part (resuming whatever it finished before); its run folder."""
-    shared = runs / part.share_from if part.share_from else None
-    run = replace(part.run, out=runs / part.name, resume=True, share_from=shared)
+    run = _part_run(part, runs)
     if part.sweep == "compression":
         return run_sweep(Sweep(f"zoo-{part.name}", run, part.settings))
     return run_conditional_sweep(Sweep(f"zoo-{part.name}", run, part.settings))
+
+
+def open_part(part: ZooPart, runs: Path) -> Path:
+    """Open the part's run once, before its cells train side by side: the environment record (with the whole
+    part's settings), the held-out draw and the domain classifier are then there for every cell to resume."""
+    from .run import open_run
+
+    sweep = Sweep(f"zoo-{part.name}", _part_run(part, runs), part.settings)
+    sweep.validate()
+    if isinstance(part.settings, CompressionSettings):
+        s = part.settings
+        open_run(sweep.run, sweep.flat_config(), max(sweep.run.fid_samples, s.inception_samples, s.progress_samples))
+    else:
+        open_run(sweep.run, sweep.flat_config(), sweep.run.fid_samples, label_key="class")
+    return sweep.run.out
+
+
+# --- cells: one model each, for training several side by side ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    """One model of a part: the part restricted to it, and the shared autoencoder it must wait for."""
+
+    part: str
+    model: str  # the model's folder name in the part's run, as exported: ldm-kl-f4, dm-f1, ldm-kl-f8-class
+    kind: str  # kl, vq or pixel
+    factor: int
+    condition: str | None = None
+    waits_for: tuple[str, str, int] | None = None  # (source part, kind, factor) whose autoencoder another cell trains
+
+    @property
+    def id(self) -> str:
+        return f"{self.part}:{self.model}"
+
+
+def part_cells(part: ZooPart, preset: list[ZooPart] | None = None) -> list[Cell]:
+    """The part's models in its own order; with the preset, which shared autoencoders they wait for."""
+    s = part.settings
+    if isinstance(s, CompressionSettings):
+        pairs = list(dict.fromkeys(("pixel", 1) if f == 1 else (k, f) for k in s.kinds for f in s.factors))
+        cells = [Cell(part.name, "dm-f1" if k == "pixel" else f"ldm-{k}-f{f}", k, f) for k, f in pairs]
+    else:
+        cells = [Cell(part.name, f"dm-f1-{c}" if f == 1 else f"ldm-{s.kind}-f{f}-{c}", "pixel" if f == 1 else s.kind,
+                      f, c) for f in s.factors for c in s.conditions]
+    source = next((p for p in preset or [] if p.name == part.share_from), None)
+    if source is None:
+        return cells
+    trained_there = {(c.kind, c.factor) for c in part_cells(source) if c.factor > 1}
+    return [replace(c, waits_for=(source.name, c.kind, c.factor)) if (c.kind, c.factor) in trained_there else c
+            for c in cells]
+
+
+def restrict(part: ZooPart, cell: Cell) -> ZooPart:
+    """The part with only this cell's model to train (same run folder, same settings otherwise)."""
+    if isinstance(part.settings, CompressionSettings):
+        kinds = [cell.kind] if cell.kind != "pixel" else part.settings.kinds[:1]
+        return replace(part, settings=replace(part.settings, factors=[cell.factor], kinds=kinds))
+    return replace(part, settings=replace(part.settings, factors=[cell.factor], conditions=[cell.condition]))
+
+
+def _autoencoder_ready(runs: Path, part: str, kind: str, factor: int) -> bool:
+    from pipelines.results import AutoencoderRecord, read_results
+
+    folder = runs / part
+    return (folder / "results.jsonl").is_file() and bool(read_results(folder).of(AutoencoderRecord, kind=kind,
+                                                                                   factor=factor))
 
 
 def export_part(part: ZooPart, run_dir: Path, models: Path, max_model_mb: float) -> list[Path]:
@@ -199,17 +300,32 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
     runs = cfg.runs or Path("runs") / f"zoo-{cfg.preset}"
     for stale in cfg.models.glob(".tmp-*"):  # what an export killed mid-write left (atomic_folder's temporary)
         shutil.rmtree(stale, ignore_errors=True)
-    parts = [p for p in PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
+    parts = [_on_data(p, cfg.utkface) for p in PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
+    failed: list[str] = []
+    if cfg.jobs > 1 and not cfg.export_only:
+        failed = train_side_by_side(cfg, parts, runs)
     for part in parts:
-        if cfg.export_only:
-            run_dir = runs / part.name
-            if not run_dir.is_dir():
-                continue
-        else:
+        run_dir = runs / part.name
+        if cfg.open_only:
+            open_part(part, runs)
+            continue
+        if cfg.cells:
+            for cell in part_cells(part):
+                if cell.id in cfg.cells:
+                    print(f"=== zoo cell {cell.id} ===", flush=True)
+                    run_part(restrict(part, cell), runs)
+        elif not (cfg.export_only or cfg.jobs > 1):
             print(f"=== zoo part {part.name} ({part.sweep} sweep) ===", flush=True)
-            run_dir = run_part(part, runs)
+            run_part(part, runs)
+        if cfg.no_export or not run_dir.is_dir():
+            continue
         for path in export_part(part, run_dir, cfg.models, cfg.max_model_mb):
             print(f"exported {path} ({folder_mb(path):.1f} MB)", flush=True)
+    if failed:
+        raise SweepError(f"{len(failed)} cell(s) failed: {'; '.join(failed)}. The others were trained and exported; "
+                         "run the same command again to retry the failed ones (finished cells are kept).", "cells")
+    if cfg.open_only or cfg.no_export:
+        return []
     zoo = sorted(p for p in cfg.models.glob("*") if (p / "model_index.json").is_file())
     total = folder_mb(cfg.models) if cfg.models.is_dir() else 0.0
     if total > cfg.max_total_mb:
@@ -219,3 +335,99 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
                            f"budget (largest: {sizes} MB). Lower the parameter budgets or drop models.", "max_total_mb")
     return zoo
 
+
+
+# --- training cells side by side -------------------------------------------------------------------------------------
+
+def _on_data(part: ZooPart, utkface: str) -> ZooPart:
+    """The part reading UTKFace from where this machine keeps it."""
+    return replace(part, run=replace(part.run, dataset=utkface)) if part.run.dataset == _UTK else part
+
+
+def _child(cfg: ZooBuildSettings, runs: Path, part: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ldm_eval", "build-zoo", "--preset", cfg.preset, "--runs", str(runs),
+            "--models", str(cfg.models), "--parts", part, "--utkface", cfg.utkface, "--no-export", *extra]
+
+
+def train_side_by_side(cfg: ZooBuildSettings, parts: list[ZooPart], runs: Path) -> list[str]:
+    """Train the parts' unfinished cells in up to ``cfg.jobs`` processes at once; the failed cells' log paths.
+
+    Each part's run is opened first (one process per part, a shared one's source before it), then every
+    cell runs ``build-zoo --cells PART:MODEL`` in its own process: cells of one part append to the same
+    results log (whole lines, see ``ResultsLog.append``) and a cell that needs an autoencoder another cell
+    trains starts once that one is measured. A process pool of our own rather than a job system: the
+    cells are a few processes on one machine, and each one is the ordinary resumable command.
+    """
+    preset = PRESETS[cfg.preset]
+    logs = runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.jobs)))
+    root = str(Path(__file__).resolve().parents[1])  # the cells import this same code, wherever they start
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    todo = [(part, c) for part in parts for c in part_cells(part, preset) if not cfg.cells or c.id in cfg.cells]
+    opened: set[str] = set()
+    opening: dict[str, subprocess.Popen] = {}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed: list[str] = []
+    begun = time.monotonic()
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name.replace(':', '--')}.log", "a") as fh:
+            return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def stop(*_: object) -> None:
+        raise SystemExit(f"Stopped; {len(running)} cell(s) were training. Run the same command to resume.")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while todo or running or opening:
+            for name, proc in list(opening.items()):
+                if proc.poll() is not None:
+                    del opening[name]
+                    if proc.returncode == 0:
+                        opened.add(name)
+                    else:
+                        failed.append(f"opening {name} (log {logs / name}.log)")
+                        todo = [(p, c) for p, c in todo if p.name != name and p.share_from != name]
+            for part in parts:
+                source_ok = part.share_from is None or part.share_from in opened or part.share_from not in {
+                    p.name for p in parts}
+                if part.name not in opened and part.name not in opening and source_ok and any(
+                        p.name == part.name for p, _ in todo):
+                    opening[part.name] = start(part.name, _child(cfg, runs, part.name, "--open-only"))
+            for cell_id, (proc, since) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[cell_id]
+                    took = time.monotonic() - since
+                    if proc.returncode == 0:
+                        print(f"[{time.monotonic() - begun:6.0f} s] done   {cell_id} ({took:.0f} s)", flush=True)
+                    else:
+                        log = logs / f"{cell_id.replace(':', '--')}.log"
+                        print(f"[{time.monotonic() - begun:6.0f} s] FAILED {cell_id} (exit {proc.returncode}; "
+                              f"log {log})", flush=True)
+                        failed.append(f"{cell_id} (log {log})")
+            for part, cell in list(todo):
+                if len(running) >= cfg.jobs:
+                    break
+                if part.name not in opened:
+                    continue
+                if cell.waits_for and not _autoencoder_ready(runs, *cell.waits_for):
+                    source, kind, factor = cell.waits_for
+                    trainer = [c.id for p, c in todo if p.name == source and (c.kind, c.factor) == (kind, factor)]
+                    trainer += [cid for cid in running if cid.startswith(f"{source}:") and cid.split(":")[1] in {
+                        c.model for c in part_cells(next(p for p in preset if p.name == source))
+                        if (c.kind, c.factor) == (kind, factor)}]
+                    if trainer:  # another cell is training that autoencoder: wait for it
+                        continue  # (when none is, this cell trains it itself, resuming the shared folder)
+                todo.remove((part, cell))
+                running[cell.id] = (start(cell.id, _child(cfg, runs, part.name, "--cells", cell.id)),
+                                    time.monotonic())
+                print(f"[{time.monotonic() - begun:6.0f} s] start  {cell.id}", flush=True)
+            time.sleep(0.5)
+    finally:  # killed or interrupted: the cells' processes (own sessions, so Ctrl-C reaches only us) go too
+        signal.signal(signal.SIGTERM, previous)
+        for proc in [*opening.values(), *(proc for proc, _ in running.values())]:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+    return failed

@@ -80,3 +80,28 @@ def test_build_zoo_refuses_a_model_over_its_size_budget(tmp_path: Path, capsys) 
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
     assert _build(tmp_path, "--parts", "nope") == 2
     assert "Unknown zoo part(s) nope" in capsys.readouterr().err
+
+
+def test_build_zoo_trains_cells_side_by_side(tmp_path: Path) -> None:
+    """--jobs: one process per model, the conditional one started only once the autoencoder it shares is
+    measured, all of a part's cells appending to one results log that reads back whole."""
+    from pipelines.results import AutoencoderRecord, TrainingRecord, read_results
+
+    assert _build(tmp_path, "--jobs", "3") == 0
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir()) == SMOKE_MODELS
+    logs = sorted(p.name for p in (runs / "logs").iterdir())
+    assert logs == ["fmnist16--dm-f1.log", "fmnist16--ldm-kl-f4.log", "fmnist16-cond--ldm-kl-f4-class.log",
+                    "fmnist16-cond.log", "fmnist16.log"]
+    main, cond = read_results(runs / "fmnist16"), read_results(runs / "fmnist16-cond")
+    assert len(main.of(TrainingRecord)) == 2 and len(cond.of(TrainingRecord)) == 1
+    assert [r.key for r in main.records].count("environment") == 1  # opened once, before the cells
+    assert main.environment.config["factors"] == [1, 4]  # the whole part's settings, not one cell's
+    # the class model trained on the compression part's autoencoder, after that one was measured
+    assert not list((runs / "fmnist16-cond" / "models").glob("ae-*"))
+    ae_done = (runs / "fmnist16" / "models" / "ae-kl-f4" / "training.json").stat().st_mtime
+    cond_began = (runs / "logs" / "fmnist16-cond--ldm-kl-f4-class.log").stat().st_ctime
+    assert main.of(AutoencoderRecord, kind="kl", factor=4) and ae_done <= cond_began
+    for name in SMOKE_MODELS:
+        assert load_pipeline(models / name).unet is not None
+    assert _build(tmp_path, "--jobs", "3", "--cells", "nope:x") == 2  # a clear refusal, nothing started
