@@ -337,6 +337,13 @@ def load_training_data(dataset: str, resolution: int, channels: int | None, max_
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for this training; one process may train several models (an autoencoder in fp32,
+    then a denoiser in bf16), and accelerate keeps the first one's precision process-wide unless its
+    state is reset. The distributed state (``PartialState``, set by ``accelerate launch``) is kept."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != cfg.mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
 
 

@@ -205,3 +205,16 @@ def test_recipe_benchmark_prints_each_setting_against_its_baseline(capsys) -> No
     assert float(rows["EMA update/foreach"][7]) == 0 and float(rows["sampling forward/inference_mode"][7]) == 0
     assert float(rows["training step/channels_last"][7]) < 1e-4
     assert "refused on this CPU" in out or "enabled on this CPU" in out
+
+
+def test_one_process_trains_in_one_precision_then_another() -> None:
+    """A zoo cell trains its autoencoder in fp32, then its denoiser in bf16, in one process: accelerate
+    refuses a second precision unless its state is reset (the GPU preset's first run failed on this)."""
+    from types import SimpleNamespace
+
+    from pipelines.training import make_accelerator
+
+    first = make_accelerator(SimpleNamespace(mixed_precision="no", cpu=True))
+    second = make_accelerator(SimpleNamespace(mixed_precision="bf16", cpu=True))
+    assert (first.mixed_precision, second.mixed_precision) == ("no", "bf16")
+    assert make_accelerator(SimpleNamespace(mixed_precision="no", cpu=True)).mixed_precision == "no"
