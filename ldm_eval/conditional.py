@@ -16,7 +16,8 @@ so a killed run resumes with ``--resume`` and redoes nothing already measured.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,19 @@ import numpy as np
 from pipelines.conditioning import class_caption, validate_guidance
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
-from pipelines.results import ClassifierRecord, ConditioningRecord, SamplingRecord, TrainingRecord
+from pipelines.results import (
+    AutoencoderRecord,
+    ClassifierRecord,
+    ConditioningRecord,
+    Results,
+    SamplingRecord,
+    TrainingRecord,
+)
 from pipelines.sampling import timed_sampling, warm_up
 from pipelines.training import DiffusionTrainConfig, train_diffusion
 
 from . import run
+from .executor import Cell, Opener, prepare_executor, run_cells
 from .fid import compute_features, fid_from_features
 from .run import RunContext, RunSettings, Sweep, SweepError, help_text
 
@@ -145,20 +154,54 @@ def _evaluate(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: i
             ctx.log.append_once(record)  # a kill between two appends may have left some of them
 
 
-def run_conditional_sweep(cfg: ConditioningSweep) -> Path:
-    """Run (or resume) a conditioning sweep; returns the run folder."""
-    cfg.validate()
-    ctx = run.open_run(cfg.run, cfg.flat_config(), cfg.run.fid_samples, label_key="class")
+def _autoencoder_done(kind: str, factor: int, results: Results) -> bool:
+    return bool(results.of(AutoencoderRecord, kind=kind, factor=factor, variant=""))
+
+
+def _model_done(cfg: ConditioningSweep, condition: str, factor: int, results: Results) -> bool:
+    kind = "pixel" if factor == 1 else cfg.sweep.kind
+    return all(results.of(ConditioningRecord, condition=condition, kind=kind, factor=factor, guidance=g,
+                          ddim_steps=cfg.sweep.ddim_steps) for g in cfg.sweep.guidance)
+
+
+def _autoencoder_only(cfg: ConditioningSweep, factor: int, ctx: RunContext) -> None:
+    print(f"== autoencoder {cfg.sweep.kind} f={factor} ==", flush=True)
+    run.autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0)
+
+
+def _model(cfg: ConditioningSweep, condition: str, factor: int, ctx: RunContext) -> None:
+    """One conditional denoiser, trained and measured at every guidance scale."""
+    print(f"== {condition} f={factor} ==", flush=True)
+    autoencoder = run.autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0) if factor > 1 else None
     test = ctx.test
-    if not ctx.log.has(ClassifierRecord):
-        ctx.log.append(ClassifierRecord(n=len(test), accuracy_on_real=ctx.classifier.accuracy(
-            test.images, test.labels["class"])))
     real_labels = test.labels["class"].numpy()
     all_real = ctx.reference("domain", len(test))  # every held-out image: per-class FID
+    pipe = _denoiser_cell(ctx, cfg, condition, factor, autoencoder)
+    _evaluate(ctx, cfg, condition, factor, pipe, all_real, real_labels)
+
+
+def conditional_cells(cfg: ConditioningSweep) -> list[Cell]:
+    """Per factor, its autoencoder, then one model per condition."""
+    cells = []
     for factor in cfg.sweep.factors:
-        autoencoder = run.autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0) if factor > 1 else None
-        for condition in cfg.sweep.conditions:
-            print(f"== {condition} f={factor} ==", flush=True)
-            pipe = _denoiser_cell(ctx, cfg, condition, factor, autoencoder)
-            _evaluate(ctx, cfg, condition, factor, pipe, all_real, real_labels)
+        after: tuple[str, ...] = ()
+        if factor > 1:
+            cells.append(Cell(f"autoencoder {cfg.sweep.kind} f{factor}", partial(_autoencoder_only, cfg, factor),
+                              partial(_autoencoder_done, cfg.sweep.kind, factor)))
+            after = (cells[-1].key,)
+        cells += [Cell(f"model {condition} f{factor}", partial(_model, cfg, condition, factor),
+                       partial(_model_done, cfg, condition, factor), after) for condition in cfg.sweep.conditions]
+    return cells
+
+
+def run_conditional_sweep(cfg: ConditioningSweep) -> Path:
+    """Run (or resume) a conditioning sweep, here or on a Ray cluster (``--executor``); returns the run folder."""
+    cfg.validate()
+    prepare_executor(cfg.run)
+    ctx = run.open_run(cfg.run, cfg.flat_config(), cfg.run.fid_samples, label_key="class")
+    if not ctx.log.has(ClassifierRecord):
+        ctx.log.append(ClassifierRecord(n=len(ctx.test), accuracy_on_real=ctx.classifier.accuracy(
+            ctx.test.images, ctx.test.labels["class"])))
+    opener = Opener(replace(cfg.run, resume=True), cfg.flat_config(), cfg.run.fid_samples, label_key="class")
+    run_cells(ctx, opener, conditional_cells(cfg))
     return ctx.out

@@ -10,11 +10,14 @@ after a kill redoes nothing already measured.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from pipelines.first_stage import AUTOENCODER_KINDS, MIN_LATENT_SIDE
+from pipelines.results import AutoencoderRecord, Results
 
+from .executor import Cell, Opener, prepare_executor, run_cells
 from .run import RunContext, RunSettings, Sweep, SweepError, autoencoder_cell, help_text, open_run
 
 NO_GAN = "no-gan"
@@ -119,10 +122,21 @@ def run_first_stage_sweep(cfg: FirstStageSweep) -> Path:
     if cfg.run.ae_disc_weight == 0 and any(v == NO_GAN for *_, v in todo):
         raise SweepError("The adversarial term is already off (--ae-disc-weight 0): there is nothing to compare "
                          "the no-GAN models with. Give no --no-gan-factors or a positive weight.", "ae_disc_weight")
-    ctx: RunContext = open_run(cfg.run, cfg.flat_config(), max(cfg.run.fid_samples, cfg.sweep.rfid_samples),
-                               classifier=False)
-    for kind, factor, variant in todo:
-        print(f"== {kind} f={factor}{' ' + variant if variant else ''} ==", flush=True)
-        autoencoder_cell(ctx, kind, factor, cfg.sweep.rfid_samples, variant, cfg.sweep.grid_images,
-                         **variant_overrides(variant))
+    prepare_executor(cfg.run)
+    needed = max(cfg.run.fid_samples, cfg.sweep.rfid_samples)
+    ctx: RunContext = open_run(cfg.run, cfg.flat_config(), needed, classifier=False)
+    opener = Opener(replace(cfg.run, resume=True), cfg.flat_config(), needed, classifier=False)
+    run_cells(ctx, opener, [Cell(f"autoencoder {kind} f{factor}{' ' + variant if variant else ''}",
+                                 partial(_autoencoder, cfg, kind, factor, variant),
+                                 partial(_autoencoder_done, kind, factor, variant)) for kind, factor, variant in todo])
     return ctx.out
+
+
+def _autoencoder(cfg: FirstStageSweep, kind: str, factor: int, variant: str, ctx: RunContext) -> None:
+    print(f"== {kind} f={factor}{' ' + variant if variant else ''} ==", flush=True)
+    autoencoder_cell(ctx, kind, factor, cfg.sweep.rfid_samples, variant, cfg.sweep.grid_images,
+                     **variant_overrides(variant))
+
+
+def _autoencoder_done(kind: str, factor: int, variant: str, results: Results) -> bool:
+    return bool(results.of(AutoencoderRecord, kind=kind, factor=factor, variant=variant))

@@ -104,8 +104,20 @@ class RunSettings:
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     out: Path | None = field(default=None, metadata=help_text("run folder (default runs/PRESET)"))
     resume: bool = field(default=False, metadata=help_text("continue a killed run; finished measurements are kept"))
+    executor: Literal["local", "ray"] = field(default="local", metadata=help_text(
+        "where the cells (one model each) run: local (here, one after another) or ray (tasks on a Ray cluster; "
+        "--out must be a folder every node reaches)"))
+    ray_address: str = field(default="auto", metadata=help_text(
+        "the Ray cluster: auto (the one this machine belongs to), HOST:PORT, or local (start one here)"))
+    cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for (--executor ray)"))
+    cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for (--executor ray)"))
 
     def validate(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise SweepError(f"Unknown executor {self.executor!r}; choose local or ray.", "executor")
+        if not (0 <= self.cell_gpus <= 1024 and 0 < self.cell_cpus <= 4096):
+            raise SweepError(f"Each cell needs at least some CPU and no negative GPUs (got --cell-cpus "
+                             f"{self.cell_cpus}, --cell-gpus {self.cell_gpus}).", "cell_cpus")
         if self.budget not in ("steps", "seconds"):
             raise SweepError(f"The budget must be counted in 'steps' or 'seconds', not {self.budget!r}.", "budget")
         for name in ("train_budget", "ae_budget"):
@@ -259,7 +271,7 @@ def _classifier(settings: RunSettings, folder: Path, device: torch.device) -> Do
 
 
 def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label_key: str | None = None,
-             classifier: bool = True) -> RunContext:
+             classifier: bool = True, log: ResultsLog | None = None) -> RunContext:
     """Open (or resume) the run folder: results log, held-out data, classifier, environment record.
 
     ``config`` is the whole sweep configuration, flat, as the environment record stores it;
@@ -268,7 +280,7 @@ def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label
     """
     assert settings.out is not None, "the CLI fills the default run folder"
     device = resolve_device(settings.device)
-    log = ResultsLog(settings.out)
+    log = log if log is not None else ResultsLog(settings.out)  # a cell elsewhere: its snapshot of the log
     if len(log.results) and not settings.resume:
         raise SweepError(f"'{settings.out}' already holds results: resume the run, or choose a new run folder.",
                          "resume")

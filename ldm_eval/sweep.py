@@ -10,16 +10,18 @@ kill redoes nothing already measured.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from pipelines.first_stage import FACTORS
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
-from pipelines.results import ProgressRecord, SamplingRecord, TrainingRecord
+from pipelines.results import AutoencoderRecord, ProgressRecord, Results, SamplingRecord, TrainingRecord
 from pipelines.sampling import timed_sampling, warm_up
 from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, train_diffusion
 
+from .executor import Cell, Opener, prepare_executor, run_cells
 from .fid import compute_features, fid_from_features
 from .run import (
     RunContext,
@@ -163,17 +165,51 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         ))
 
 
+def _autoencoder_done(kind: str, factor: int, results: Results) -> bool:
+    return bool(results.of(AutoencoderRecord, kind=kind, factor=factor, variant=""))
+
+
+def _model_done(cfg: CompressionSweep, kind: str, factor: int, results: Results) -> bool:
+    return bool(results.of(TrainingRecord, kind=kind, factor=factor, condition="none")) and all(
+        results.of(SamplingRecord, kind=kind, factor=factor, ddim_steps=steps, condition="none")
+        for steps in cfg.sweep.ddim_steps)
+
+
+def _autoencoder_only(cfg: CompressionSweep, kind: str, factor: int, ctx: RunContext) -> None:
+    print(f"== autoencoder {kind} f={factor} ==", flush=True)
+    autoencoder_cell(ctx, kind, factor, cfg.sweep.inception_samples)
+
+
+def _model(cfg: CompressionSweep, kind: str, factor: int, ctx: RunContext) -> None:
+    """One factor's denoiser, trained and measured (its autoencoder, a cell of its own, already is)."""
+    print(f"== {kind} f={factor} ==", flush=True)
+    autoencoder = autoencoder_cell(ctx, kind, factor, cfg.sweep.inception_samples) if factor > 1 else None
+    pipe = _denoiser_cell(ctx, cfg, kind, factor, autoencoder)
+    _sampling_cell(ctx, cfg, kind, factor, pipe)
+
+
+def sweep_cells(cfg: CompressionSweep) -> list[Cell]:
+    """Per first stage, its autoencoder then its denoiser, in the order the factors were given (a long
+    sweep can put the models wanted first first); pixel space once, whatever the kinds."""
+    pairs = list(dict.fromkeys(("pixel", 1) if f == 1 else (kind, f)
+                               for kind in cfg.sweep.kinds for f in cfg.sweep.factors))
+    cells = []
+    for kind, factor in pairs:
+        after: tuple[str, ...] = ()
+        if factor > 1:
+            cells.append(Cell(f"autoencoder {kind} f{factor}", partial(_autoencoder_only, cfg, kind, factor),
+                              partial(_autoencoder_done, kind, factor)))
+            after = (cells[-1].key,)
+        cells.append(Cell(f"model {kind} f{factor}", partial(_model, cfg, kind, factor),
+                          partial(_model_done, cfg, kind, factor), after))
+    return cells
+
+
 def run_sweep(cfg: CompressionSweep) -> Path:
-    """Run (or resume) a compression sweep; returns the run folder."""
+    """Run (or resume) a compression sweep, here or on a Ray cluster (``--executor``); returns the run folder."""
     cfg.validate()
+    prepare_executor(cfg.run)
     needed = max(cfg.run.fid_samples, cfg.sweep.inception_samples, cfg.sweep.progress_samples)
     ctx = open_run(cfg.run, cfg.flat_config(), needed)
-    # in the order the factors were given (a long sweep can put the models wanted first first)
-    cells = [("pixel", 1) if f == 1 else (kind, f) for kind in cfg.sweep.kinds for f in cfg.sweep.factors]
-    cells = list(dict.fromkeys(cells))  # pixel space once, whatever the kinds
-    for kind, factor in cells:
-        print(f"== {kind} f={factor} ==", flush=True)
-        autoencoder = autoencoder_cell(ctx, kind, factor, cfg.sweep.inception_samples) if factor > 1 else None
-        pipe = _denoiser_cell(ctx, cfg, kind, factor, autoencoder)
-        _sampling_cell(ctx, cfg, kind, factor, pipe)
+    run_cells(ctx, Opener(replace(cfg.run, resume=True), cfg.flat_config(), needed), sweep_cells(cfg))
     return ctx.out

@@ -67,6 +67,11 @@ class ZooBuildSettings:
         "only open the parts' runs (held-out data, domain classifier, environment): what --jobs does first"))
     no_export: bool = field(default=False, metadata=help_text("train and measure, but export nothing"))
     utkface: str = field(default=_UTK, metadata=help_text("the UTKFace folder of face photos the utk64 parts train on"))
+    executor: str = field(default="local", metadata=help_text(
+        "local, or ray: each part's cells become Ray tasks (--runs must be on storage every node reaches)"))
+    ray_address: str = field(default="auto", metadata=help_text("the Ray cluster: auto, HOST:PORT or local"))
+    cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for"))
+    cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for"))
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -81,6 +86,9 @@ class ZooBuildSettings:
                              "parts")
         if not 1 <= self.jobs <= 64:
             raise SweepError(f"Jobs must be from 1 to 64 (got {self.jobs}).", "jobs")
+        if self.jobs > 1 and self.executor != "local":
+            raise SweepError("--jobs trains cells side by side on this machine; with --executor ray, Ray runs "
+                             "them: give one or the other.", "jobs")
         cells = {c.id for part in PRESETS[self.preset] for c in part_cells(part)}
         wrong = [c for c in self.cells if c not in cells]
         if wrong:
@@ -304,7 +312,7 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
     runs = cfg.runs or Path("runs") / f"zoo-{cfg.preset}"
     for stale in cfg.models.glob(".tmp-*"):  # what an export killed mid-write left (atomic_folder's temporary)
         shutil.rmtree(stale, ignore_errors=True)
-    parts = [_on_data(p, cfg.utkface) for p in PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
+    parts = [_configured(p, cfg) for p in PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
     failed: list[str] = []
     if cfg.jobs > 1 and not cfg.export_only:
         failed = train_side_by_side(cfg, parts, runs)
@@ -343,9 +351,11 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
 
 # --- training cells side by side -------------------------------------------------------------------------------------
 
-def _on_data(part: ZooPart, utkface: str) -> ZooPart:
-    """The part reading UTKFace from where this machine keeps it."""
-    return replace(part, run=replace(part.run, dataset=utkface)) if part.run.dataset == _UTK else part
+def _configured(part: ZooPart, cfg: ZooBuildSettings) -> ZooPart:
+    """The part reading UTKFace from where this machine keeps it, its cells run by the chosen executor."""
+    run = replace(part.run, executor=cfg.executor, ray_address=cfg.ray_address, cell_gpus=cfg.cell_gpus,
+                  cell_cpus=cfg.cell_cpus)
+    return replace(part, run=replace(run, dataset=cfg.utkface) if run.dataset == _UTK else run)
 
 
 def _child(cfg: ZooBuildSettings, runs: Path, part: str, *extra: str) -> list[str]:

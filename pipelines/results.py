@@ -529,6 +529,35 @@ class ResultsLog:
             self.append(record)
 
 
+class RecordingLog(ResultsLog):
+    """A cell's view of a run's log where it runs on another machine (``--executor ray``).
+
+    It reads a snapshot of the run's records (so a cell skips what is already measured, exactly as
+    with the file) and keeps what the cell appends instead of writing it: the driver alone appends
+    to ``results.jsonl``, so the log of a run spread over many machines stays one ordered file.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, records: list[dict[str, Any]]):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / RESULTS
+        self.results = Results([record_from_json(raw) for raw in records])
+        self.new: list[Record] = []
+
+    def append(self, record: Record) -> None:
+        self.results.records.append(record)
+        self.new.append(record)
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    """A record as its ``results.jsonl`` line holds it (plain JSON types)."""
+    return json.loads(json.dumps(record.to_json(), default=_jsonable))
+
+
+def record_from_json(raw: dict[str, Any]) -> Record:
+    """A current-schema record from its JSON form (what :func:`record_to_json` gives)."""
+    return _build(raw, "a record sent between processes")
+
+
 def _jsonable(value: object) -> object:
     """NumPy / torch scalars and paths; anything else is a bug in the record, not something to stringify."""
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
