@@ -26,7 +26,6 @@ from pipelines.conditioning import class_caption, validate_guidance
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
 from pipelines.results import (
-    AutoencoderRecord,
     ClassifierRecord,
     ConditioningRecord,
     Results,
@@ -154,10 +153,6 @@ def _evaluate(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: i
             ctx.log.append_once(record)  # a kill between two appends may have left some of them
 
 
-def _autoencoder_done(kind: str, factor: int, results: Results) -> bool:
-    return bool(results.of(AutoencoderRecord, kind=kind, factor=factor, variant=""))
-
-
 def _model_done(cfg: ConditioningSweep, condition: str, factor: int, results: Results) -> bool:
     kind = "pixel" if factor == 1 else cfg.sweep.kind
     return all(results.of(ConditioningRecord, condition=condition, kind=kind, factor=factor, guidance=g,
@@ -187,7 +182,7 @@ def conditional_cells(cfg: ConditioningSweep) -> list[Cell]:
         after: tuple[str, ...] = ()
         if factor > 1:
             cells.append(Cell(f"autoencoder {cfg.sweep.kind} f{factor}", partial(_autoencoder_only, cfg, factor),
-                              partial(_autoencoder_done, cfg.sweep.kind, factor)))
+                              partial(run.autoencoder_done, cfg.sweep.kind, factor, "")))
             after = (cells[-1].key,)
         cells += [Cell(f"model {condition} f{factor}", partial(_model, cfg, condition, factor),
                        partial(_model_done, cfg, condition, factor), after) for condition in cfg.sweep.conditions]

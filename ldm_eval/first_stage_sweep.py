@@ -15,10 +15,9 @@ from functools import partial
 from pathlib import Path
 
 from pipelines.first_stage import AUTOENCODER_KINDS, MIN_LATENT_SIDE
-from pipelines.results import AutoencoderRecord, Results
 
 from .executor import Cell, Opener, prepare_executor, run_cells
-from .run import RunContext, RunSettings, Sweep, SweepError, autoencoder_cell, help_text, open_run
+from .run import RunContext, RunSettings, Sweep, SweepError, autoencoder_cell, autoencoder_done, help_text, open_run
 
 NO_GAN = "no-gan"
 GAN_FROM = "gan-from-"
@@ -128,7 +127,7 @@ def run_first_stage_sweep(cfg: FirstStageSweep) -> Path:
     opener = Opener(replace(cfg.run, resume=True), cfg.flat_config(), needed, classifier=False)
     run_cells(ctx, opener, [Cell(f"autoencoder {kind} f{factor}{' ' + variant if variant else ''}",
                                  partial(_autoencoder, cfg, kind, factor, variant),
-                                 partial(_autoencoder_done, kind, factor, variant)) for kind, factor, variant in todo])
+                                 partial(autoencoder_done, kind, factor, variant)) for kind, factor, variant in todo])
     return ctx.out
 
 
@@ -136,7 +135,3 @@ def _autoencoder(cfg: FirstStageSweep, kind: str, factor: int, variant: str, ctx
     print(f"== {kind} f={factor}{' ' + variant if variant else ''} ==", flush=True)
     autoencoder_cell(ctx, kind, factor, cfg.sweep.rfid_samples, variant, cfg.sweep.grid_images,
                      **variant_overrides(variant))
-
-
-def _autoencoder_done(kind: str, factor: int, variant: str, results: Results) -> bool:
-    return bool(results.of(AutoencoderRecord, kind=kind, factor=factor, variant=variant))

@@ -37,6 +37,7 @@ from pipelines.results import (
     EnvironmentRecord,
     FidRecord,
     RecognisabilityRecord,
+    Results,
     ResultsLog,
     TrainingRecord,
     TrainingSummary,
@@ -393,6 +394,11 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int,
         rfid_inf=rfid_est.fid_inf if rfid_est else None,
     ))
     return folder
+
+
+def autoencoder_done(kind: str, factor: int, variant: str, results: Results) -> bool:
+    """Whether ``autoencoder_cell`` has measured this first stage (a sweep's cell needs no second run)."""
+    return bool(results.of(AutoencoderRecord, kind=kind, factor=factor, variant=variant))
 
 
 def training_record(summary: TrainingSummary, settings: RunSettings) -> TrainingRecord:

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipelines.first_stage import FACTORS
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
-from pipelines.results import AutoencoderRecord, ProgressRecord, Results, SamplingRecord, TrainingRecord
+from pipelines.results import ProgressRecord, Results, SamplingRecord, TrainingRecord
 from pipelines.sampling import timed_sampling, warm_up
 from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, train_diffusion
 
@@ -29,6 +29,7 @@ from .run import (
     Sweep,
     SweepError,
     autoencoder_cell,
+    autoencoder_done,
     check_ddim_steps,
     fid_records,
     help_text,
@@ -165,10 +166,6 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         ))
 
 
-def _autoencoder_done(kind: str, factor: int, results: Results) -> bool:
-    return bool(results.of(AutoencoderRecord, kind=kind, factor=factor, variant=""))
-
-
 def _model_done(cfg: CompressionSweep, kind: str, factor: int, results: Results) -> bool:
     return bool(results.of(TrainingRecord, kind=kind, factor=factor, condition="none")) and all(
         results.of(SamplingRecord, kind=kind, factor=factor, ddim_steps=steps, condition="none")
@@ -198,7 +195,7 @@ def sweep_cells(cfg: CompressionSweep) -> list[Cell]:
         after: tuple[str, ...] = ()
         if factor > 1:
             cells.append(Cell(f"autoencoder {kind} f{factor}", partial(_autoencoder_only, cfg, kind, factor),
-                              partial(_autoencoder_done, kind, factor)))
+                              partial(autoencoder_done, kind, factor, "")))
             after = (cells[-1].key,)
         cells.append(Cell(f"model {kind} f{factor}", partial(_model, cfg, kind, factor),
                           partial(_model_done, cfg, kind, factor), after))

@@ -382,7 +382,7 @@ def train_side_by_side(cfg: ZooBuildSettings, parts: list[ZooPart], runs: Path) 
     todo = [(part, c) for part in parts for c in part_cells(part, preset) if not cfg.cells or c.id in cfg.cells]
     opened: set[str] = set()
     opening: dict[str, subprocess.Popen] = {}
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    running: dict[str, tuple[subprocess.Popen, float, Cell]] = {}
     failed: list[str] = []
     begun = time.monotonic()
 
@@ -410,7 +410,7 @@ def train_side_by_side(cfg: ZooBuildSettings, parts: list[ZooPart], runs: Path) 
                 if part.name not in opened and part.name not in opening and source_ok and any(
                         p.name == part.name for p, _ in todo):
                     opening[part.name] = start(part.name, _child(cfg, runs, part.name, "--open-only"))
-            for cell_id, (proc, since) in list(running.items()):
+            for cell_id, (proc, since, _) in list(running.items()):
                 if proc.poll() is not None:
                     del running[cell_id]
                     took = time.monotonic() - since
@@ -428,20 +428,18 @@ def train_side_by_side(cfg: ZooBuildSettings, parts: list[ZooPart], runs: Path) 
                     continue
                 if cell.waits_for and not _autoencoder_ready(runs, *cell.waits_for):
                     source, kind, factor = cell.waits_for
-                    trainer = [c.id for p, c in todo if p.name == source and (c.kind, c.factor) == (kind, factor)]
-                    trainer += [cid for cid in running if cid.startswith(f"{source}:") and cid.split(":")[1] in {
-                        c.model for c in part_cells(next(p for p in preset if p.name == source))
-                        if (c.kind, c.factor) == (kind, factor)}]
-                    if trainer:  # another cell is training that autoencoder: wait for it
-                        continue  # (when none is, this cell trains it itself, resuming the shared folder)
+                    busy = [c for _, c in todo] + [c for _, _, c in running.values()]
+                    if any((c.part, c.kind, c.factor) == (source, kind, factor) for c in busy):
+                        continue  # another cell is training that autoencoder: wait for it (when none is, this
+                        # cell trains it itself, resuming the shared folder)
                 todo.remove((part, cell))
                 running[cell.id] = (start(cell.id, _child(cfg, runs, part.name, "--cells", cell.id)),
-                                    time.monotonic())
+                                    time.monotonic(), cell)
                 print(f"[{time.monotonic() - begun:6.0f} s] start  {cell.id}", flush=True)
             time.sleep(0.5)
     finally:  # killed or interrupted: the cells' processes (own sessions, so Ctrl-C reaches only us) go too
         signal.signal(signal.SIGTERM, previous)
-        for proc in [*opening.values(), *(proc for proc, _ in running.values())]:
+        for proc in [*opening.values(), *(proc for proc, _, _ in running.values())]:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
     return failed
