@@ -17,7 +17,8 @@ would have taken).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -38,24 +39,26 @@ from pipelines.results import (
     FidRecord,
     ModelRecord,
     ReferenceRecord,
+    Results,
     ResultsLog,
     SamplingRecord,
 )
 from pipelines.sampling import timed_sampling, warm_up
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
+from .executor import Cell, prepare_executor, run_cells
 from .fid import compute_features
 from .reference_cache import reference_features
 from .results import FILE_ORDER_DRAW
-from .run import SweepError, check_ddim_steps, environment, fid_record, help_text
+from .run import ExecutorFlags, SweepError, check_ddim_steps, environment, fid_record, help_text
 from .uncertainty import BOOTSTRAP_RESAMPLES
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvaluateSettings:
-    """What ``evaluate`` measures and how."""
+class EvaluateSettings(ExecutorFlags):
+    """What ``evaluate`` measures and how; with ``--executor ray`` each model is a cell on the cluster."""
 
     reference: str = field(default="", metadata=help_text("reference images: a folder (used whole) or fashion-mnist"))
     n: int = field(default=500, metadata=help_text("samples per model and step count (and reference images)"))
@@ -95,6 +98,7 @@ class EvaluateSettings:
         whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
         whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
         whole_number(self.classifier_steps, "classifier_steps", "Classifier steps", 1, 10**6)
+        self.validate_executor()
 
 
 def model_names(models: list[str]) -> list[str]:
@@ -125,34 +129,106 @@ def _reference_images(spec: str, resolution: int, channels: int, n: int, seed: i
     return (data, FILE_ORDER_DRAW) if seed is None else representative_order(data, seed)
 
 
-@dataclass
-class _Reference:
-    features: np.ndarray
-    classifier: DomainClassifier | None
+def _classifier_folder(cfg: EvaluateSettings, resolution: int) -> Path:
+    return cfg.out / f"domain_classifier-{resolution}px"
 
 
 def _reference(cfg: EvaluateSettings, log_: ResultsLog, device: torch.device, data: ImageDataset,
-               resolution: int) -> _Reference:
+               resolution: int) -> np.ndarray:
+    """The reference images' features; for the domain backend, its classifier is trained and saved first
+    (in the run folder, where every cell reads it)."""
     n_ref = cfg.reference_n or cfg.n
     images = data.images[:n_ref]
     if cfg.backend == "domain":
-        folder = cfg.out / f"domain_classifier-{resolution}px"
+        folder = _classifier_folder(cfg, resolution)
         if (folder / "config.json").is_file():
             clf = DomainClassifier.load(folder, device)
         else:
             clf = train_domain_classifier(data.images, steps=cfg.classifier_steps, seed=cfg.seed, device=device)
             clf.save(folder)
-        return _Reference(compute_features(images, "domain", device, classifier=clf), clf)
+        return compute_features(images, "domain", device, classifier=clf)
     ref = reference_features(images, "inception", device, source=f"{cfg.reference} at {resolution} px")
     log_.append(ReferenceRecord(source=ref.key.source, content=ref.key.content, fid_backend="inception", n=n_ref,
                                 resolution=resolution, cached=ref.cached, seconds=round(ref.seconds, 3),
                                 compute_seconds=ref.compute_seconds))
-    return _Reference(ref.features, None)
+    return ref.features
+
+
+@dataclass
+class EvaluationContext:
+    """What one model's cell runs in, here or on a node of a Ray cluster."""
+
+    settings: EvaluateSettings
+    log: ResultsLog
+    device: torch.device
+    references: dict[tuple[int, int], np.ndarray]  # (resolution, channels) -> the reference images' features
+
+
+@dataclass(frozen=True)
+class EvaluationOpener:
+    """How a cell elsewhere gets its context: the driver's reference features travel with it (a few MB)."""
+
+    settings: EvaluateSettings
+    references: dict[tuple[int, int], np.ndarray]
+
+    def open(self, log: ResultsLog) -> EvaluationContext:
+        return EvaluationContext(self.settings, log, resolve_device(self.settings.device), self.references)
+
+    def for_cluster(self) -> "EvaluationOpener":
+        return replace(self, settings=replace(self.settings, out=self.settings.out.resolve()))
+
+
+def _model_measured(name: str, ddim_steps: tuple[int, ...], results: Results) -> bool:
+    return all(results.of(FidRecord, model=name, ddim_steps=s) and results.of(SamplingRecord, model=name, ddim_steps=s)
+               for s in ddim_steps)
+
+
+def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationContext) -> None:
+    """One model's cell: load it, then sample, time and score it at every DDIM step count not yet measured.
+
+    ``source`` is what the user named (recorded); ``load_from`` the same model as this machine reaches it.
+    """
+    cfg, results, device = ctx.settings, ctx.log, ctx.device
+    pipe = load_model(load_from, device=device, dtype=sampling_dtype(cfg.mixed_precision, device))
+    if pipe.condition != "none":
+        log.info("%s is %s-conditional; evaluating its unconditional samples.", name, pipe.condition)
+    reference = ctx.references[(pipe.resolution, pipe.image_channels)]
+    classifier = (DomainClassifier.load(_classifier_folder(cfg, pipe.resolution), device)
+                  if cfg.backend == "domain" else None)
+    kind = _kind(pipe)
+    if not results.has(ModelRecord, model=name):
+        results.append(ModelRecord(
+            model=name, source=source, layout=pipe.loaded_from, kind=kind, factor=pipe.factor,
+            resolution=pipe.resolution, latent_shape=list(pipe.first_stage.latent_shape(pipe.resolution)),
+            params=pipe.parameter_counts(), dtype=str(pipe.unet.dtype).removeprefix("torch."), device=str(device)))
+    warmed = False
+    for steps in cfg.ddim_steps:
+        cell = {"model": name, "kind": kind, "factor": pipe.factor, "ddim_steps": steps}
+        if results.has(FidRecord, **cell) and results.has(SamplingRecord, **cell):
+            continue
+        print(f"== {name}: DDIM {steps}, N = {cfg.n} ==", flush=True)
+        if not warmed:
+            warm_up(pipe)
+            warmed = True
+        timed = timed_sampling(pipe, cfg.n, steps, "ddim", seed=cfg.seed, batch_size=cfg.batch_size)
+        save_grid(timed.images[:64], cfg.out / "grids" / f"samples-{name}-ddim{steps}.png")
+        feats = compute_features(unit_nhwc_to_uint8_nchw(timed.images), cfg.backend, device, classifier=classifier)
+        results.append(fid_record(reference, feats, cfg.backend, device, cfg.bootstrap_resamples, cfg.seed, **cell))
+        results.append(SamplingRecord(
+            **cell, device=str(device), n=len(timed.images), seconds=timed.seconds,
+            samples_per_s=timed.samples_per_s, sec_per_image=timed.sec_per_image,
+            peak_mem_sample_mb=timed.peak_mb, memory_method=timed.memory_method, sample_batch=cfg.batch_size,
+            scheduler="ddim"))
 
 
 def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
-    """Evaluate (or resume evaluating) ``models`` against the reference; returns the run folder."""
+    """Evaluate (or resume evaluating) ``models`` against the reference; returns the run folder.
+
+    Each model is a cell (:mod:`ldm_eval.executor`): with ``--executor ray`` the models are measured side
+    by side on a cluster, the reference features and the domain classifier coming from this driver.
+    """
     cfg.validate(models)
+    prepare_executor(cfg)  # Ray installed, its cluster reachable, the asks possible: before any work
     device = resolve_device(cfg.device)
     dtype = sampling_dtype(cfg.mixed_precision, device)
     results = ResultsLog(cfg.out)
@@ -164,44 +240,20 @@ def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
     pipes = {name: load_model(source, device=device, dtype=dtype) for name, source in zip(names, models)}
     begun = results.results.environment
     draw_seed = None if begun is not None and "reference_draw" not in begun.config else cfg.seed  # keep an old run's
+    keys = list(dict.fromkeys((p.resolution, p.image_channels) for p in pipes.values()))
     images: dict[tuple[int, int], ImageDataset] = {}
-    for key in {(p.resolution, p.image_channels) for p in pipes.values()}:  # the reference at every size a model needs
+    for key in keys:  # the reference at every size a model needs
         images[key], draw = _reference_images(cfg.reference, *key, cfg.reference_n or cfg.n, draw_seed,
                                               cfg.reference_split)
     results.append_once(environment({"command": "evaluate", "models": list(models), **asdict(cfg),
                                      "reference_draw": draw}, device))
-    references: dict[tuple[int, int], _Reference] = {}
-    for (name, pipe), source in zip(pipes.items(), models):
-        if pipe.condition != "none":
-            log.info("%s is %s-conditional; evaluating its unconditional samples.", name, pipe.condition)
-        key = (pipe.resolution, pipe.image_channels)
-        if key not in references:
-            references[key] = _reference(cfg, results, device, images[key], pipe.resolution)
-        ref = references[key]
-        kind = _kind(pipe)
-        results.append(ModelRecord(
-            model=name, source=str(source), layout=pipe.loaded_from, kind=kind, factor=pipe.factor,
-            resolution=pipe.resolution, latent_shape=list(pipe.first_stage.latent_shape(pipe.resolution)),
-            params=pipe.parameter_counts(), dtype=str(pipe.unet.dtype).removeprefix("torch."), device=str(device)))
-        warmed = False
-        for steps in cfg.ddim_steps:
-            cell = {"model": name, "kind": kind, "factor": pipe.factor, "ddim_steps": steps}
-            if results.has(FidRecord, **cell) and results.has(SamplingRecord, **cell):
-                continue
-            print(f"== {name}: DDIM {steps}, N = {cfg.n} ==", flush=True)
-            if not warmed:
-                warm_up(pipe)
-                warmed = True
-            timed = timed_sampling(pipe, cfg.n, steps, "ddim", seed=cfg.seed, batch_size=cfg.batch_size)
-            save_grid(timed.images[:64], cfg.out / "grids" / f"samples-{name}-ddim{steps}.png")
-            feats = compute_features(unit_nhwc_to_uint8_nchw(timed.images), cfg.backend, device,
-                                     classifier=ref.classifier)
-            results.append(fid_record(ref.features, feats, cfg.backend, device, cfg.bootstrap_resamples, cfg.seed,
-                                      **cell))
-            results.append(SamplingRecord(
-                **cell, device=str(device), n=len(timed.images), seconds=timed.seconds,
-                samples_per_s=timed.samples_per_s, sec_per_image=timed.sec_per_image,
-                peak_mem_sample_mb=timed.peak_mb, memory_method=timed.memory_method, sample_batch=cfg.batch_size,
-                scheduler="ddim"))
+    references = {key: _reference(cfg, results, device, images[key], key[0]) for key in keys}
+    cluster = cfg.executor == "ray"
+    cells = [Cell(key=f"model {name}", run=partial(_evaluate_model, name, str(source),
+                                                    str(Path(source).resolve()) if cluster and Path(source).exists()
+                                                    else str(source)),
+                  done=partial(_model_measured, name, tuple(cfg.ddim_steps)))
+             for name, source in zip(names, models)]
+    del pipes  # each cell loads its own model, where it runs
+    run_cells(EvaluationContext(cfg, results, device, references), EvaluationOpener(cfg, references), cells)
     return cfg.out
-

@@ -27,10 +27,10 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipelines.atomic import write_json_atomic, write_text_atomic
-from pipelines.results import RecordingLog, Results, record_from_json, record_to_json
+from pipelines.results import RecordingLog, Results, ResultsLog, record_from_json, record_to_json
 
 from .run import RunContext, RunSettings, SweepError, open_run
 
@@ -47,14 +47,41 @@ class Cell:
     """
 
     key: str  # shown in progress lines and failure summaries, e.g. "autoencoder kl f4", "model kl f4"
-    run: Callable[[RunContext], Any]
+    run: Callable[[Any], Any]  # given the command's context (a sweep's RunContext, an evaluation's)
     done: Callable[[Results], bool]
     after: tuple[str, ...] = ()
 
 
+class ExecutorSettings(Protocol):
+    """What the executor reads of a command's settings (``RunSettings``, ``EvaluateSettings``)."""
+
+    out: Path | None
+    executor: str
+    ray_address: str
+    cell_gpus: float
+    cell_cpus: float
+
+
+class CellContext(Protocol):
+    """What a cell runs in: the command's settings and the run's log (the file, or a cell's snapshot of it)."""
+
+    settings: ExecutorSettings
+    log: ResultsLog
+
+
+class CellOpener(Protocol):
+    """How a cell on another machine gets its context from a snapshot of the run's log."""
+
+    def open(self, log: RecordingLog) -> CellContext: ...
+
+    def for_cluster(self) -> "CellOpener":
+        """The same opener with paths as every node sees them on shared storage."""
+        ...
+
+
 @dataclass(frozen=True)
 class Opener:
-    """How a cell elsewhere opens the run: the driver's own ``open_run`` call, on that cell's snapshot."""
+    """How a sweep's cell elsewhere opens the run: the driver's own ``open_run`` call, on that cell's snapshot."""
 
     settings: RunSettings
     config: dict[str, Any]
@@ -65,15 +92,18 @@ class Opener:
     def open(self, log: RecordingLog) -> RunContext:
         return open_run(self.settings, self.config, self.n_needed, self.label_key, self.classifier, log=log)
 
+    def for_cluster(self) -> "Opener":
+        return replace(self, settings=_absolute(self.settings))
 
-def prepare_executor(settings: RunSettings) -> None:
+
+def prepare_executor(settings: ExecutorSettings) -> None:
     """Before anything starts: with ``--executor ray``, Ray installed, its cluster reachable, the cells' asks
     within what one node has (each a clear error)."""
     if settings.executor == "ray":
         check_resources(connect(settings.ray_address), settings)
 
 
-def run_cells(ctx: RunContext, opener: Opener, cells: list[Cell]) -> None:
+def run_cells(ctx: CellContext, opener: CellOpener, cells: list[Cell]) -> None:
     """Run every unfinished cell with the run's executor; with ``ray``, a failed cell stops only the cells
     that need it, and the failures are raised together at the end (tracebacks under ``RUN/failures``)."""
     if ctx.settings.executor == "local":
@@ -83,7 +113,7 @@ def run_cells(ctx: RunContext, opener: Opener, cells: list[Cell]) -> None:
         return
     ray = connect(ctx.settings.ray_address)
     check_resources(ray, ctx.settings)
-    _run_on_ray(ray, ctx, replace(opener, settings=_absolute(opener.settings)), cells)
+    _run_on_ray(ray, ctx, opener.for_cluster(), cells)
 
 
 # --- Ray -------------------------------------------------------------------------------------------------------------
@@ -102,7 +132,8 @@ def connect(address: str) -> Any:
     if ray.is_initialized():
         return ray
     if address == "local":
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env=_runtime_env())
+        # address "local": a new one-machine instance, even where this machine already belongs to a cluster
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=_runtime_env())
         return ray
     if address != "auto":
         host, _, port = address.rpartition(":")
@@ -148,7 +179,7 @@ def _absolute(settings: RunSettings) -> RunSettings:
                    share_from=settings.share_from.resolve() if settings.share_from else None)
 
 
-def check_resources(ray: Any, settings: RunSettings) -> None:
+def check_resources(ray: Any, settings: ExecutorSettings) -> None:
     """Refuse, before anything starts, a cell that asks more of one node than any node has."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     most_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
@@ -165,7 +196,7 @@ def _slug(key: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in key)
 
 
-def run_cell_here(opener: Opener, cell: Cell, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+def run_cell_here(opener: CellOpener, cell: Cell, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
     """A cell on the machine Ray chose: open the run on a snapshot of its log, run, return the new records."""
     where = f"{socket.gethostname()} (pid {os.getpid()})"
     out = opener.settings.out
@@ -177,7 +208,7 @@ def run_cell_here(opener: Opener, cell: Cell, records: list[dict[str, Any]]) -> 
     return [record_to_json(r) for r in log.new], where
 
 
-def _run_on_ray(ray: Any, ctx: RunContext, opener: Opener, cells: list[Cell]) -> None:
+def _run_on_ray(ray: Any, ctx: CellContext, opener: CellOpener, cells: list[Cell]) -> None:
     from tqdm.auto import tqdm
 
     s = ctx.settings

@@ -7,9 +7,11 @@ the model's own measurements from the same run's ``results.jsonl``, read through
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -148,6 +150,46 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
             _check_size(tmp, name, max_mb)
         written.append(target)
     return written
+
+
+BEFORE_HEADING = "## Before the rebuild"
+
+
+def with_before(card: str, entry: dict[str, Any]) -> str:
+    """``card`` with a section on the model its folder held before (replacing an older such section).
+
+    ``entry`` is one model of a before-file (``reports/zoo-before.json``): what the earlier model was,
+    how it was measured, and the measured lines. The section goes above the licence.
+    """
+    head, _, rest = card.partition(BEFORE_HEADING)
+    if rest:  # drop the old section: everything up to the next heading
+        nxt = rest.find("\n## ")
+        card = head.rstrip("\n") + "\n\n" + (rest[nxt + 1:] if nxt >= 0 else "")
+    section = [BEFORE_HEADING, "", f"This folder held another model before: {entry['model']}. Measured by "
+               f"{entry['source']}:", ""] + [f"- {line}" for line in entry["measured"]] + ["", ""]
+    at = card.find("## Licence")
+    return card[:at] + "\n".join(section) + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + "\n".join(section)
+
+
+def add_before_sections(models: Path, before_file: Path) -> list[Path]:
+    """Write the before-file's lines into the cards of the zoo's folders it names; returns the cards changed."""
+    if not before_file.is_file():
+        return []
+    try:
+        entries = json.loads(before_file.read_text())["models"]
+    except (ValueError, KeyError) as err:
+        raise InputError(f"'{before_file}' is not a before-file ({{\"models\": {{NAME: ...}}}}): {err}", "before") from err
+    changed = []
+    for name, entry in entries.items():
+        card_path = models / name / "README.md"
+        if not card_path.is_file():
+            continue
+        card = card_path.read_text()
+        new = with_before(card, entry)
+        if new != card:
+            write_text_atomic(card_path, new)
+            changed.append(card_path)
+    return changed
 
 
 class ExportSizeError(InputError):

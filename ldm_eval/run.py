@@ -70,7 +70,27 @@ def help_text(text: str) -> dict[str, str]:
 
 
 @dataclass
-class RunSettings:
+class ExecutorFlags:
+    """Where a command's cells run (:mod:`ldm_eval.executor`): the flags every sweep and ``evaluate`` share."""
+
+    executor: Literal["local", "ray"] = field(default="local", metadata=help_text(
+        "where the cells (one model each) run: local (here, one after another) or ray (tasks on a Ray cluster; "
+        "--out must be a folder every node reaches)"))
+    ray_address: str = field(default="auto", metadata=help_text(
+        "the Ray cluster: auto (the one this machine belongs to), HOST:PORT, or local (start one here)"))
+    cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for (--executor ray)"))
+    cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for (--executor ray)"))
+
+    def validate_executor(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise SweepError(f"Unknown executor {self.executor!r}; choose local or ray.", "executor")
+        if not (0 <= self.cell_gpus <= 1024 and 0 < self.cell_cpus <= 4096):
+            raise SweepError(f"Each cell needs at least some CPU and no negative GPUs (got --cell-cpus "
+                             f"{self.cell_cpus}, --cell-gpus {self.cell_gpus}).", "cell_cpus")
+
+
+@dataclass
+class RunSettings(ExecutorFlags):
     """Settings every sweep shares: data, training budgets and sizes, evaluation size, where it runs."""
 
     dataset: str = field(default="fashion-mnist", metadata=help_text("'fashion-mnist' or a folder of images"))
@@ -105,20 +125,9 @@ class RunSettings:
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     out: Path | None = field(default=None, metadata=help_text("run folder (default runs/PRESET)"))
     resume: bool = field(default=False, metadata=help_text("continue a killed run; finished measurements are kept"))
-    executor: Literal["local", "ray"] = field(default="local", metadata=help_text(
-        "where the cells (one model each) run: local (here, one after another) or ray (tasks on a Ray cluster; "
-        "--out must be a folder every node reaches)"))
-    ray_address: str = field(default="auto", metadata=help_text(
-        "the Ray cluster: auto (the one this machine belongs to), HOST:PORT, or local (start one here)"))
-    cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for (--executor ray)"))
-    cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for (--executor ray)"))
 
     def validate(self) -> None:
-        if self.executor not in ("local", "ray"):
-            raise SweepError(f"Unknown executor {self.executor!r}; choose local or ray.", "executor")
-        if not (0 <= self.cell_gpus <= 1024 and 0 < self.cell_cpus <= 4096):
-            raise SweepError(f"Each cell needs at least some CPU and no negative GPUs (got --cell-cpus "
-                             f"{self.cell_cpus}, --cell-gpus {self.cell_gpus}).", "cell_cpus")
+        self.validate_executor()
         if self.budget not in ("steps", "seconds"):
             raise SweepError(f"The budget must be counted in 'steps' or 'seconds', not {self.budget!r}.", "budget")
         for name in ("train_budget", "ae_budget"):

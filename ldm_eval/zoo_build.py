@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from .conditional import ConditioningSettings, run_conditional_sweep
+from .export import add_before_sections
 from .run import RunSettings, Sweep, SweepError, help_text
 from .sweep import CompressionSettings, run_sweep
 
@@ -54,6 +55,8 @@ class ZooBuildSettings:
     runs: Path | None = field(default=None, metadata=help_text("where the parts' sweeps run (default runs/zoo-PRESET)"))
     models: Path = field(default=Path("models"), metadata=help_text("the zoo folder the demo reads"))
     max_model_mb: float = field(default=30.0, metadata=help_text("size budget of one exported model folder (MB)"))
+    before: Path = field(default=Path("reports/zoo-before.json"), metadata=help_text(
+        "measurements of the models the zoo held before, copied into those folders' cards (if the file exists)"))
     max_total_mb: float = field(default=120.0, metadata=help_text("size budget of the whole zoo folder (MB)"))
     parts: list[str] = field(default_factory=list, metadata=help_text("build only these parts (default: all)"))
     export_only: bool = field(default=False, metadata=help_text(
@@ -338,6 +341,8 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
                          "run the same command again to retry the failed ones (finished cells are kept).", "cells")
     if cfg.open_only or cfg.no_export:
         return []
+    for card in add_before_sections(cfg.models, cfg.before):
+        print(f"card {card}: the model before the rebuild, from {cfg.before}", flush=True)
     zoo = sorted(p for p in cfg.models.glob("*") if (p / "model_index.json").is_file())
     total = folder_mb(cfg.models) if cfg.models.is_dir() else 0.0
     if total > cfg.max_total_mb:

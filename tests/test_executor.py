@@ -112,6 +112,45 @@ def test_sweep_on_ray_matches_local_and_survives_a_killed_worker(tmp_path: Path,
     assert (on_ray / "results.jsonl").read_text() == logged
 
 
+def test_evaluate_on_ray_matches_local(tmp_path: Path, ray_cluster: str, tiny_ldm: Path,
+                                       tiny_class_ldm: Path) -> None:
+    """evaluate --executor ray: each model is a task; same FIDs as local, the classifier read from the run folder."""
+    args = ["evaluate", tiny_ldm, tiny_class_ldm, "--reference", "fashion-mnist", "--backend", "domain",
+            "--classifier-steps", "30", "--n", "16", "--ddim-steps", "2", "--batch-size", "8",
+            "--bootstrap-resamples", "10"]
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert run_cli(*args, "--out", local) == 0
+    # --cell-cpus 2: Ray gives a task as many threads as CPUs, and a sum over 2 threads rounds differently than
+    # over 1; with the driver's thread count the numbers are the same
+    assert run_cli(*args, "--out", on_ray, "--executor", "ray", "--ray-address", ray_cluster, "--cell-cpus", "2") == 0
+    a, b = _measurements(local), _measurements(on_ray)
+    assert sum(k.startswith("fid") for k in a) == 2 and a.keys() == b.keys()
+    different = [key for key in a if not _same(a[key], b[key])]
+    assert not different, f"records that differ between executors: {different}"
+    where = json.loads((on_ray / "cells" / f"model-{tiny_class_ldm.name}.json").read_text())
+    assert where["pid"] != os.getpid()  # measured in a Ray worker
+    logged = (on_ray / "results.jsonl").read_text()
+    assert run_cli(*args, "--out", on_ray, "--executor", "ray", "--ray-address", ray_cluster, "--resume") == 0
+    assert (on_ray / "results.jsonl").read_text() == logged  # every model measured: nothing runs again
+
+
+def test_auto_joins_this_machines_cluster_and_local_starts_its_own(ray_cluster: str) -> None:
+    import ray
+
+    from ldm_eval.executor import connect
+
+    def port(ray) -> str:  # the GCS port tells clusters apart (the host may read 127.0.0.1 or the node's IP)
+        return ray.get_runtime_context().gcs_address.rpartition(":")[2]
+
+    ray.shutdown()
+    try:
+        assert port(connect("auto")) == ray_cluster.rpartition(":")[2]  # the one `ray start` made here
+        ray.shutdown()
+        assert port(connect("local")) != ray_cluster.rpartition(":")[2]  # a new one-machine instance
+    finally:
+        ray.shutdown()
+
+
 def test_ray_refusals_come_before_anything_starts(tmp_path: Path, ray_cluster: str, capsys) -> None:
     out = tmp_path / "r"
     assert run_cli(*SMOKE, "--out", out, "--executor", "ray", "--ray-address", ray_cluster, "--cell-gpus", "1") == 2

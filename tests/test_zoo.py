@@ -9,12 +9,14 @@ import pytest
 from conftest import ROOT
 
 from demo.zoo import discover_models, model_fid
-from ldm_eval.export import export_zoo
+from ldm_eval.export import BEFORE_HEADING, add_before_sections, export_zoo
+from pipelines.errors import InputError
 from pipelines.pipeline import load_pipeline
 from pipelines.results import RecordError, TrainingSummary
 
 ZOO = ROOT / "models"
 MAX_BYTES = 120_000_000
+BEFORE = ROOT / "reports" / "zoo-before.json"
 
 
 def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
@@ -29,6 +31,26 @@ def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
         assert "## Licence" in card and "training:" in card and "FID" in card
         facts = json.loads((folder / "training.json").read_text())
         assert facts["train_steps"] > 0 and facts["device_name"]
+
+
+def test_rebuilt_cards_show_the_model_before(tmp_path: Path) -> None:
+    """The bar's models carry their predecessor's measurement; writing it twice changes nothing."""
+    for name in json.loads(BEFORE.read_text())["models"]:
+        card = (ZOO / name / "README.md").read_text()
+        assert card.count(BEFORE_HEADING) == 1 and card.index(BEFORE_HEADING) < card.index("## Licence"), name
+    zoo = tmp_path / "zoo"
+    (zoo / "fmnist32-ldm-kl-f4").mkdir(parents=True)
+    card = zoo / "fmnist32-ldm-kl-f4" / "README.md"
+    card.write_text("# fmnist32-ldm-kl-f4\n\n- FID 1.0\n\n## Licence\n\nMIT\n")
+    assert add_before_sections(zoo, BEFORE) == [card]
+    once = card.read_text()
+    assert "recognisable: 27% of 500 samples" in once and once.endswith("## Licence\n\nMIT\n")
+    assert add_before_sections(zoo, BEFORE) == [] and card.read_text() == once
+    broken = tmp_path / "before.json"
+    broken.write_text("{\"model\": 1}")
+    with pytest.raises(InputError, match="is not a before-file"):
+        add_before_sections(zoo, broken)
+    assert add_before_sections(zoo, tmp_path / "absent.json") == []  # no file: no sections
 
 
 @pytest.mark.parametrize("name,condition,kwargs", [
@@ -60,6 +82,7 @@ def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: s
     shutil.copy(ROOT / "reports" / run / "results.jsonl", run_dir)
     [out] = export_zoo(run_dir, tmp_path / "zoo", "fmnist32")
     assert out.name == name and not list((tmp_path / "zoo").glob(".tmp-*"))
+    add_before_sections(tmp_path / "zoo", BEFORE)  # as build-zoo does after exporting
     assert (out / "README.md").read_text() == (ZOO / name / "README.md").read_text()
     assert json.loads((out / "training.json").read_text()) == json.loads((ZOO / name / "training.json").read_text())
     rows = json.loads((out / "metrics.json").read_text())["rows"]
