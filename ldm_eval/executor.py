@@ -1,7 +1,7 @@
 """Where a sweep's cells run: here, one after another (``local``), or as Ray tasks on a cluster (``ray``).
 
 A sweep is a list of cells -- one autoencoder, or one denoiser with its measurements -- each naming
-the cells it needs first. ``local`` runs them in order in this process, as the sweeps always have.
+the cells it needs first (``evaluate``'s cells are its models, one each). ``local`` runs them in order in this process, as the sweeps always have.
 ``ray`` hands every unfinished cell to Ray as a task with ``--cell-cpus``/``--cell-gpus``, once the
 cells it needs have finished; Ray places, runs and (after a worker dies) retries them. We do not
 schedule machines ourselves: the loop below only orders submissions and collects results.
