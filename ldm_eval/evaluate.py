@@ -162,6 +162,7 @@ class EvaluationContext:
     log: ResultsLog
     device: torch.device
     references: dict[tuple[int, int], np.ndarray]  # (resolution, channels) -> the reference images' features
+    loaded: dict[str, LatentDiffusionPipeline] = field(default_factory=dict)  # the driver's models, by name
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
     ``source`` is what the user named (recorded); ``load_from`` the same model as this machine reaches it.
     """
     cfg, results, device = ctx.settings, ctx.log, ctx.device
-    pipe = load_model(load_from, device=device, dtype=sampling_dtype(cfg.mixed_precision, device))
+    pipe = ctx.loaded.get(name) or load_model(load_from, device=device, dtype=sampling_dtype(cfg.mixed_precision,
+                                                                                               device))
     if pipe.condition != "none":
         log.info("%s is %s-conditional; evaluating its unconditional samples.", name, pipe.condition)
     reference = ctx.references[(pipe.resolution, pipe.image_channels)]
@@ -254,6 +256,6 @@ def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
                                                     else str(source)),
                   done=partial(_model_measured, name, tuple(cfg.ddim_steps)))
              for name, source in zip(names, models)]
-    del pipes  # each cell loads its own model, where it runs
-    run_cells(EvaluationContext(cfg, results, device, references), EvaluationOpener(cfg, references), cells)
+    # here the cells use the models loaded above; on a cluster each task loads its own, where it runs
+    run_cells(EvaluationContext(cfg, results, device, references, pipes), EvaluationOpener(cfg, references), cells)
     return cfg.out
