@@ -158,10 +158,11 @@ def _gpu_parts() -> list[ZooPart]:
     """The cpu preset's parts with GPU budgets: bf16 autocast, larger batches, seconds shared by all cells.
 
     UNets keep the CPU recipe's 2 M parameters: the shipped zoo must stay under 120 MB, and on one GPU the
-    gain is in images seen (batch 512 or 256 for 100 s, where a CPU core pair gives batch 64 or 32 for 900 s).
+    gain is in images seen (batch 512 or 256 for 180 s, where a CPU core pair gives batch 64 or 32 for 900 s).
     """
-    # Its first run (reports/zoo-gpu-first-run) gave the autoencoders 30 s: too little at these batches.
-    gpu = dict(device="cuda", mixed_precision="bf16", ae_budget=60, train_budget=100, fid_samples=500,
+    # Its first run (reports/zoo-gpu-first-run) gave the autoencoders 30 s: too little at these batches. With
+    # every cell on one GPU at once, 60 + 180 s of training ends all 16 cells, measured, in about 6 minutes.
+    gpu = dict(device="cuda", mixed_precision="bf16", ae_budget=60, train_budget=180, fid_samples=500,
                warmup_steps=200)
     fmnist = _denoiser_recipe(**{**_FMNIST, **gpu, "batch_size": 512, "ae_batch_size": 64, "sample_batch": 500})
     utk = _denoiser_recipe(**{**_UTK_RUN, **gpu, "batch_size": 256, "ae_batch_size": 32, "sample_batch": 250})
@@ -189,7 +190,7 @@ PRESETS: dict[str, list[ZooPart]] = {
     # the whole preset takes about 6 hours, in several resumed runs. The models the README's bar is about
     # come first (Fashion-MNIST f = 4 and 8, then UTKFace f = 4); pixel space last, as the slowest.
     "cpu": _cpu_parts(),
-    # One GPU in about 5 minutes with --jobs 16: every cell of every part trains at once, each in its own
+    # One GPU in about 6 minutes with --jobs 16: every cell of every part trains at once, each in its own
     # process (a 2 M-parameter UNet leaves an H100 mostly idle), so within a set every model gets the same
     # seconds on the same shared GPU.
     "gpu": _gpu_parts(),
