@@ -33,7 +33,7 @@ from pipelines.data import (
 )
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
-from pipelines.pipeline import LatentDiffusionPipeline, load_model, resolve_device
+from pipelines.pipeline import LatentDiffusionPipeline, load_model, resolve_device, weights_digest
 from pipelines.precision import sampling_dtype
 from pipelines.results import (
     FidRecord,
@@ -202,7 +202,8 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
         results.append(ModelRecord(
             model=name, source=source, layout=pipe.loaded_from, kind=kind, factor=pipe.factor,
             resolution=pipe.resolution, latent_shape=list(pipe.first_stage.latent_shape(pipe.resolution)),
-            params=pipe.parameter_counts(), dtype=str(pipe.unet.dtype).removeprefix("torch."), device=str(device)))
+            params=pipe.parameter_counts(), dtype=str(pipe.unet.dtype).removeprefix("torch."), device=str(device),
+            weights_sha256=weights_digest(load_from)))
     warmed = False
     for steps in cfg.ddim_steps:
         cell = {"model": name, "kind": kind, "factor": pipe.factor, "ddim_steps": steps}

@@ -18,12 +18,13 @@ import torch
 from pipelines.errors import InputError
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.first_stage import load_autoencoder
-from pipelines.pipeline import load_pipeline
+from pipelines.pipeline import load_pipeline, weights_digest
 from pipelines.results import (
     AutoencoderRecord,
     ConditioningRecord,
     EnvironmentRecord,
     FidRecord,
+    ModelRecord,
     RecognisabilityRecord,
     Results,
     TrainingSummary,
@@ -153,22 +154,80 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
 
 
 BEFORE_HEADING = "## Before the rebuild"
+EVALUATED_HEADING = "## Measured with evaluate"
+
+
+def with_section(card: str, heading: str, lines: list[str]) -> str:
+    """``card`` with the section ``heading`` holding ``lines`` (replacing an older one), above the licence.
+
+    No lines: the section goes (a measurement of weights the folder no longer holds).
+    """
+    head, _, rest = card.partition(heading)
+    if rest:  # drop the old section: everything up to the next heading
+        nxt = rest.find("\n## ")
+        card = head.rstrip("\n") + "\n\n" + (rest[nxt + 1:] if nxt >= 0 else "")
+    if not lines:
+        return card
+    section = "\n".join([heading, "", *lines, "", ""])
+    at = card.find("## Licence")
+    return card[:at] + section + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + section
 
 
 def with_before(card: str, entry: dict[str, Any]) -> str:
     """``card`` with a section on the model its folder held before (replacing an older such section).
 
     ``entry`` is one model of a before-file (``reports/zoo-before.json``): what the earlier model was,
-    how it was measured, and the measured lines. The section goes above the licence.
+    how it was measured, and the measured lines.
     """
-    head, _, rest = card.partition(BEFORE_HEADING)
-    if rest:  # drop the old section: everything up to the next heading
-        nxt = rest.find("\n## ")
-        card = head.rstrip("\n") + "\n\n" + (rest[nxt + 1:] if nxt >= 0 else "")
-    section = [BEFORE_HEADING, "", f"This folder held another model before: {entry['model']}. Measured by "
-               f"{entry['source']}:", ""] + [f"- {line}" for line in entry["measured"]] + ["", ""]
-    at = card.find("## Licence")
-    return card[:at] + "\n".join(section) + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + "\n".join(section)
+    return with_section(card, BEFORE_HEADING, [
+        f"This folder held another model before: {entry['model']}. Measured by {entry['source']}:", "",
+        *(f"- {line}" for line in entry["measured"])])
+
+
+def evaluation_lines(run_dir: Path, digest: str | None) -> list[str]:
+    """What the ``evaluate`` run in ``run_dir`` measured of the weights with this digest, as card lines."""
+    results = read_results(run_dir)
+    models = [m for m in results.of(ModelRecord) if digest and m.weights_sha256 == digest]
+    scores = [f for m in models for f in results.of(FidRecord, model=m.model)]
+    if not scores:
+        return []
+    env = results.environment
+    cfg = env.config if env else {}
+    where = f" on {env.device_name}, {env.started[:10]}" if env else ""
+    lines = [f"Measured by `python -m ldm_eval evaluate`{where}, against reference images from "
+             f"`{cfg.get('reference', '?')}` (split {cfg.get('reference_split', '?')}); results in `{run_dir}`:", ""]
+    for f in sorted(scores, key=lambda f: (f.fid_backend, f.ddim_steps)):
+        interval = f" [{f.fid_ci_low:.1f}, {f.fid_ci_high:.1f}]" if f.fid_ci_low is not None else ""
+        kid = f", KID {f.kid:.3f}" if f.kid is not None else ""
+        backend = "Inception" if f.fid_backend == "inception" else f.fid_backend
+        lines.append(f"- {backend} FID {f.fid:.1f}{interval}{kid} (N = {f.fid_samples} samples against "
+                     f"{f.reference_samples:,} reference images, DDIM {f.ddim_steps})")
+    return lines
+
+
+def add_evaluation_sections(models: Path, evaluations: list[Path]) -> list[Path]:
+    """Write what ``evaluate`` runs measured of each zoo model into its card; returns the cards changed.
+
+    A run's measurement goes on the card of the folder holding the very weights it measured (matched by
+    :func:`weights_digest`, whatever the folder was called then), so a retrained model loses it.
+    """
+    runs = [run for run in evaluations if (run / "results.jsonl").is_file()]
+    changed = []
+    for folder in sorted(p.parent for p in models.glob("*/model_index.json")):
+        card_path = folder / "README.md"
+        if not card_path.is_file():
+            continue
+        digest = weights_digest(folder)
+        lines: list[str] = []
+        for run in runs:
+            found = evaluation_lines(run, digest)
+            lines += (["", *found] if lines and found else found)
+        card = card_path.read_text()
+        new = with_section(card, EVALUATED_HEADING, lines)
+        if new != card:
+            write_text_atomic(card_path, new)
+            changed.append(card_path)
+    return changed
 
 
 def add_before_sections(models: Path, before_file: Path) -> list[Path]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from .conditional import ConditioningSettings, run_conditional_sweep
-from .export import add_before_sections
+from .export import add_before_sections, add_evaluation_sections
 from .run import RunSettings, Sweep, SweepError, help_text
 from .sweep import CompressionSettings, run_sweep
 
@@ -57,6 +57,8 @@ class ZooBuildSettings:
     max_model_mb: float = field(default=30.0, metadata=help_text("size budget of one exported model folder (MB)"))
     before: Path = field(default=Path("reports/zoo-before.json"), metadata=help_text(
         "measurements of the models the zoo held before, copied into those folders' cards (if the file exists)"))
+    evaluations: list[str] = field(default_factory=lambda: ["reports/zoo-evaluate"], metadata=help_text(
+        "evaluate runs whose measurements of the zoo's models (matched by their weights) go into the cards"))
     max_total_mb: float = field(default=120.0, metadata=help_text("size budget of the whole zoo folder (MB)"))
     parts: list[str] = field(default_factory=list, metadata=help_text("build only these parts (default: all)"))
     export_only: bool = field(default=False, metadata=help_text(
@@ -155,17 +157,22 @@ def _cpu_parts() -> list[ZooPart]:
 
 
 def _gpu_parts() -> list[ZooPart]:
-    """The cpu preset's parts with GPU budgets: bf16 autocast, larger batches, seconds shared by all cells.
+    """The cpu preset's parts with GPU budgets: bf16 autocast, seconds shared by all cells.
 
-    UNets keep the CPU recipe's 2 M parameters: the shipped zoo must stay under 120 MB, and on one GPU the
-    gain is in images seen (batch 512 or 256 for 180 s, where a CPU core pair gives batch 64 or 32 for 900 s).
+    UNets keep the CPU recipe's 2 M parameters: the shipped zoo must stay under 120 MB. On one GPU shared by
+    several processes a 2 M-parameter UNet is launch-bound (about 5-13 steps/s per process, whatever the
+    latent's size), so a larger batch buys images seen but not optimizer steps, and at these step counts the
+    steps decide: reports/zoo-gpu/README.md has the measurements.
     """
-    # Its first run (reports/zoo-gpu-first-run) gave the autoencoders 30 s: too little at these batches. With
-    # every cell on one GPU at once, 60 + 180 s of training ends all 16 cells, measured, in about 6 minutes.
+    # Fashion-MNIST: batch 512 for 180 s, every cell at once (--jobs 16); this trained the shipped VQ and
+    # conditional Fashion-MNIST models. UTKFace: batch 256 trained ~770 steps in 180 s and drew textures;
+    # batch 64 with its five compression cells alone (--parts utk64 --jobs 5) trained ~1,600 steps in 120 s
+    # and drew faces, so UTKFace trains at batch 64 (reports/zoo-gpu/README.md).
     gpu = dict(device="cuda", mixed_precision="bf16", ae_budget=60, train_budget=180, fid_samples=500,
                warmup_steps=200)
     fmnist = _denoiser_recipe(**{**_FMNIST, **gpu, "batch_size": 512, "ae_batch_size": 64, "sample_batch": 500})
-    utk = _denoiser_recipe(**{**_UTK_RUN, **gpu, "batch_size": 256, "ae_batch_size": 32, "sample_batch": 250})
+    utk = _denoiser_recipe(**{**_UTK_RUN, **gpu, "batch_size": 64, "train_budget": 120, "ae_batch_size": 32,
+                              "sample_batch": 250})
     parts = []
     for part in _cpu_parts():
         run = fmnist if part.prefix == "fmnist32" else utk
@@ -344,6 +351,8 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
         return []
     for card in add_before_sections(cfg.models, cfg.before):
         print(f"card {card}: the model before the rebuild, from {cfg.before}", flush=True)
+    for card in add_evaluation_sections(cfg.models, [Path(run) for run in cfg.evaluations]):
+        print(f"card {card}: measured with evaluate ({', '.join(cfg.evaluations)})", flush=True)
     zoo = sorted(p for p in cfg.models.glob("*") if (p / "model_index.json").is_file())
     total = folder_mb(cfg.models) if cfg.models.is_dir() else 0.0
     if total > cfg.max_total_mb:

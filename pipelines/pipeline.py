@@ -6,8 +6,10 @@ the first stage: absent for pixel-space diffusion (f = 1), an ``AutoencoderKL`` 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -385,6 +387,25 @@ def _load_foreign(root: Path, index: dict) -> LatentDiffusionPipeline:
                 log.warning("%s/%s has no scaling_factor; using 1.0 as the original LDM code did.", root, name)
                 vae.register_to_config(scaling_factor=1.0)
     return LatentDiffusionPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler.config), vae=vae)
+
+
+def weights_digest(folder: str | os.PathLike) -> str | None:
+    """SHA-256 over a model folder's safetensors files (relative paths and bytes); None for a hub id.
+
+    A measurement made on a copy of a model names these weights, so a card can show it only while its
+    folder still holds the very weights that were measured (a renamed copy measures the same).
+    """
+    root = Path(folder)
+    files = sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -291,6 +291,7 @@ class ModelRecord(Record):
     params: dict[str, int]  # per component: unet, vae, condition_encoder
     dtype: str
     device: str
+    weights_sha256: str | None = None  # pipelines.pipeline.weights_digest of the folder; None for hub ids, older runs
 
     @property
     def key(self) -> str:

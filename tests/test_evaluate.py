@@ -94,6 +94,38 @@ def test_evaluates_both_public_layouts_and_reuses_the_reference(public_models, r
     assert f", {N} images; N = {N // 2} samples per model" in (uneven / "report.md").read_text()
 
 
+def test_a_measurement_goes_on_the_card_of_the_weights_it_measured(public_models, reference_folder, tmp_path) -> None:
+    """build-zoo writes what evaluate measured into the card of the folder holding those very weights."""
+    import shutil
+
+    from ldm_eval.export import EVALUATED_HEADING, add_evaluation_sections
+    from pipelines.pipeline import weights_digest
+
+    ddpm, _ = public_models
+    zoo = tmp_path / "zoo"
+    model = zoo / "renamed-ddpm"  # measured as tiny-ddpm, shipped under another name: the weights decide
+    shutil.copytree(ddpm, model)
+    card = model / "README.md"
+    card.write_text("# renamed-ddpm\n\n- FID 1.0\n\n## Licence\n\nMIT\n")
+    out = tmp_path / "eval"
+    assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--n", N, "--ddim-steps", 2,
+                   "--bootstrap-resamples", 20, "--out", out) == 0
+    record = read_results(out).one(ModelRecord)
+    assert record.weights_sha256 == weights_digest(ddpm) == weights_digest(model)
+    (fid,) = read_results(out).of(FidRecord)
+    assert add_evaluation_sections(zoo, [out, tmp_path / "absent"]) == [card]
+    text = card.read_text()
+    assert text.count(EVALUATED_HEADING) == 1 and text.index(EVALUATED_HEADING) < text.index("## Licence")
+    assert f"Inception FID {fid.fid:.1f} [{fid.fid_ci_low:.1f}, {fid.fid_ci_high:.1f}]" in text
+    assert f"(N = {N} samples against {N} reference images, DDIM 2)" in text and str(reference_folder) in text
+    assert add_evaluation_sections(zoo, [out]) == [] and card.read_text() == text  # written once
+    # other weights in the folder (a retrained model): the measurement is not theirs, the section goes
+    weights = next(model.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert add_evaluation_sections(zoo, [out]) == [card] and EVALUATED_HEADING not in card.read_text()
+    assert card.read_text() == "# renamed-ddpm\n\n- FID 1.0\n\n## Licence\n\nMIT\n"
+
+
 def test_bad_input_is_refused_before_any_work(public_models, reference_folder, tmp_path, capsys) -> None:
     ddpm, _ = public_models
     out = tmp_path / "bad"
