@@ -51,16 +51,18 @@ def take(url: str, out: Path, photo: Path | None = None, executable: str = "/usr
             shots.append(path)
             if name == "generate":
                 shots.append(_conditional_generate(page, out))
+                shots.append(_generate_with(page, out, "utk64-ldm-kl-f4", "faces"))
         browser.close()
     return shots
 
 
-def _conditional_generate(page, out: Path, label: str = "ankle boot", guidance: str = "3") -> Path:
-    """Generate with the first class-conditional model: a label and classifier-free guidance."""
+def _conditional_generate(page, out: Path, label: str = "ankle boot", guidance: str = "3",
+                          model: str = "fmnist32-ldm-kl-f8-class") -> Path:
+    """Generate with a class-conditional model: a label and classifier-free guidance."""
     import re
 
     page.get_by_label("Model", exact=True).first.click()
-    page.get_by_role("option", name=re.compile("class labels")).first.click()
+    page.get_by_role("option", name=re.compile(re.escape(model))).first.click()
     page.wait_for_selector("#generate-label input:not([disabled])", timeout=10_000)
     page.locator("#generate-label input").click()
     page.get_by_role("option", name=label).click()
@@ -71,6 +73,22 @@ def _conditional_generate(page, out: Path, label: str = "ankle boot", guidance: 
                            timeout=120_000)
     page.wait_for_timeout(3000)
     path = out / "demo-generate-conditional.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
+def _generate_with(page, out: Path, model: str, name: str) -> Path:
+    """Generate with the zoo model ``model`` (UTKFace faces beside the default model's clothes)."""
+    import re
+
+    page.get_by_label("Model", exact=True).first.click()
+    page.get_by_role("option", name=re.compile(re.escape(model))).first.click()
+    before = page.locator("#generate-timing").inner_text()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.wait_for_function("old => document.querySelector('#generate-timing').innerText !== old", arg=before,
+                           timeout=180_000)
+    page.wait_for_timeout(3000)
+    path = out / f"demo-generate-{name}.png"
     page.screenshot(path=str(path), full_page=False)
     return path
 

@@ -99,9 +99,9 @@ def _denoiser_cell(ctx: RunContext, cfg: ConditioningSweep, condition: str, fact
     if ctx.log.has(TrainingRecord, kind=kind, factor=factor, condition=condition):
         return load_pipeline(folder, device=ctx.device)
     trained = train_diffusion(DiffusionTrainConfig(
-        out=folder, **s.budget_kwargs(s.train_budget), batch_size=s.batch_size, checkpoint_every=500, seed=s.seed,
-        resume=True, cpu=ctx.device.type == "cpu", max_images=s.max_images, factor=factor, autoencoder=autoencoder,
-        dataset=s.dataset, resolution=s.resolution, param_budget=s.param_budget, condition=condition,
+        out=folder, **s.budget_kwargs(s.train_budget), batch_size=s.batch_size, checkpoint_every=s.checkpoint_every,
+        seed=s.seed, resume=True, cpu=ctx.device.type == "cpu", max_images=s.max_images, factor=factor,
+        autoencoder=autoencoder, dataset=s.dataset, resolution=s.resolution, param_budget=s.param_budget, condition=condition,
         condition_dropout=cfg.sweep.condition_dropout, condition_width=cfg.sweep.condition_width,
         learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule,
         mixed_precision=s.mixed_precision,

@@ -42,7 +42,7 @@ from pipelines.results import (
     TrainingRecord,
     TrainingSummary,
 )
-from pipelines.training import device_name
+from pipelines.training import MAX_STEPS, device_name
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import backend_label, compute_features, kid_from_features, kid_subset_for
@@ -125,9 +125,14 @@ class RunSettings(ExecutorFlags):
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     out: Path | None = field(default=None, metadata=help_text("run folder (default runs/PRESET)"))
     resume: bool = field(default=False, metadata=help_text("continue a killed run; finished measurements are kept"))
+    checkpoint_every: int = field(default=500, metadata=help_text(
+        "training steps between resumable checkpoints: a killed or retried cell redoes at most this many"))
 
     def validate(self) -> None:
         self.validate_executor()
+        if not 1 <= self.checkpoint_every <= MAX_STEPS:
+            raise SweepError(f"Checkpoints must come every 1 to {MAX_STEPS:,} steps (got {self.checkpoint_every}).",
+                             "checkpoint_every")
         if self.budget not in ("steps", "seconds"):
             raise SweepError(f"The budget must be counted in 'steps' or 'seconds', not {self.budget!r}.", "budget")
         for name in ("train_budget", "ae_budget"):
@@ -367,8 +372,8 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int,
     if ctx.log.has(AutoencoderRecord, kind=kind, factor=factor, variant=variant):
         return folder
     trained = train_autoencoder(AutoencoderTrainConfig(**{
-        "out": folder, **s.budget_kwargs(s.ae_budget), "batch_size": s.ae_batch_size, "checkpoint_every": 500,
-        "seed": s.seed, "resume": True, "cpu": ctx.device.type == "cpu", "max_images": s.max_images,
+        "out": folder, **s.budget_kwargs(s.ae_budget), "batch_size": s.ae_batch_size,
+        "checkpoint_every": s.checkpoint_every, "seed": s.seed, "resume": True, "cpu": ctx.device.type == "cpu", "max_images": s.max_images,
         "factor": factor, "kind": kind, "dataset": s.dataset, "resolution": s.resolution,
         "base_width": s.ae_base_width, "learning_rate": s.ae_learning_rate, "disc_weight": s.ae_disc_weight,
         "codebook_size": s.ae_codebook_size, **overrides}))

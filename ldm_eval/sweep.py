@@ -129,7 +129,7 @@ def _denoiser_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
     trained = train_diffusion(DiffusionTrainConfig(
         out=folder, **s.budget_kwargs(s.train_budget), batch_size=s.batch_size, learning_rate=s.learning_rate,
         warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule,
-        mixed_precision=s.mixed_precision, checkpoint_every=500, seed=s.seed, resume=True,
+        mixed_precision=s.mixed_precision, checkpoint_every=s.checkpoint_every, seed=s.seed, resume=True,
         cpu=ctx.device.type == "cpu", max_images=s.max_images, factor=factor, autoencoder=autoencoder,
         dataset=s.dataset, resolution=s.resolution, param_budget=s.param_budget,
     ), callbacks=[Milestones.evenly(s.train_budget, cfg.sweep.progress_points, s.budget, measure_progress)])

@@ -38,6 +38,9 @@ class TrainState:
     images: int = 0
     losses: list[float] = field(default_factory=list)
     run_key: dict = field(default_factory=dict)  # settings that must match on resume
+    # the last steps' durations (the first step of each call left out: warm-up), so that a resumed run
+    # with a budget in seconds knows at once whether another step still fits
+    step_times: list[float] = field(default_factory=list)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -357,6 +357,7 @@ class TrainingSummary:
     condition_dropout: float | None = None
     losses: str | None = None  # autoencoders: the terms that trained it, e.g. "L1 + KL(1e-06) + PatchGAN(...)"
     codebook_size: int | None = None  # VQ autoencoders
+    resumed_at_step: int = 0  # the last training call continued a checkpoint of this step (0: from scratch)
 
     def save(self, folder: Path) -> None:
         write_json_atomic(folder / "training.json", asdict(self))

@@ -118,6 +118,7 @@ class TrainResult:
     num_processes: int
     step_seconds: list[float] = field(default_factory=list)  # this process's steps (benchmarks)
     peak_memory: MemoryReading | None = None  # the largest of the training steps' peaks
+    resumed_at_step: int = 0  # the checkpoint's step this call continued from (0: it began from scratch)
 
     @property
     def images_per_second(self) -> float:
@@ -235,6 +236,7 @@ def run_training(
     ema = (EMAModel(model.parameters(), use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power, foreach=True)
            if use_ema else None)
     state = TrainState(run_key=run_key)
+    resumed_at = 0
     checkpoint = latest_checkpoint(cfg.out)
     if checkpoint is not None and not cfg.resume:
         raise TrainingError(
@@ -252,6 +254,7 @@ def run_training(
                 f"this run asks for {run_key}. Use a new output folder."
             )
         log.info("Resuming from %s (step %d).", checkpoint, state.step)
+        resumed_at = state.step
     model.train()
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     per_step_images = cfg.batch_size * accelerator.num_processes
@@ -264,6 +267,11 @@ def run_training(
         dynamic_ncols=True,
     )
 
+    resumed_times = list(state.step_times)  # a resumed run's estimate until its own steps are timed
+
+    def recent_step_times() -> list[float]:
+        return (resumed_times + step_seconds[1:])[-10:]
+
     def finished() -> bool:
         if cfg.max_steps is not None:
             return state.step >= cfg.max_steps
@@ -271,7 +279,7 @@ def run_training(
         # carries one-time warm-up costs and predicts nothing), would overrun the budget: the model
         # then trains within about one step's time *under* the budget instead of up to a step over it
         # (a 60 s budget once reported 76 s).
-        recent = step_seconds[1:][-10:]
+        recent = recent_step_times()
         next_step = statistics.median(recent) if recent else 0.0
         done = torch.tensor(float(state.seconds + next_step > cfg.max_seconds), device=accelerator.device)
         return bool(accelerator.reduce(done, reduction="max").item())  # every rank stops together
@@ -316,6 +324,7 @@ def run_training(
         bar.update(1 if cfg.max_steps is not None else int(state.seconds) - bar.n)
         bar.set_postfix(loss=f"{smooth:.4f}", img_s=f"{per_step_images / max(elapsed, 1e-9):.0f}")
         notify(done=False)  # before the checkpoint: a checkpoint never runs ahead of the evaluations
+        state.step_times = recent_step_times()
         if state.step % cfg.checkpoint_every == 0:
             if accelerator.is_main_process:
                 save_checkpoint(cfg.out, state, accelerator.unwrap_model(wrapped), optimizer, ema)
@@ -328,7 +337,8 @@ def run_training(
         save_checkpoint(cfg.out, state, model, optimizer, ema)
     accelerator.wait_for_everyone()
     model.eval()
-    return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes, step_seconds, peak)
+    return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes, step_seconds, peak,
+                       resumed_at_step=resumed_at)
 
 
 def load_training_data(dataset: str, resolution: int, channels: int | None, max_images: int | None) -> ImageDataset:
@@ -360,6 +370,7 @@ def summarize(result: TrainResult, cfg: TrainConfig, **facts: Any) -> TrainingSu
         budget={"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
         peak_mem_train_mb=None if peak is None else round(peak.peak_mb, 1),
         memory_method="unavailable" if peak is None else f"{peak.method}, largest training step",
+        resumed_at_step=result.resumed_at_step,
     )
 
 

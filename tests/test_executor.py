@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from pipelines.results import read_results
+from pipelines.checkpoint import latest_checkpoint
+from pipelines.results import TrainingSummary, read_results
 
 SMOKE = ["sweep", "--preset", "smoke", "--factors", "1,4", "--inception-samples", "0"]
 # what differs between two runs of the same cell: clocks and memory, never the measurements
@@ -73,31 +74,36 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-def _kill_once(status: Path, killed: list[int]) -> None:
-    """SIGKILL the worker that runs the f = 4 model, a moment after it started (Ray must retry it)."""
+def _kill_once(status: Path, checkpoints: Path, killed: list[int]) -> None:
+    """SIGKILL the worker that runs the f = 4 model once it has saved a checkpoint mid-training (Ray must retry it)."""
     deadline = time.time() + 600
     while time.time() < deadline:
-        if status.is_file():
-            time.sleep(1.0)
+        if status.is_file() and latest_checkpoint(checkpoints) is not None:
             pid = json.loads(status.read_text())["pid"]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def test_sweep_on_ray_matches_local_and_survives_a_killed_worker(tmp_path: Path, ray_cluster: str) -> None:
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    assert run_cli(*SMOKE, "--out", local) == 0
+    # 60 training steps with a checkpoint every 10: the worker dies mid-training, the retry continues
+    sweep = [*SMOKE, "--train-budget", "60", "--checkpoint-every", "10"]
+    assert run_cli(*sweep, "--out", local) == 0
 
     killed: list[int] = []
-    watcher = threading.Thread(target=_kill_once, args=(on_ray / "cells" / "model-kl-f4.json", killed), daemon=True)
+    watcher = threading.Thread(target=_kill_once, daemon=True, args=(
+        on_ray / "cells" / "model-kl-f4.json", on_ray / "models" / "ldm-kl-f4", killed))
     watcher.start()
-    assert run_cli(*SMOKE, "--out", on_ray, "--executor", "ray", "--ray-address", ray_cluster,
+    assert run_cli(*sweep, "--out", on_ray, "--executor", "ray", "--ray-address", ray_cluster,
                    "--cell-cpus", "2") == 0
     watcher.join(5)
     assert killed, "the f = 4 model's worker was never seen"
     assert not (on_ray / "failures").exists()  # Ray retried the killed cell; nothing failed
+    resumed = TrainingSummary.load(on_ray / "models" / "ldm-kl-f4" / "training.json").resumed_at_step
+    assert 10 <= resumed < 60 and resumed % 10 == 0  # the retry continued the dead worker's checkpoint
+    assert TrainingSummary.load(local / "models" / "ldm-kl-f4" / "training.json").resumed_at_step == 0
 
     a, b = _measurements(local), _measurements(on_ray)
     assert a.keys() == b.keys() and len(a) >= 10  # every record, once: the driver alone wrote the log
@@ -108,7 +114,7 @@ def test_sweep_on_ray_matches_local_and_survives_a_killed_worker(tmp_path: Path,
 
     # resumed on Ray: every cell is finished, nothing runs again, the log is unchanged
     logged = (on_ray / "results.jsonl").read_text()
-    assert run_cli(*SMOKE, "--out", on_ray, "--executor", "ray", "--ray-address", ray_cluster, "--resume") == 0
+    assert run_cli(*sweep, "--out", on_ray, "--executor", "ray", "--ray-address", ray_cluster, "--resume") == 0
     assert (on_ray / "results.jsonl").read_text() == logged
 
 

@@ -31,10 +31,10 @@ def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:
 
 def test_a_time_budget_is_kept_to_within_one_step_and_never_overrun(tmp_path: Path) -> None:
     """Training stops when the next step would overrun the budget (it once reported 76 s for 60 s)."""
-    budget = 1.5
+    budget = 3.0
     cfg = DiffusionTrainConfig(
         out=tmp_path / "dm", max_seconds=budget, batch_size=16, factor=1, dataset="fashion-mnist",
-        resolution=16, param_budget=40_000, max_images=256, progress=False,
+        resolution=16, param_budget=40_000, max_images=256, progress=False, resume=True,
     )
     summary = train_diffusion(cfg).summary
     step = summary.train_seconds / summary.train_steps
@@ -42,6 +42,10 @@ def test_a_time_budget_is_kept_to_within_one_step_and_never_overrun(tmp_path: Pa
     if summary.train_steps >= 3:  # (a machine so loaded that a step takes the whole budget predicts nothing)
         assert summary.train_seconds <= budget
         assert budget - summary.train_seconds < 4 * step, (summary.train_seconds, step)  # stopped near the budget
+        # resumed once finished (a killed sweep run again), it knows its steps' length and trains no further
+        again = train_diffusion(cfg).summary
+        assert (again.train_steps, again.resumed_at_step) == (summary.train_steps, summary.train_steps)
+        assert again.train_seconds == summary.train_seconds
 
 
 def test_evaluation_inside_one_training_run_sees_ema_weights_and_changes_nothing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 
 from demo.zoo import discover_models, model_fid
-from ldm_eval.export import BEFORE_HEADING, add_before_sections, export_zoo
+from ldm_eval.export import BEFORE_HEADING, EVALUATED_HEADING, add_before_sections, add_evaluation_sections, export_zoo
 from pipelines.errors import InputError
 from pipelines.pipeline import load_pipeline
 from pipelines.results import RecordError, TrainingSummary
@@ -38,6 +38,9 @@ def test_rebuilt_cards_show_the_model_before(tmp_path: Path) -> None:
     for name in json.loads(BEFORE.read_text())["models"]:
         card = (ZOO / name / "README.md").read_text()
         assert card.count(BEFORE_HEADING) == 1 and card.index(BEFORE_HEADING) < card.index("## Licence"), name
+    # the bar's UTKFace model also shows its Inception FID against 1,000 held-out faces (reports/zoo-evaluate)
+    bar = (ZOO / "utk64-ldm-kl-f4" / "README.md").read_text()
+    assert EVALUATED_HEADING in bar and "against 1,000 reference images, DDIM 50" in bar
     zoo = tmp_path / "zoo"
     (zoo / "fmnist32-ldm-kl-f4").mkdir(parents=True)
     card = zoo / "fmnist32-ldm-kl-f4" / "README.md"
@@ -75,15 +78,19 @@ def test_conditional_zoo_models_load_in_fp16_and_follow_their_condition(name: st
 
 @pytest.mark.parametrize("name,run", [("fmnist32-ldm-kl-f8-class", "zoo-gpu/run1/fmnist32-class"),
                                       ("fmnist32-ldm-vq-f4", "zoo-gpu/run1/fmnist32-vq"), ("fmnist32-dm-f1", "zoo-cpu/fmnist32"),
-                                      ("fmnist32-ldm-kl-f4", "zoo-cpu/fmnist32")])
-def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: str, run: str) -> None:
+                                      ("fmnist32-ldm-kl-f4", "zoo-cpu/fmnist32"), ("utk64-ldm-kl-f4", "zoo-cpu/utk64"),
+                                      ("utk64-ldm-kl-f4-class", "zoo-cpu/utk64-cond")])
+def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: str, run: str, monkeypatch) -> None:
     """Re-exporting a shipped model from its committed run gives the shipped card and metrics again."""
+    prefix = name.split("-")[0]
     run_dir = tmp_path / "run"
-    shutil.copytree(ZOO / name, run_dir / "models" / name.removeprefix("fmnist32-"))
+    shutil.copytree(ZOO / name, run_dir / "models" / name.removeprefix(f"{prefix}-"))
     shutil.copy(ROOT / "reports" / run / "results.jsonl", run_dir)
-    [out] = export_zoo(run_dir, tmp_path / "zoo", "fmnist32")
+    [out] = export_zoo(run_dir, tmp_path / "zoo", prefix)
     assert out.name == name and not list((tmp_path / "zoo").glob(".tmp-*"))
-    add_before_sections(tmp_path / "zoo", BEFORE)  # as build-zoo does after exporting
+    add_before_sections(tmp_path / "zoo", BEFORE)  # as build-zoo does after exporting, with its defaults
+    monkeypatch.chdir(ROOT)
+    add_evaluation_sections(tmp_path / "zoo", [Path("reports/zoo-evaluate")])
     assert (out / "README.md").read_text() == (ZOO / name / "README.md").read_text()
     assert json.loads((out / "training.json").read_text()) == json.loads((ZOO / name / "training.json").read_text())
     rows = json.loads((out / "metrics.json").read_text())["rows"]
