@@ -184,9 +184,8 @@ def with_before(card: str, entry: dict[str, Any]) -> str:
         *(f"- {line}" for line in entry["measured"])])
 
 
-def evaluation_lines(run_dir: Path, digest: str | None) -> list[str]:
-    """What the ``evaluate`` run in ``run_dir`` measured of the weights with this digest, as card lines."""
-    results = read_results(run_dir)
+def evaluation_lines(run_dir: Path, results: Results, digest: str | None) -> list[str]:
+    """What the ``evaluate`` run in ``run_dir`` (its ``results``) measured of the weights with this digest."""
     models = [m for m in results.of(ModelRecord) if digest and m.weights_sha256 == digest]
     scores = [f for m in models for f in results.of(FidRecord, model=m.model)]
     if not scores:
@@ -211,7 +210,7 @@ def add_evaluation_sections(models: Path, evaluations: list[Path]) -> list[Path]
     A run's measurement goes on the card of the folder holding the very weights it measured (matched by
     :func:`weights_digest`, whatever the folder was called then), so a retrained model loses it.
     """
-    runs = [run for run in evaluations if (run / "results.jsonl").is_file()]
+    runs = {run: read_results(run) for run in evaluations if (run / "results.jsonl").is_file()}  # once each
     changed = []
     for folder in sorted(p.parent for p in models.glob("*/model_index.json")):
         card_path = folder / "README.md"
@@ -219,8 +218,8 @@ def add_evaluation_sections(models: Path, evaluations: list[Path]) -> list[Path]
             continue
         digest = weights_digest(folder)
         lines: list[str] = []
-        for run in runs:
-            found = evaluation_lines(run, digest)
+        for run, results in runs.items():
+            found = evaluation_lines(run, results, digest)
             lines += (["", *found] if lines and found else found)
         card = card_path.read_text()
         new = with_section(card, EVALUATED_HEADING, lines)
