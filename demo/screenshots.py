@@ -5,6 +5,7 @@ autoencoder explorer reconstructs that picture (e.g. a held-out face) instead of
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -56,41 +57,40 @@ def take(url: str, out: Path, photo: Path | None = None, executable: str = "/usr
     return shots
 
 
+def _choose_model(page, model: str) -> None:
+    """Pick ``model`` in the Generate tab's dropdown (its options carry a suffix, hence the pattern)."""
+    page.get_by_label("Model", exact=True).first.click()
+    page.get_by_role("option", name=re.compile(re.escape(model))).first.click()
+
+
+def _generate_and_shoot(page, out: Path, name: str, must_include: str = "") -> Path:
+    """Press Generate, wait for the timing line to change (and name ``must_include``), then screenshot."""
+    before = page.locator("#generate-timing").inner_text()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.wait_for_function("([old, word]) => { const t = document.querySelector('#generate-timing').innerText; "
+                           "return t !== old && t.includes(word); }", arg=[before, must_include], timeout=180_000)
+    page.wait_for_timeout(3000)
+    path = out / f"demo-generate-{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
 def _conditional_generate(page, out: Path, label: str = "ankle boot", guidance: str = "3",
                           model: str = "fmnist32-ldm-kl-f8-class") -> Path:
     """Generate with a class-conditional model: a label and classifier-free guidance."""
-    import re
-
-    page.get_by_label("Model", exact=True).first.click()
-    page.get_by_role("option", name=re.compile(re.escape(model))).first.click()
+    _choose_model(page, model)
     page.wait_for_selector("#generate-label input:not([disabled])", timeout=10_000)
     page.locator("#generate-label input").click()
     page.get_by_role("option", name=label).click()
     page.locator("#generate-guidance input[type=number]").fill(guidance)
     page.locator("#generate-guidance input[type=number]").press("Enter")
-    page.get_by_role("button", name="Generate", exact=True).click()
-    page.wait_for_function(f"document.querySelector('#generate-timing').innerText.includes('label: {label}')",
-                           timeout=120_000)
-    page.wait_for_timeout(3000)
-    path = out / "demo-generate-conditional.png"
-    page.screenshot(path=str(path), full_page=False)
-    return path
+    return _generate_and_shoot(page, out, "conditional", must_include=f"label: {label}")
 
 
 def _generate_with(page, out: Path, model: str, name: str) -> Path:
     """Generate with the zoo model ``model`` (UTKFace faces beside the default model's clothes)."""
-    import re
-
-    page.get_by_label("Model", exact=True).first.click()
-    page.get_by_role("option", name=re.compile(re.escape(model))).first.click()
-    before = page.locator("#generate-timing").inner_text()
-    page.get_by_role("button", name="Generate", exact=True).click()
-    page.wait_for_function("old => document.querySelector('#generate-timing').innerText !== old", arg=before,
-                           timeout=180_000)
-    page.wait_for_timeout(3000)
-    path = out / f"demo-generate-{name}.png"
-    page.screenshot(path=str(path), full_page=False)
-    return path
+    _choose_model(page, model)
+    return _generate_and_shoot(page, out, name)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,20 @@ class RecogniseSettings:
 
 
 @dataclass
+class TrainClassifierSettings:
+    """``train-classifier DATA --out DIR``: a judge for ``recognise``, measured on real held-out images."""
+
+    out: Path = field(metadata=help_text("folder the classifier is written to"))
+    resolution: int = field(default=32, metadata=help_text("image size the classifier reads (the models' size)"))
+    steps: int = field(default=5000, metadata=help_text("training steps"))
+    width: int = field(default=16, metadata=help_text("channels of the first layer (the rest scale with it)"))
+    shift: int = field(default=0, metadata=help_text("random translations of up to this many pixels"))
+    batch_size: int = field(default=128, metadata=help_text("images per step"))
+    seed: int = field(default=0, metadata=help_text("seed of initialisation and batches"))
+    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
+
+
+@dataclass
 class ExportSettings:
     """``export-zoo RUN_DIR``: copy a sweep's models as fp16 with model cards (the demo's zoo)."""
 
@@ -314,7 +328,7 @@ def cmd_recognise(argv: list[str]) -> int:
     from pipelines.atomic import write_json_atomic
     from pipelines.errors import whole_number
 
-    from .recognisability import recognise_models
+    from .recognisability import read_judge_quality, recognise_models
 
     parser = _parser("python -m ldm_eval recognise", [RecogniseSettings])
     parser.add_argument("models", nargs="+", help="model folders")
@@ -323,12 +337,32 @@ def cmd_recognise(argv: list[str]) -> int:
     whole_number(cfg.ddim_steps, "ddim_steps", "DDIM steps", 1, 1000)
     found = recognise_models(list(args.models), cfg.classifier, cfg.real, cfg.n, cfg.ddim_steps, cfg.seed,
                              cfg.batch_size, cfg.device)
+    judge = read_judge_quality(cfg.classifier)
+    if judge:
+        print(f"judge {cfg.classifier}: {judge.sentence()}")
     for name, r in found.items():
         print(f"{name}: {r.sentence()}; {'meets' if r.meets_bar() else 'misses'} the bar")
     if cfg.out:
         write_json_atomic(cfg.out, {"classifier": str(cfg.classifier), "ddim_steps": cfg.ddim_steps, "seed": cfg.seed,
+                                    "judge": dataclasses.asdict(judge) if judge else None,
                                     "models": {name: {**dataclasses.asdict(r), "meets_bar": r.meets_bar()}
                                                for name, r in found.items()}})
+    return 0
+
+
+def cmd_train_classifier(argv: list[str]) -> int:
+    from pipelines.errors import whole_number
+
+    from .recognisability import train_judge
+
+    cfg, args = parse("python -m ldm_eval train-classifier", [TrainClassifierSettings], argv,
+                      [("data", "fashion-mnist, a folder of class subfolders, or UTKFace")])
+    whole_number(cfg.steps, "steps", "Classifier steps", 1, 10**6)
+    whole_number(cfg.width, "width", "The classifier width", 4, 256)
+    whole_number(cfg.batch_size, "batch_size", "The batch size", 1, 4096)
+    quality = train_judge(str(args.data), cfg.out, cfg.resolution, steps=cfg.steps, width=cfg.width, shift=cfg.shift,
+                          batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device)
+    print(f"{cfg.out}: {quality.sentence()}")
     return 0
 
 
@@ -435,6 +469,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sample": (cmd_sample, "write N samples of a trained model as PNG files"),
     "fid": (cmd_fid, "FID (and KID) between two folders of images"),
     "recognise": (cmd_recognise, "would a person recognise a model's samples? a real-data classifier's verdict"),
+    "train-classifier": (cmd_train_classifier, "train a judge for recognise and measure it on real held-out images"),
     "report": (cmd_report, "re-render a run folder's report from its stored results"),
     "build-zoo": (cmd_build_zoo, "train, measure and export the demo's whole model zoo (resumable)"),
     "export-zoo": (cmd_export_zoo, "copy a sweep's models as fp16 with model cards (the demo's zoo)"),

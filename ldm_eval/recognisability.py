@@ -9,7 +9,7 @@ is sure of 85 % of real images cannot be sure of more samples than that.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +106,84 @@ def recognise_models(models: list[str], classifier_dir: Path, real: str = "", n:
         timed = timed_sampling(pipe, n, ddim_steps, "ddim", seed=seed, batch_size=batch_size)
         out[name] = recognisability(unit_nhwc_to_uint8_nchw(timed.images), clf, real_uint8=real_images)
     return out
+
+
+@dataclass
+class JudgeQuality:
+    """How good a judge is on real held-out images: the scale every sample share is read against."""
+
+    n: int  # held-out images measured
+    accuracy: float
+    confidence: float
+    confident_share: float  # held-out images it is sure of (>= confidence): the ceiling for samples
+    accuracy_when_confident: float  # of those, how many it names right: a sure judge must also be right
+    train_seconds: float
+
+    def sentence(self) -> str:
+        return (f"{self.accuracy:.1%} accurate on {self.n} real held-out images; sure (p >= {self.confidence:g}) "
+                f"of {self.confident_share:.1%} of them, and right about {self.accuracy_when_confident:.1%} "
+                f"of those; trained in {self.train_seconds:.0f} s")
+
+
+JUDGE_QUALITY_NAME = "held_out.json"
+
+
+def train_judge(data: str, out: Path, resolution: int, channels: int | None = None, steps: int = 5000,
+                width: int = 16, shift: int = 0, batch_size: int = 128, seed: int = 0,
+                device: str = "auto", confidence: float = CONFIDENCE) -> JudgeQuality:
+    """Train a class classifier on ``data``'s training split and measure it on the held-out split.
+
+    The sweeps train their classifier as one part of a run; this trains one on its own, so a
+    stronger judge (wider, longer, with shifts) can measure any model with ``recognise``, and
+    so its quality on real images is written beside it (``held_out.json``) for every report
+    that quotes it. Nothing here looks at samples: a judge is chosen by real images only.
+    """
+    import time
+
+    from pipelines.atomic import write_json_atomic
+    from pipelines.data import FASHION_MNIST, STRATIFY_KEYS, load_dataset
+    from pipelines.pipeline import resolve_device
+
+    from .domain_classifier import train_domain_classifier
+
+    spec = data if data == FASHION_MNIST else Path(data)
+    train = load_dataset(spec, resolution, channels, split="train")
+    key = next((k for k in STRATIFY_KEYS if k in train.labels), None)
+    if key is None:
+        raise ClassifierError(f"'{data}' has no class labels to train a judge on (Fashion-MNIST, class "
+                              "subfolders or UTKFace file names).")
+    test = load_dataset(spec, resolution, channels, split="test")
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    clf = train_domain_classifier(train.images, train.labels[key], steps=steps, batch_size=batch_size, seed=seed,
+                                  device=dev, width=width, class_names=train.class_names.get(key), shift=shift,
+                                  progress=True)
+    seconds = time.perf_counter() - start
+    labels = test.labels[key]
+    known = labels >= 0
+    probs = clf.probabilities(test.images[known])
+    right = probs.argmax(dim=1) == labels[known]
+    sure = probs.max(dim=1).values >= confidence
+    quality = JudgeQuality(n=int(known.sum()), accuracy=float(right.float().mean()), confidence=confidence,
+                           confident_share=float(sure.float().mean()),
+                           accuracy_when_confident=float(right[sure].float().mean()) if sure.any() else 0.0,
+                           train_seconds=round(seconds, 1))
+    clf.save(out)
+    write_json_atomic(Path(out) / JUDGE_QUALITY_NAME, {**asdict(quality), "data": str(data), "label": key,
+                                                       "resolution": resolution, "width": width, "steps": steps,
+                                                       "shift": shift, "batch_size": batch_size, "seed": seed})
+    return quality
+
+
+def read_judge_quality(classifier_dir: Path) -> JudgeQuality | None:
+    """The held-out quality ``train_judge`` wrote beside a classifier; None for a sweep's own classifier."""
+    import json
+
+    path = Path(classifier_dir) / JUDGE_QUALITY_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return JudgeQuality(**{k: record[k] for k in JudgeQuality.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError) as err:
+        raise ClassifierError(f"Broken {JUDGE_QUALITY_NAME} in '{classifier_dir}': {err}") from err

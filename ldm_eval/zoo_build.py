@@ -228,10 +228,13 @@ def _part_run(part: ZooPart, runs: Path) -> RunSettings:
 
 def run_part(part: ZooPart, runs: Path) -> Path:
     """Train and measure one part (resuming whatever it finished before); its run folder."""
+    from .report import render_any_report
+
     run = _part_run(part, runs)
-    if part.sweep == "compression":
-        return run_sweep(Sweep(f"zoo-{part.name}", run, part.settings))
-    return run_conditional_sweep(Sweep(f"zoo-{part.name}", run, part.settings))
+    sweep = run_sweep if part.sweep == "compression" else run_conditional_sweep
+    out = sweep(Sweep(f"zoo-{part.name}", run, part.settings))
+    render_any_report(out)  # the sweep commands render theirs; without this a part's report.md stayed at its first cell
+    return out
 
 
 def open_part(part: ZooPart, runs: Path) -> Path:

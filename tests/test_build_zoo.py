@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,10 @@ def test_build_zoo_survives_a_kill_and_resumes_without_retraining(tmp_path: Path
     # the conditioning part used the compression part's autoencoder and classifier instead of training its own
     assert not list((runs / "fmnist16-cond" / "models").glob("ae-*"))
     assert not (runs / "fmnist16-cond" / "domain_classifier").exists()
+    # each part's report shows every model the part trained, the ones resumed after the kill too
+    report = (runs / "fmnist16" / "report.md").read_text()
+    assert re.search(r"\|\s+1 \| pixel ", report) and re.search(r"\|\s+4 \| kl ", report), report[:3000]
+    assert (runs / "fmnist16-cond" / "report.md").is_file()
     assert (load_file(models / "fmnist16-ldm-kl-f4" / "vae" / "diffusion_pytorch_model.safetensors")["encoder.conv_in.weight"]
             == load_file(models / "fmnist16-ldm-kl-f4-class" / "vae" / "diffusion_pytorch_model.safetensors")[
                 "encoder.conv_in.weight"]).all()

@@ -400,6 +400,49 @@ def test_recognisability_sees_real_images_one_class_and_noise(classifier, fmnist
     assert "of 200 samples assigned to one class" in noise.sentence()
 
 
+def test_shifted_batches_move_each_image_and_keep_its_size():
+    """The judge's translation augmentation: every image moves by at most ``shift`` px, edges replicated."""
+    from ldm_eval.domain_classifier import _shift_batch
+
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.uint8).reshape(2, 1, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    moved = [_shift_batch(x, 2, generator) for _ in range(20)]
+    assert all(m.shape == x.shape and m.dtype == torch.uint8 for m in moved)
+    offsets = set()
+    for m in moved:
+        for i in range(2):  # the centre 4x4 of the original is inside the moved image at some offset of -2..2
+            hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                    if torch.equal(m[i, :, 2 + dy : 6 + dy, 2 + dx : 6 + dx], x[i, :, 2:6, 2:6])]
+            assert len(hits) == 1, hits
+            offsets.add(hits[0])
+    assert len(offsets) > 5  # the offsets vary
+    with pytest.raises(ClassifierError, match="shift must be 0 to a quarter"):
+        train_domain_classifier(x.repeat(4, 1, 2, 2), torch.tensor([0, 1] * 4), steps=1, shift=5)
+
+
+def test_train_classifier_command_writes_a_judge_with_its_real_image_quality(tiny_ldm, tmp_path, capsys):
+    """``train-classifier``: a judge measured on the held-out split, whose quality ``recognise`` repeats."""
+    import json
+
+    judge = tmp_path / "judge"
+    assert run_cli("train-classifier", "fashion-mnist", "--out", judge, "--resolution", 16, "--steps", 30,
+                   "--batch-size", 64, "--width", 8, "--shift", 2) == 0
+    printed = capsys.readouterr().out
+    quality = json.loads((judge / "held_out.json").read_text())
+    assert quality["n"] == 10_000 and quality["shift"] == 2 and quality["label"] == "class"
+    assert 0.3 < quality["accuracy"] < 1 and 0 <= quality["confident_share"] <= 1  # 30 steps: well above 10 % chance
+    assert f"{quality['accuracy']:.1%} accurate on 10000 real held-out images" in printed
+    assert DomainClassifier.load(judge).config.width == 8
+    assert run_cli("recognise", tiny_ldm, "--classifier", judge, "--n", 8, "--ddim-steps", 2) == 0
+    assert f"judge {judge}: {quality['accuracy']:.1%} accurate" in capsys.readouterr().out
+    unlabelled = write_pngs(torch.zeros(8, 3, 16, 16, dtype=torch.uint8), tmp_path / "flat")
+    assert run_cli("train-classifier", unlabelled, "--out", tmp_path / "j2", "--resolution", 16, "--steps", 2) == 2
+    assert "has no class labels to train a judge on" in capsys.readouterr().err
+    assert run_cli("train-classifier", "fashion-mnist", "--out", tmp_path / "j3", "--steps", 0) == 2
+    assert "Classifier steps must be a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "j2").exists() and not (tmp_path / "j3").exists()
+
+
 def test_recognise_command_judges_models_with_one_loaded_classifier(tiny_ldm, classifier, tmp_path, capsys):
     """``recognise``: samples of a saved model named by a saved real-data classifier; a size mismatch is refused."""
     import json

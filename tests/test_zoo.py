@@ -79,6 +79,7 @@ def test_conditional_zoo_models_load_in_fp16_and_follow_their_condition(name: st
 @pytest.mark.parametrize("name,run", [("fmnist32-ldm-kl-f8-class", "zoo-gpu/run1/fmnist32-class"),
                                       ("fmnist32-ldm-vq-f4", "zoo-gpu/run1/fmnist32-vq"), ("fmnist32-dm-f1", "zoo-cpu/fmnist32"),
                                       ("fmnist32-ldm-kl-f4", "zoo-cpu/fmnist32"), ("utk64-ldm-kl-f4", "zoo-cpu/utk64"),
+                                      ("utk64-ldm-kl-f8", "zoo-cpu/utk64"), ("utk64-dm-f1", "zoo-cpu/utk64"),
                                       ("utk64-ldm-kl-f4-class", "zoo-cpu/utk64-cond")])
 def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: str, run: str, monkeypatch) -> None:
     """Re-exporting a shipped model from its committed run gives the shipped card and metrics again."""
