@@ -64,7 +64,9 @@ class RecogniseSettings:
     real: str = field(default="", metadata=help_text(
         "real images for scale: fashion-mnist or a folder (its held-out split)"))
     n: int = field(default=500, metadata=help_text("samples per model"))
-    ddim_steps: int = field(default=50, metadata=help_text("DDIM steps"))
+    ddim_steps: int = field(default=50, metadata=help_text("sampling steps"))
+    scheduler: str = field(default="ddim", metadata=help_text(
+        "sampler: ddim (deterministic, eta 0) or ddpm (ancestral: slower, --ddim-steps then counts its steps)"))
     seed: int = field(default=0, metadata=help_text("seed of sampling"))
     batch_size: int = field(default=100, metadata=help_text("images per sampling batch (never changes the images)"))
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
@@ -326,7 +328,8 @@ def cmd_fid(argv: list[str]) -> int:
 
 def cmd_recognise(argv: list[str]) -> int:
     from pipelines.atomic import write_json_atomic
-    from pipelines.errors import whole_number
+    from pipelines.errors import InputError, whole_number
+    from pipelines.pipeline import SAMPLERS
 
     from .recognisability import read_judge_quality, recognise_models
 
@@ -334,16 +337,19 @@ def cmd_recognise(argv: list[str]) -> int:
     parser.add_argument("models", nargs="+", help="model folders")
     cfg, args = parser.parse_args_into_dataclasses(args=_split_commas(argv, _list_flags([RecogniseSettings])))
     whole_number(cfg.n, "n", "The number of samples", 1, 1_000_000)
-    whole_number(cfg.ddim_steps, "ddim_steps", "DDIM steps", 1, 1000)
+    whole_number(cfg.ddim_steps, "ddim_steps", "Sampling steps", 1, 1000)
+    if cfg.scheduler not in SAMPLERS:
+        raise InputError(f"Unknown sampler {cfg.scheduler!r}; choose {' or '.join(SAMPLERS)}.", "scheduler")
     found = recognise_models(list(args.models), cfg.classifier, cfg.real, cfg.n, cfg.ddim_steps, cfg.seed,
-                             cfg.batch_size, cfg.device)
+                             cfg.batch_size, cfg.device, cfg.scheduler)
     judge = read_judge_quality(cfg.classifier)
     if judge:
         print(f"judge {cfg.classifier}: {judge.sentence()}")
     for name, r in found.items():
         print(f"{name}: {r.sentence()}; {'meets' if r.meets_bar() else 'misses'} the bar")
     if cfg.out:
-        write_json_atomic(cfg.out, {"classifier": str(cfg.classifier), "ddim_steps": cfg.ddim_steps, "seed": cfg.seed,
+        write_json_atomic(cfg.out, {"classifier": str(cfg.classifier), "ddim_steps": cfg.ddim_steps,
+                                    "scheduler": cfg.scheduler, "seed": cfg.seed,
                                     "judge": dataclasses.asdict(judge) if judge else None,
                                     "models": {name: {**dataclasses.asdict(r), "meets_bar": r.meets_bar()}
                                                for name, r in found.items()}})

@@ -103,7 +103,7 @@ def _denoiser_cell(ctx: RunContext, cfg: ConditioningSweep, condition: str, fact
         seed=s.seed, resume=True, cpu=ctx.device.type == "cpu", max_images=s.max_images, factor=factor,
         autoencoder=autoencoder, dataset=s.dataset, resolution=s.resolution, param_budget=s.param_budget, condition=condition,
         condition_dropout=cfg.sweep.condition_dropout, condition_width=cfg.sweep.condition_width,
-        learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule,
+        learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule, snr_gamma=s.snr_gamma,
         mixed_precision=s.mixed_precision,
     ))
     ctx.log.append(run.training_record(trained.summary, s))

@@ -76,7 +76,8 @@ def model_rows(results: Results, facts: TrainingSummary) -> list[MetricRow]:
 def recognisability_line(r: RecognisabilityRecord) -> str:
     """A card's line: how many samples a real-data classifier is sure of, with real images for scale."""
     measured = Recognisability(n=r.n, confidence=r.confidence, confident_share=r.confident_share,
-                               class_shares=r.class_shares, real_confident_share=r.real_confident_share)
+                               class_shares=r.class_shares, real_confident_share=r.real_confident_share,
+                               reconstructed_confident_share=r.reconstructed_confident_share)
     return "- recognisable: " + measured.sentence("a classifier trained on the real training images", r.ddim_steps)
 
 

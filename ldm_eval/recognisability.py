@@ -5,7 +5,10 @@ classifier trained on real images does: a sample it assigns to one class with hi
 probability shows a recognisable object, and the spread of those classes over many
 unconditional samples says whether the model draws all of them or a favourite few (mode
 collapse). The same measurement on real held-out images gives the scale: a classifier that
-is sure of 85 % of real images cannot be sure of more samples than that.
+is sure of 85 % of real images cannot be sure of more samples than that. For a latent model
+the first stage lowers that ceiling: the same images, encoded and decoded by its autoencoder,
+are what its denoiser could at best reproduce, so their share separates what the autoencoder
+loses from what the denoiser has not yet learned.
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipelines.first_stage import FirstStage
+from pipelines.images import signed_to_uint8, uint8_to_signed
 
 from .domain_classifier import ClassifierError, DomainClassifier
 
@@ -31,6 +37,8 @@ class Recognisability:
     confident_share: float  # share of samples whose top class has probability >= confidence
     class_shares: dict[str, float]  # share of all samples predicted as each class
     real_confident_share: float | None = None  # the same share on real held-out images, for scale
+    # the same share on the autoencoder's reconstructions of those real images: a latent model's own ceiling
+    reconstructed_confident_share: float | None = None
 
     def meets_bar(self, min_confident: float = MIN_CONFIDENT_SHARE,
                   share_range: tuple[float, float] = CLASS_SHARE_RANGE) -> bool:
@@ -41,8 +49,12 @@ class Recognisability:
         """One line for cards, reports and the CLI; ``judge`` names the classifier, ``ddim_steps`` the sampler."""
         shares = sorted(self.class_shares.values())
         by = f" by {judge}" if judge else ""
-        real = (f" (real held-out images: {self.real_confident_share:.0%})"
-                if self.real_confident_share is not None else "")
+        scale = []
+        if self.real_confident_share is not None:
+            scale.append(f"real held-out images: {self.real_confident_share:.0%}")
+        if self.reconstructed_confident_share is not None:
+            scale.append(f"their reconstructions by this autoencoder: {self.reconstructed_confident_share:.0%}")
+        real = f" ({'; '.join(scale)})" if scale else ""
         sampler = f" (DDIM {ddim_steps} steps)" if ddim_steps else ""
         return (f"{self.confident_share:.0%} of {self.n} samples assigned to one class with probability >= "
                 f"{self.confidence:g}{by}{real}; class shares {shares[0]:.1%} to {shares[-1]:.1%} "
@@ -55,8 +67,13 @@ def _confident_share(probs: torch.Tensor, confidence: float) -> float:
 
 def recognisability(samples_uint8: torch.Tensor | np.ndarray, classifier: DomainClassifier,
                     real_uint8: torch.Tensor | np.ndarray | None = None,
-                    confidence: float = CONFIDENCE) -> Recognisability:
-    """Measure ``samples_uint8`` (N, C, H, W) with a class classifier trained on real data."""
+                    confidence: float = CONFIDENCE,
+                    reconstructed_uint8: torch.Tensor | np.ndarray | None = None) -> Recognisability:
+    """Measure ``samples_uint8`` (N, C, H, W) with a class classifier trained on real data.
+
+    ``real_uint8`` (real held-out images) and ``reconstructed_uint8`` (the same images through the
+    model's autoencoder, :func:`reconstructions`) give the scale the samples are read against.
+    """
     if classifier.config.task != "class":
         raise ClassifierError("Recognisability needs a classifier of classes; this one predicts rotations "
                               "(its data set had no labels).")
@@ -67,16 +84,31 @@ def recognisability(samples_uint8: torch.Tensor | np.ndarray, classifier: Domain
         raise ClassifierError("No samples to measure.")
     counts = torch.bincount(probs.argmax(dim=1), minlength=classifier.config.num_classes).float()
     names = classifier.config.class_names or [f"class {i}" for i in range(classifier.config.num_classes)]
-    real = _confident_share(classifier.probabilities(real_uint8), confidence) if real_uint8 is not None else None
+
+    def share(images: torch.Tensor | np.ndarray | None) -> float | None:
+        return None if images is None else _confident_share(classifier.probabilities(images), confidence)
+
     return Recognisability(n=len(probs), confidence=confidence,
                            confident_share=_confident_share(probs, confidence),
                            class_shares={name: float(c / len(probs)) for name, c in zip(names, counts)},
-                           real_confident_share=real)
+                           real_confident_share=share(real_uint8),
+                           reconstructed_confident_share=share(reconstructed_uint8))
+
+
+def reconstructions(first_stage: FirstStage, images_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor | None:
+    """``images_uint8`` encoded and decoded by the first stage (uint8 NCHW); None in pixel space, which has no ceiling
+    of its own below the real images'."""
+    if first_stage.vae is None:
+        return None
+    device = first_stage.vae.device
+    _, recon = first_stage.reconstruct(uint8_to_signed(images_uint8.to(device)), batch_size)
+    return signed_to_uint8(recon).cpu()
 
 
 def recognise_models(models: list[str], classifier_dir: Path, real: str = "", n: int = 500, ddim_steps: int = 50,
-                     seed: int = 0, batch_size: int = 100, device: str = "auto") -> dict[str, Recognisability]:
-    """Sample ``n`` images of each model (DDIM) and ask a real-data classifier to name them.
+                     seed: int = 0, batch_size: int = 100, device: str = "auto",
+                     scheduler: str = "ddim") -> dict[str, Recognisability]:
+    """Sample ``n`` images of each model (``ddim_steps`` of ``scheduler``) and ask a real-data classifier to name them.
 
     The way to put today's and tomorrow's models side by side with one judge: the classifier
     is loaded, never trained here, so every model is measured by the same one. ``real``
@@ -103,8 +135,10 @@ def recognise_models(models: list[str], classifier_dir: Path, real: str = "", n:
                                    clf.config.in_channels, split="test").images[:n]
     out = {}
     for name, pipe in pipes.items():
-        timed = timed_sampling(pipe, n, ddim_steps, "ddim", seed=seed, batch_size=batch_size)
-        out[name] = recognisability(unit_nhwc_to_uint8_nchw(timed.images), clf, real_uint8=real_images)
+        timed = timed_sampling(pipe, n, ddim_steps, scheduler, seed=seed, batch_size=batch_size)
+        recon = None if real_images is None else reconstructions(pipe.first_stage, real_images)
+        out[name] = recognisability(unit_nhwc_to_uint8_nchw(timed.images), clf, real_uint8=real_images,
+                                    reconstructed_uint8=recon)
     return out
 
 

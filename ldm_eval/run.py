@@ -46,7 +46,7 @@ from pipelines.training import MAX_STEPS, device_name
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import backend_label, compute_features, kid_from_features, kid_subset_for
-from .recognisability import recognisability
+from .recognisability import recognisability, reconstructions
 from .reconstruction import reconstruction_metrics
 from .reference_cache import CACHEABLE_BACKENDS, reference_features
 from .results import FILE_ORDER_DRAW
@@ -105,6 +105,8 @@ class RunSettings(ExecutorFlags):
     warmup_steps: int = field(default=0, metadata=help_text("denoiser learning-rate warm-up steps"))
     lr_schedule: Literal["constant", "cosine"] = field(default="constant", metadata=help_text(
         "denoiser learning rate after the warm-up: constant, or a cosine decay to 0 over the budget"))
+    snr_gamma: float = field(default=0.0, metadata=help_text(
+        "min-SNR-gamma loss weighting of the denoiser (e.g. 5; 0: the plain DDPM loss)"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
     param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
     ae_base_width: int = field(default=16, metadata=help_text("autoencoder base channel width"))
@@ -149,6 +151,8 @@ class RunSettings(ExecutorFlags):
         if self.lr_schedule not in ("constant", "cosine"):
             raise SweepError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose constant or cosine.",
                              "lr_schedule")
+        if not 0.0 <= self.snr_gamma <= 1000.0:
+            raise SweepError(f"The min-SNR gamma must be from 0 (off) to 1000 (got {self.snr_gamma}).", "snr_gamma")
         whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
 
     def budget_kwargs(self, value: float) -> dict[str, float]:
@@ -345,14 +349,21 @@ def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tup
     return out
 
 
-def recognisability_record(ctx: RunContext, samples_uint8: torch.Tensor, **cell: Any) -> RecognisabilityRecord | None:
-    """Whether the run's real-data classifier recognises the samples (None: it learned rotations, not classes)."""
+def recognisability_record(ctx: RunContext, samples_uint8: torch.Tensor, first_stage: FirstStage,
+                           **cell: Any) -> RecognisabilityRecord | None:
+    """Whether the run's real-data classifier recognises the samples (None: it learned rotations, not classes).
+
+    Beside the samples it measures as many real held-out images and their reconstructions by the
+    model's ``first_stage``: the ceilings the data and the autoencoder set.
+    """
     if ctx.classifier is None or ctx.classifier.config.task != "class":
         return None
-    r = recognisability(samples_uint8, ctx.classifier, real_uint8=ctx.test.images[:len(samples_uint8)])
+    real = ctx.test.images[:len(samples_uint8)]
+    r = recognisability(samples_uint8, ctx.classifier, real_uint8=real,
+                        reconstructed_uint8=reconstructions(first_stage, real, ctx.settings.sample_batch))
     return RecognisabilityRecord(**cell, n=r.n, confidence=r.confidence, confident_share=r.confident_share,
                                  class_shares=r.class_shares, real_confident_share=r.real_confident_share,
-                                 meets_bar=r.meets_bar())
+                                 reconstructed_confident_share=r.reconstructed_confident_share, meets_bar=r.meets_bar())
 
 
 def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int, variant: str = "",

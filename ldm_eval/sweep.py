@@ -128,7 +128,7 @@ def _denoiser_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
 
     trained = train_diffusion(DiffusionTrainConfig(
         out=folder, **s.budget_kwargs(s.train_budget), batch_size=s.batch_size, learning_rate=s.learning_rate,
-        warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule,
+        warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule, snr_gamma=s.snr_gamma,
         mixed_precision=s.mixed_precision, checkpoint_every=s.checkpoint_every, seed=s.seed, resume=True,
         cpu=ctx.device.type == "cpu", max_images=s.max_images, factor=factor, autoencoder=autoencoder,
         dataset=s.dataset, resolution=s.resolution, param_budget=s.param_budget,
@@ -157,7 +157,7 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         samples = unit_nhwc_to_uint8_nchw(timed.images)
         for record in fid_records(ctx, samples, backends, **cell):
             ctx.log.append(record)
-        if (recognised := recognisability_record(ctx, samples, device=str(ctx.device), **cell)) is not None:
+        if (recognised := recognisability_record(ctx, samples, pipe.first_stage, device=str(ctx.device), **cell)) is not None:
             ctx.log.append(recognised)
         ctx.log.append(SamplingRecord(
             **cell, n=len(timed.images), seconds=timed.seconds, samples_per_s=timed.samples_per_s,

@@ -260,7 +260,9 @@ class RecognisabilityRecord(SampleSetRecord):
     """How many samples the run's real-data classifier is sure of, and their spread over its classes.
 
     ``real_confident_share`` is the same share on as many real held-out images: the ceiling
-    this classifier allows. ``meets_bar``: the zoo's bar (see ``ldm_eval.recognisability``).
+    this classifier allows; ``reconstructed_confident_share`` the share on those images encoded and
+    decoded by the model's autoencoder (None in pixel space, and in records written before it was
+    measured). ``meets_bar``: the zoo's bar (see ``ldm_eval.recognisability``).
     """
 
     tag: ClassVar[str] = "recognisability"
@@ -270,6 +272,7 @@ class RecognisabilityRecord(SampleSetRecord):
     class_shares: dict[str, float]
     real_confident_share: float | None
     meets_bar: bool
+    reconstructed_confident_share: float | None = None
 
     @property
     def key(self) -> str:

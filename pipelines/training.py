@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
@@ -396,6 +396,9 @@ class DiffusionTrainConfig(TrainConfig):
     condition: ConditionKind = "none"
     condition_dropout: float = 0.1  # share of steps trained on "no condition" (classifier-free guidance)
     condition_width: int = 64  # token width of the condition encoder = the UNet's cross_attention_dim
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's loss is weighted by min(SNR, gamma) / SNR,
+    # so the nearly clean timesteps, easy and many, stop dominating the gradient. 0 keeps the plain DDPM loss.
+    snr_gamma: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -405,6 +408,8 @@ class DiffusionTrainConfig(TrainConfig):
         if not 0.0 <= self.condition_dropout < 1.0:
             raise TrainingError(f"Condition dropout must be from 0 to below 1 (got {self.condition_dropout}).",
                                 "condition_dropout")
+        if not 0.0 <= self.snr_gamma <= 1000.0:
+            raise TrainingError(f"The min-SNR gamma must be from 0 (off) to 1000 (got {self.snr_gamma}).", "snr_gamma")
         if self.condition_width < 4 or self.condition_width % 4:
             raise TrainingError(f"The condition width must be a positive multiple of 4 (got {self.condition_width}).",
                                 "condition_width")
@@ -434,13 +439,24 @@ def diffusion_loss(
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
     generator: torch.Generator,
+    snr_gamma: float = 0.0,
     **unet_kwargs: torch.Tensor,
 ) -> torch.Tensor:
-    """The DDPM epsilon-prediction objective on one batch of (scaled) latents."""
+    """The DDPM epsilon-prediction objective on one batch of (scaled) latents.
+
+    ``snr_gamma`` > 0 weights each sample's error by min(SNR(t), gamma) / SNR(t) (min-SNR-gamma, with
+    diffusers' ``compute_snr``); 0 is the plain mean squared error.
+    """
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
-    return F.mse_loss(unet(noisy, t, **unet_kwargs).sample.float(), noise.float())
+    prediction = unet(noisy, t, **unet_kwargs).sample.float()
+    if not snr_gamma:
+        return F.mse_loss(prediction, noise.float())
+    snr = compute_snr(scheduler, t)
+    weights = torch.clamp(snr, max=snr_gamma) / snr
+    per_sample = F.mse_loss(prediction, noise.float(), reduction="none").mean(dim=tuple(range(1, prediction.dim())))
+    return (per_sample * weights).mean()
 
 
 def sample_cached_batch(
@@ -513,17 +529,19 @@ def train_diffusion(cfg: DiffusionTrainConfig, callbacks: Sequence[Callback] = (
     def loss_fn(net: torch.nn.Module, generator: torch.Generator, state: TrainState) -> torch.Tensor:
         if cond_ids is None:
             latents = sample_cached_batch(first_stage, cache, cfg.batch_size, generator)
-            return diffusion_loss(net, scheduler, latents, generator)
+            return diffusion_loss(net, scheduler, latents, generator, cfg.snr_gamma)
         index = torch.randint(0, len(cache), (cfg.batch_size,), generator=generator, device=cache.mean.device)
         latents = sample_cached_batch(first_stage, cache, cfg.batch_size, generator, index)
         condition = drop_conditions(cond_ids[index.to(cond_ids.device)], null_ids, cfg.condition_dropout, generator)
-        return diffusion_loss(net, scheduler, latents, generator, condition=condition)
+        return diffusion_loss(net, scheduler, latents, generator, cfg.snr_gamma, condition=condition)
 
     run_key = {
         "kind": "diffusion", "factor": cfg.factor, "dataset": cfg.dataset, "resolution": cfg.resolution,
         "param_budget": cfg.param_budget, "seed": cfg.seed, "batch_size": cfg.batch_size,
         "autoencoder": str(cfg.autoencoder) if cfg.autoencoder else None, "max_images": cfg.max_images,
     }
+    if cfg.snr_gamma:  # only when set, so runs checkpointed before the option existed still resume
+        run_key["snr_gamma"] = cfg.snr_gamma
     if cfg.condition != "none":
         run_key.update(condition=cfg.condition, condition_dropout=cfg.condition_dropout,
                        condition_width=cfg.condition_width)

@@ -400,6 +400,24 @@ def test_recognisability_sees_real_images_one_class_and_noise(classifier, fmnist
     assert "of 200 samples assigned to one class" in noise.sentence()
 
 
+def test_reconstructions_set_a_latent_models_ceiling(classifier, fmnist_test, tiny_ldm):
+    """The judge is less sure of images an autoencoder has blurred; pixel space has no such ceiling."""
+    from ldm_eval.recognisability import recognisability, reconstructions
+    from pipelines.first_stage import FirstStage
+    from pipelines.pipeline import load_pipeline
+
+    real = fmnist_test.images[:300]
+    assert reconstructions(FirstStage(None, 1), real) is None
+    stage = load_pipeline(tiny_ldm).first_stage  # a 16 px autoencoder barely trained: the images come back as blurs
+    small = torch.nn.functional.interpolate(real.float(), size=16, mode="area").round().to(torch.uint8)
+    recon = reconstructions(stage, small, batch_size=128)
+    assert recon.shape == small.shape and recon.dtype == torch.uint8 and not torch.equal(recon, small)
+    blurred = torch.nn.functional.interpolate(recon.float(), size=32, mode="bilinear").round().clamp(0, 255)
+    scores = recognisability(real, classifier, real_uint8=real, reconstructed_uint8=blurred.to(torch.uint8))
+    assert scores.reconstructed_confident_share < scores.real_confident_share - 0.2, scores
+    assert f"their reconstructions by this autoencoder: {scores.reconstructed_confident_share:.0%}" in scores.sentence()
+
+
 def test_shifted_batches_move_each_image_and_keep_its_size():
     """The judge's translation augmentation: every image moves by at most ``shift`` px, edges replicated."""
     from ldm_eval.domain_classifier import _shift_batch
@@ -456,9 +474,17 @@ def test_recognise_command_judges_models_with_one_loaded_classifier(tiny_ldm, cl
                    "--ddim-steps", 2, "--out", out) == 0
     printed = capsys.readouterr().out
     assert "of 16 samples assigned to one class with probability >= 0.9 (real held-out images: " in printed
+    assert "; their reconstructions by this autoencoder: " in printed  # the latent model's own ceiling
     result = json.loads(out.read_text())["models"][str(tiny_ldm)]
     assert result["n"] == 16 and abs(sum(result["class_shares"].values()) - 1) < 1e-6
     assert 0 <= result["real_confident_share"] <= 1 and result["meets_bar"] is False
+    assert 0 <= result["reconstructed_confident_share"] <= 1
+    ancestral = tmp_path / "ddpm.json"  # the ancestral sampler, for models whose DDIM samples come out soft
+    assert run_cli("recognise", tiny_ldm, "--classifier", tmp_path / "clf16", "--n", 4, "--ddim-steps", 3,
+                   "--scheduler", "ddpm", "--out", ancestral) == 0
+    assert json.loads(ancestral.read_text())["scheduler"] == "ddpm"
+    assert run_cli("recognise", tiny_ldm, "--classifier", tmp_path / "clf16", "--scheduler", "euler") == 2
+    assert "Unknown sampler 'euler'; choose ddim or ddpm" in capsys.readouterr().err
     classifier.save(tmp_path / "clf32")
     assert run_cli("recognise", tiny_ldm, "--classifier", tmp_path / "clf32") == 2
     assert "draws 1-channel 16 px images; the classifier reads 1-channel 32 px" in capsys.readouterr().err

@@ -79,9 +79,12 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
     assert sorted((r.factor, r.ddim_steps) for r in recognised) == sorted((f, s) for f in FACTORS for s in (2, 4))
     for r in recognised:
         assert r.n == 24 and 0 <= r.confident_share <= 1 and 0 < r.real_confident_share <= 1
+        # the autoencoder's ceiling: the same real images, encoded and decoded; pixel space has none
+        assert (r.reconstructed_confident_share is None) == (r.factor == 1)
+        assert r.factor == 1 or 0 <= r.reconstructed_confident_share <= 1
         assert abs(sum(r.class_shares.values()) - 1) < 1e-6 and len(r.class_shares) == 10
         assert r.meets_bar is False  # six training steps draw nothing a classifier is sure of
-    assert "## Recognisability: would a person see the objects?" in report
+    assert "## Recognisability: would a person see the objects?" in report and "reconstructed_confident_share" in report
     assert results.environment.config["reference_draw"] == "a random draw (seed 0) stratified by class"
     assert "Reference and evaluation images: a random draw (seed 0) stratified by class." in report
     html = (run / "report.html").read_text()

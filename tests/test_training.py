@@ -29,6 +29,46 @@ def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:
     assert load_pipeline(cfg.out).factor == 1
 
 
+def test_min_snr_weighting_scales_each_samples_error_by_min_snr_gamma_over_snr() -> None:
+    """``snr_gamma``: diffusers' ``compute_snr`` per sampled timestep, weights min(SNR, gamma) / SNR."""
+    from diffusers.training_utils import compute_snr
+
+    from pipelines.pipeline import default_train_scheduler
+    from pipelines.training import TrainingError, diffusion_loss
+
+    class Zero(torch.nn.Module):  # predicts no noise: the loss is then each sample's noise power, weighted
+        def forward(self, x, t):
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    scheduler = default_train_scheduler(pixel_space=False)
+    latents = torch.zeros(64, 3, 4, 4)
+    plain = diffusion_loss(Zero(), scheduler, latents, torch.Generator().manual_seed(1))
+    weighted = diffusion_loss(Zero(), scheduler, latents, torch.Generator().manual_seed(1), snr_gamma=5.0)
+    g = torch.Generator().manual_seed(1)  # the same draws, by hand
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, 1000, (64,), generator=g)
+    snr = compute_snr(scheduler, t)
+    power = noise.pow(2).mean(dim=(1, 2, 3))
+    assert torch.isclose(plain, power.mean())
+    assert torch.isclose(weighted, (power * snr.clamp(max=5.0) / snr).mean())
+    assert (snr > 5).any() and (snr < 5).any() and weighted < plain  # nearly clean steps count for less
+    with pytest.raises(TrainingError, match="min-SNR gamma"):
+        DiffusionTrainConfig(out=Path("unused"), max_steps=1, snr_gamma=-1).validate()
+
+
+def test_a_resumed_run_keeps_its_loss_weighting(tmp_path: Path) -> None:
+    """A checkpoint trained with min-SNR weighting does not silently continue under another loss."""
+    def config(gamma: float, steps: int) -> DiffusionTrainConfig:
+        return DiffusionTrainConfig(out=tmp_path / "dm", max_steps=steps, batch_size=8, factor=1, snr_gamma=gamma,
+                                    dataset="fashion-mnist", resolution=16, param_budget=20_000, max_images=64,
+                                    progress=False, checkpoint_every=2, resume=True)
+
+    assert train_diffusion(config(5.0, 2)).summary.train_steps == 2
+    with pytest.raises(Exception, match="snr_gamma"):
+        train_diffusion(config(0.0, 4))
+    assert train_diffusion(config(5.0, 4)).summary.train_steps == 4
+
+
 def test_a_time_budget_is_kept_to_within_one_step_and_never_overrun(tmp_path: Path) -> None:
     """Training stops when the next step would overrun the budget (it once reported 76 s for 60 s)."""
     budget = 3.0
