@@ -42,7 +42,7 @@ from pipelines.results import (
     TrainingRecord,
     TrainingSummary,
 )
-from pipelines.training import MAX_STEPS, device_name
+from pipelines.training import MAX_STEPS, device_name, snr_gamma_problem
 
 from .domain_classifier import DomainClassifier, train_domain_classifier
 from .fid import backend_label, compute_features, kid_from_features, kid_subset_for
@@ -151,8 +151,8 @@ class RunSettings(ExecutorFlags):
         if self.lr_schedule not in ("constant", "cosine"):
             raise SweepError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose constant or cosine.",
                              "lr_schedule")
-        if not 0.0 <= self.snr_gamma <= 1000.0:
-            raise SweepError(f"The min-SNR gamma must be from 0 (off) to 1000 (got {self.snr_gamma}).", "snr_gamma")
+        if (problem := snr_gamma_problem(self.snr_gamma)) is not None:
+            raise SweepError(problem, "snr_gamma")
         whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
 
     def budget_kwargs(self, value: float) -> dict[str, float]:
@@ -349,18 +349,27 @@ def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tup
     return out
 
 
-def recognisability_record(ctx: RunContext, samples_uint8: torch.Tensor, first_stage: FirstStage,
+def held_out_reconstructions(ctx: RunContext, first_stage: FirstStage, n: int) -> torch.Tensor | None:
+    """The first ``n`` held-out images through a model's first stage (None in pixel space): computed once per
+    model, they set the ceiling :func:`recognisability_record` reads each of its sample sets against."""
+    if ctx.classifier is None or ctx.classifier.config.task != "class":
+        return None
+    return reconstructions(first_stage, ctx.test.images[:n], ctx.settings.sample_batch)
+
+
+def recognisability_record(ctx: RunContext, samples_uint8: torch.Tensor, reconstructed_uint8: torch.Tensor | None,
                            **cell: Any) -> RecognisabilityRecord | None:
     """Whether the run's real-data classifier recognises the samples (None: it learned rotations, not classes).
 
-    Beside the samples it measures as many real held-out images and their reconstructions by the
-    model's ``first_stage``: the ceilings the data and the autoencoder set.
+    Beside the samples it measures as many real held-out images and ``reconstructed_uint8``, the same
+    images through the model's first stage (:func:`held_out_reconstructions`): the ceilings the data
+    and the autoencoder set.
     """
     if ctx.classifier is None or ctx.classifier.config.task != "class":
         return None
     real = ctx.test.images[:len(samples_uint8)]
-    r = recognisability(samples_uint8, ctx.classifier, real_uint8=real,
-                        reconstructed_uint8=reconstructions(first_stage, real, ctx.settings.sample_batch))
+    recon = None if reconstructed_uint8 is None else reconstructed_uint8[:len(samples_uint8)]
+    r = recognisability(samples_uint8, ctx.classifier, real_uint8=real, reconstructed_uint8=recon)
     return RecognisabilityRecord(**cell, n=r.n, confidence=r.confidence, confident_share=r.confident_share,
                                  class_shares=r.class_shares, real_confident_share=r.real_confident_share,
                                  reconstructed_confident_share=r.reconstructed_confident_share, meets_bar=r.meets_bar())

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from pipelines.first_stage import FACTORS
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
@@ -32,6 +34,7 @@ from .run import (
     autoencoder_done,
     check_ddim_steps,
     fid_records,
+    held_out_reconstructions,
     help_text,
     open_run,
     recognisability_record,
@@ -145,6 +148,7 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
     if cfg.sweep.inception_samples:
         backends.append(("inception", min(cfg.sweep.inception_samples, s.fid_samples)))
     warmed = False
+    reconstructed: torch.Tensor | None = None  # the held-out images through pipe's first stage, once per model
     for steps in cfg.sweep.ddim_steps:
         if ctx.log.has(SamplingRecord, kind=kind, factor=factor, ddim_steps=steps, condition="none"):
             continue
@@ -157,7 +161,9 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         samples = unit_nhwc_to_uint8_nchw(timed.images)
         for record in fid_records(ctx, samples, backends, **cell):
             ctx.log.append(record)
-        if (recognised := recognisability_record(ctx, samples, pipe.first_stage, device=str(ctx.device), **cell)) is not None:
+        if reconstructed is None:
+            reconstructed = held_out_reconstructions(ctx, pipe.first_stage, s.fid_samples)
+        if (recognised := recognisability_record(ctx, samples, reconstructed, device=str(ctx.device), **cell)) is not None:
             ctx.log.append(recognised)
         ctx.log.append(SamplingRecord(
             **cell, n=len(timed.images), seconds=timed.seconds, samples_per_s=timed.samples_per_s,

@@ -77,6 +77,10 @@ class ZooBuildSettings:
     ray_address: str = field(default="auto", metadata=help_text("the Ray cluster: auto, HOST:PORT or local"))
     cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for"))
     cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for"))
+    train_budget: float | None = field(default=None, metadata=help_text(
+        "every denoiser's budget, in the preset's unit (cpu, gpu: seconds), in place of the preset's"))
+    ae_budget: float | None = field(default=None, metadata=help_text(
+        "every autoencoder's budget, in the preset's unit, in place of the preset's"))
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -94,6 +98,8 @@ class ZooBuildSettings:
         if self.jobs > 1 and self.executor != "local":
             raise SweepError("--jobs trains cells side by side on this machine; with --executor ray, Ray runs "
                              "them: give one or the other.", "jobs")
+        for part in PRESETS[self.preset]:  # the budgets given, as each part's sweep would check them
+            _configured(part, self).run.validate()
         cells = {c.id for part in PRESETS[self.preset] for c in part_cells(part)}
         wrong = [c for c in self.cells if c not in cells]
         if wrong:
@@ -370,9 +376,12 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
 # --- training cells side by side -------------------------------------------------------------------------------------
 
 def _configured(part: ZooPart, cfg: ZooBuildSettings) -> ZooPart:
-    """The part reading UTKFace from where this machine keeps it, its cells run by the chosen executor."""
+    """The part reading UTKFace from where this machine keeps it, its cells run by the chosen executor, with the
+    budgets given on the command line."""
+    budgets = {name: value for name, value in (("train_budget", cfg.train_budget), ("ae_budget", cfg.ae_budget))
+               if value is not None}
     run = replace(part.run, executor=cfg.executor, ray_address=cfg.ray_address, cell_gpus=cfg.cell_gpus,
-                  cell_cpus=cfg.cell_cpus)
+                  cell_cpus=cfg.cell_cpus, **budgets)
     return replace(part, run=replace(run, dataset=cfg.utkface) if run.dataset == _UTK else run)
 
 

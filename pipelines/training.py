@@ -383,6 +383,17 @@ def device_name(device: str) -> str:
 # --- diffusion ---------------------------------------------------------------------------
 
 
+MAX_SNR_GAMMA = 1000.0
+
+
+def snr_gamma_problem(gamma: float) -> str | None:
+    """What is wrong with a min-SNR gamma (None: nothing): the trainer and the sweeps, which refuse bad
+    settings before any work starts, share this one check."""
+    if 0.0 <= gamma <= MAX_SNR_GAMMA:
+        return None
+    return f"The min-SNR gamma must be from 0 (off) to {MAX_SNR_GAMMA:g} (got {gamma})."
+
+
 @dataclass
 class DiffusionTrainConfig(TrainConfig):
     factor: int = 1
@@ -408,8 +419,8 @@ class DiffusionTrainConfig(TrainConfig):
         if not 0.0 <= self.condition_dropout < 1.0:
             raise TrainingError(f"Condition dropout must be from 0 to below 1 (got {self.condition_dropout}).",
                                 "condition_dropout")
-        if not 0.0 <= self.snr_gamma <= 1000.0:
-            raise TrainingError(f"The min-SNR gamma must be from 0 (off) to 1000 (got {self.snr_gamma}).", "snr_gamma")
+        if (problem := snr_gamma_problem(self.snr_gamma)) is not None:
+            raise TrainingError(problem, "snr_gamma")
         if self.condition_width < 4 or self.condition_width % 4:
             raise TrainingError(f"The condition width must be a positive multiple of 4 (got {self.condition_width}).",
                                 "condition_width")

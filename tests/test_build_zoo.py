@@ -85,6 +85,20 @@ def test_build_zoo_refuses_a_model_over_its_size_budget(tmp_path: Path, capsys) 
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
     assert _build(tmp_path, "--parts", "nope") == 2
     assert "Unknown zoo part(s) nope" in capsys.readouterr().err
+    assert _build(tmp_path, "--ae-budget", "0") == 2
+    assert "The ae budget must be positive (got 0.0)" in capsys.readouterr().err
+
+
+def test_build_zoo_budgets_replace_every_parts_own() -> None:
+    """--train-budget / --ae-budget: one command trains a preset's set on other budgets, every part alike."""
+    from ldm_eval.zoo_build import PRESETS, ZooBuildSettings, _configured
+
+    given = ZooBuildSettings(preset="cpu", train_budget=2400, ae_budget=1500)
+    for part in PRESETS["cpu"]:
+        run = _configured(part, given).run
+        assert (run.train_budget, run.ae_budget) == (2400, 1500)
+        assert run.batch_size == part.run.batch_size  # nothing else changes
+    assert _configured(PRESETS["cpu"][0], ZooBuildSettings(preset="cpu")).run.train_budget == 900
 
 
 def test_build_zoo_trains_cells_side_by_side(tmp_path: Path) -> None:
