@@ -386,8 +386,11 @@ def _configured(part: ZooPart, cfg: ZooBuildSettings) -> ZooPart:
 
 
 def _child(cfg: ZooBuildSettings, runs: Path, part: str, *extra: str) -> list[str]:
+    """The command one cell's process runs: this build's settings (budgets included), restricted to one part."""
+    budgets = [arg for flag, value in (("--train-budget", cfg.train_budget), ("--ae-budget", cfg.ae_budget))
+               if value is not None for arg in (flag, repr(value))]
     return [sys.executable, "-m", "ldm_eval", "build-zoo", "--preset", cfg.preset, "--runs", str(runs),
-            "--models", str(cfg.models), "--parts", part, "--utkface", cfg.utkface, "--no-export", *extra]
+            "--models", str(cfg.models), "--parts", part, "--utkface", cfg.utkface, "--no-export", *budgets, *extra]
 
 
 def train_side_by_side(cfg: ZooBuildSettings, parts: list[ZooPart], runs: Path) -> list[str]:

@@ -106,7 +106,7 @@ def test_build_zoo_trains_cells_side_by_side(tmp_path: Path) -> None:
     measured, all of a part's cells appending to one results log that reads back whole."""
     from pipelines.results import AutoencoderRecord, TrainingRecord, read_results
 
-    assert _build(tmp_path, "--jobs", "3") == 0
+    assert _build(tmp_path, "--jobs", "3", "--train-budget", "4", "--ae-budget", "5") == 0
     runs, models = tmp_path / "runs", tmp_path / "models"
     assert sorted(p.name for p in models.iterdir()) == SMOKE_MODELS
     logs = sorted(p.name for p in (runs / "logs").iterdir())
@@ -114,6 +114,9 @@ def test_build_zoo_trains_cells_side_by_side(tmp_path: Path) -> None:
                     "fmnist16-cond.log", "fmnist16.log"]
     main, cond = read_results(runs / "fmnist16"), read_results(runs / "fmnist16-cond")
     assert len(main.of(TrainingRecord)) == 2 and len(cond.of(TrainingRecord)) == 1
+    # every cell's process trained on the command's budgets, not the preset's (6 steps each)
+    assert {r.train_steps for r in [*main.of(TrainingRecord), *cond.of(TrainingRecord)]} == {4}
+    assert [r.ae_train_steps for r in main.of(AutoencoderRecord)] == [5]
     assert [r.key for r in main.records].count("environment") == 1  # opened once, before the cells
     assert main.environment.config["factors"] == [1, 4]  # the whole part's settings, not one cell's
     # the class model trained on the compression part's autoencoder, after that one was measured
