@@ -82,6 +82,11 @@ class ZooBuildSettings:
     ae_budget: float | None = field(default=None, metadata=help_text(
         "every autoencoder's budget, in the preset's unit, in place of the preset's"))
 
+    def given_budgets(self) -> dict[str, float]:
+        """The budgets given on the command line, by field name (those left out keep each part's own)."""
+        return {name: value for name, value in (("train_budget", self.train_budget), ("ae_budget", self.ae_budget))
+                if value is not None}
+
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise SweepError(f"Unknown zoo preset {self.preset!r}; choose one of {', '.join(PRESETS)}.", "preset")
@@ -378,17 +383,14 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
 def _configured(part: ZooPart, cfg: ZooBuildSettings) -> ZooPart:
     """The part reading UTKFace from where this machine keeps it, its cells run by the chosen executor, with the
     budgets given on the command line."""
-    budgets = {name: value for name, value in (("train_budget", cfg.train_budget), ("ae_budget", cfg.ae_budget))
-               if value is not None}
     run = replace(part.run, executor=cfg.executor, ray_address=cfg.ray_address, cell_gpus=cfg.cell_gpus,
-                  cell_cpus=cfg.cell_cpus, **budgets)
+                  cell_cpus=cfg.cell_cpus, **cfg.given_budgets())
     return replace(part, run=replace(run, dataset=cfg.utkface) if run.dataset == _UTK else run)
 
 
 def _child(cfg: ZooBuildSettings, runs: Path, part: str, *extra: str) -> list[str]:
     """The command one cell's process runs: this build's settings (budgets included), restricted to one part."""
-    budgets = [arg for flag, value in (("--train-budget", cfg.train_budget), ("--ae-budget", cfg.ae_budget))
-               if value is not None for arg in (flag, repr(value))]
+    budgets = [arg for name, value in cfg.given_budgets().items() for arg in (f"--{name}", repr(value))]
     return [sys.executable, "-m", "ldm_eval", "build-zoo", "--preset", cfg.preset, "--runs", str(runs),
             "--models", str(cfg.models), "--parts", part, "--utkface", cfg.utkface, "--no-export", *budgets, *extra]
 
