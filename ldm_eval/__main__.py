@@ -1,4 +1,4 @@
 """``python -m ldm_eval``: the LDM Lab command line."""
-from .cli import main
+from ldm_eval.cli import main
 
 raise SystemExit(main())

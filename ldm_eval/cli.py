@@ -13,203 +13,31 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
-from .run import RunSettings, Sweep, help_text
-
-# --- the small commands' settings ----------------------------------------------------------
-
-
-@dataclass
-class SampleSettings:
-    """``sample MODEL``: write N samples of a trained model as PNG files."""
-
-    n: int = field(metadata=help_text("number of images"))
-    steps: int = field(metadata=help_text("denoising steps"))
-    out: Path = field(metadata=help_text("output folder"))
-    scheduler: Literal["ddim", "ddpm"] = field(default="ddim", metadata=help_text("sampler"))
-    seed: int = field(default=0, metadata=help_text("image i of a seed is the same whatever the batch size"))
-    batch_size: int = field(default=64, metadata=help_text("images per batch (never changes the images)"))
-    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
-    label: list[str] | None = field(default=None, metadata={
-        "help": "class name or index (class models); several cycle over the images", "action": "extend"})
-    prompt: list[str] | None = field(default=None, metadata={
-        "help": "text prompt (text models); several cycle over the images", "action": "extend"})
-    guidance: float = field(default=1.0, metadata=help_text("classifier-free guidance scale (1 = none)"))
-
-
-@dataclass
-class FidSettings:
-    """``fid DIR_A DIR_B``: FID (and KID) between two folders of images."""
-
-    backend: str = field(default="inception", metadata=help_text("inception or domain"))
-    kid: bool = field(default=False, metadata=help_text("also compute KID"))
-    intervals: bool = field(default=True, metadata=help_text(
-        "bootstrap 95 % interval and FID-infinity for the second folder (--intervals false skips them)"))
-    classifier: Path | None = field(default=None, metadata=help_text("domain classifier folder (a sweep's domain_classifier/)"))
-    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
-
-
-@dataclass
-class RecogniseSettings:
-    """``recognise MODEL [MODEL ...] --classifier DIR``: would a person recognise the samples?"""
-
-    classifier: Path = field(metadata=help_text(
-        "a class classifier trained on the real data (a sweep's domain_classifier/ folder)"))
-    real: str = field(default="", metadata=help_text(
-        "real images for scale: fashion-mnist or a folder (its held-out split)"))
-    n: int = field(default=500, metadata=help_text("samples per model"))
-    ddim_steps: int = field(default=50, metadata=help_text("sampling steps"))
-    scheduler: str = field(default="ddim", metadata=help_text(
-        "sampler: ddim (deterministic, eta 0) or ddpm (ancestral: slower, --ddim-steps then counts its steps)"))
-    seed: int = field(default=0, metadata=help_text("seed of sampling"))
-    batch_size: int = field(default=100, metadata=help_text("images per sampling batch (never changes the images)"))
-    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
-    out: Path | None = field(default=None, metadata=help_text("also write the results as JSON here"))
-
-
-@dataclass
-class TrainClassifierSettings:
-    """``train-classifier DATA --out DIR``: a judge for ``recognise``, measured on real held-out images."""
-
-    out: Path = field(metadata=help_text("folder the classifier is written to"))
-    resolution: int = field(default=32, metadata=help_text("image size the classifier reads (the models' size)"))
-    steps: int = field(default=5000, metadata=help_text("training steps"))
-    width: int = field(default=16, metadata=help_text("channels of the first layer (the rest scale with it)"))
-    shift: int = field(default=0, metadata=help_text("random translations of up to this many pixels"))
-    batch_size: int = field(default=128, metadata=help_text("images per step"))
-    seed: int = field(default=0, metadata=help_text("seed of initialisation and batches"))
-    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
-
-
-@dataclass
-class ExportSettings:
-    """``export-zoo RUN_DIR``: copy a sweep's models as fp16 with model cards (the demo's zoo)."""
-
-    prefix: str = field(metadata=help_text("name prefix, e.g. fmnist32"))
-    out: Path = field(default=Path("models"), metadata=help_text("zoo folder"))
-    only: list[str] | None = field(default=None, metadata=help_text("model names, e.g. dm-f1,ldm-kl-f4"))
-
-
-@dataclass
-class BenchSettings:
-    """``bench-train``: training speed and memory for every factor (prints a table)."""
-
-    resolutions: list[int] = field(default_factory=lambda: [32, 64], metadata=help_text("image sides, e.g. 32,64"))
-    factors: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata=help_text("factors"))
-    batch_size: int = field(default=64, metadata=help_text("training batch size"))
-    steps: int = field(default=4, metadata=help_text("timed steps per configuration"))
-    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
-    out: Path | None = field(default=None, metadata=help_text("also write the table as CSV and Markdown here"))
-    recipe: bool = field(default=False, metadata=help_text(
-        "instead: what each CPU speed setting of the denoiser recipe buys (EMA foreach, inference_mode, "
-        "channels_last, bf16), each against its baseline, interleaved"))
-    param_budget: int = field(default=4_000_000, metadata=help_text("UNet parameters of the --recipe table"))
-
-
-@dataclass
-class BenchFidSettings:
-    """``bench-fid``: Inception feature extraction, each way of running it, side by side (prints a table)."""
-
-    images: int = field(default=64, metadata=help_text("images to extract features of"))
-    rounds: int = field(default=3, metadata=help_text("interleaved timing rounds"))
-    batch_size: int = field(default=32, metadata=help_text("images per forward pass"))
-    dataset: str = field(default="fashion-mnist", metadata=help_text("'fashion-mnist' or a folder of images"))
-    resolution: int = field(default=32, metadata=help_text("image side before the resize to 299 px"))
-    device: str = field(default="cpu", metadata=help_text("cpu or cuda"))
-    out: Path | None = field(default=None, metadata=help_text("also write the table as Markdown here"))
-    sensitivity: int = field(default=0, metadata=help_text(
-        "also measure what each FID backend sees: N real images against N others, blurred and JPEG-compressed "
-        "(0 skips it)"))
-
-
-@dataclass
-class BenchStartupSettings:
-    """``bench-startup``: the web demo's time to its first HTTP 200 against the bare library imports."""
-
-    rounds: int = field(default=3, metadata=help_text("interleaved rounds of both timings"))
-    app: Path = field(default=Path("app.py"), metadata=help_text("the demo's entry point"))
-    out: Path | None = field(default=None, metadata=help_text("also write the table as Markdown here"))
-
-
-# --- parsing -----------------------------------------------------------------------------
-
-
-def _list_flags(types: Sequence[type]) -> set[str]:
-    """The flags (both spellings) of list-valued fields."""
-    flags = set()
-    for cls in types:
-        hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            inner = [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) is not list else [hint]
-            if any(get_origin(t) is list for t in inner):
-                flags |= {f"--{f.name}", f"--{f.name.replace('_', '-')}"}
-    return flags
-
-
-def _split_commas(argv: list[str], list_flags: set[str]) -> list[str]:
-    """``--factors 1,2,4`` as ``--factors 1 2 4`` (the form the README has always shown)."""
-    out: list[str] = []
-    expecting = False
-    for arg in argv:
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            expecting = name in list_flags
-            if expecting and eq:
-                out += [name, *[v for v in value.split(",") if v]]
-                expecting = False
-                continue
-            out.append(arg)
-        elif expecting and "," in arg:
-            out += [v for v in arg.split(",") if v]
-        else:
-            out.append(arg)
-    return out
-
-
-def _parser(prog: str, types: Sequence[type], positionals: Sequence[tuple[str, str]] = ()) -> HfArgumentParser:
-    parser = HfArgumentParser(list(types), prog=prog)
-    for name, text in positionals:
-        parser.add_argument(name, type=Path, help=text)
-    return parser
-
-
-def parse(prog: str, types: Sequence[type], argv: list[str], positionals: Sequence[tuple[str, str]] = (),
-          defaults: dict | None = None) -> tuple:
-    """The dataclasses of ``types`` filled from ``argv`` (plus a namespace of positionals, when any)."""
-    parser = _parser(prog, types, positionals)
-    if defaults:
-        parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=_split_commas(argv, _list_flags(types)))
-
-
-# --- commands ------------------------------------------------------------------------------
-
-
-@dataclass
-class PresetChoice:
-    preset: str = field(default="", metadata=help_text("named settings this run starts from"))
-
-
-def parse_sweep(prog: str, presets: dict, default: str, settings: type, argv: list[str]) -> Sweep:
-    """A sweep's flags parsed over the defaults of its ``--preset`` (``settings``: the sweep kind's own dataclass)."""
-    probe = HfArgumentParser([PresetChoice], prog=prog, add_help=False)
-    name = probe.parse_known_args(argv)[0].preset or default
-    preset = Sweep.from_preset(presets, name)
-    defaults = {"preset": name, **dataclasses.asdict(preset.run), **dataclasses.asdict(preset.sweep)}
-    choice, run, sweep = parse(prog, [PresetChoice, RunSettings, settings], argv, defaults=defaults)
-    return Sweep(choice.preset, run, sweep)
+from ldm_eval.arguments import (
+    BenchFidSettings,
+    BenchSettings,
+    BenchStartupSettings,
+    ExportSettings,
+    FidSettings,
+    RecogniseSettings,
+    SampleSettings,
+    TrainClassifierSettings,
+    list_flags,
+    make_parser,
+    parse,
+    parse_sweep,
+    split_commas,
+)
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from .report import render_report, summary_table
-    from .sweep import PRESETS, CompressionSettings, run_sweep
+    from ldm_eval.reporting.compression import render_report, summary_table
+    from ldm_eval.sweeps.compression import PRESETS, CompressionSettings, run_sweep
 
     run_dir = run_sweep(parse_sweep("python -m ldm_eval sweep", PRESETS, "quick", CompressionSettings, argv))
     report = render_report(run_dir)
@@ -219,8 +47,15 @@ def cmd_sweep(argv: list[str]) -> int:
 
 
 def cmd_cond_sweep(argv: list[str]) -> int:
-    from .conditional import PRESETS, ConditioningSettings, run_conditional_sweep
-    from .conditional_report import conditional_summary, render_conditional_report
+    from ldm_eval.reporting.conditioning import (
+        conditional_summary,
+        render_conditional_report,
+    )
+    from ldm_eval.sweeps.conditioning import (
+        PRESETS,
+        ConditioningSettings,
+        run_conditional_sweep,
+    )
 
     sweep = parse_sweep("python -m ldm_eval cond-sweep", PRESETS, "cond-quick", ConditioningSettings, argv)
     run_dir = run_conditional_sweep(sweep)
@@ -231,8 +66,15 @@ def cmd_cond_sweep(argv: list[str]) -> int:
 
 
 def cmd_ae_sweep(argv: list[str]) -> int:
-    from .first_stage_report import first_stage_summary, render_first_stage_report
-    from .first_stage_sweep import PRESETS, FirstStageSettings, run_first_stage_sweep
+    from ldm_eval.reporting.first_stage import (
+        first_stage_summary,
+        render_first_stage_report,
+    )
+    from ldm_eval.sweeps.first_stage import (
+        PRESETS,
+        FirstStageSettings,
+        run_first_stage_sweep,
+    )
 
     run_dir = run_first_stage_sweep(parse_sweep("python -m ldm_eval ae-sweep", PRESETS, "ae-quick",
                                                 FirstStageSettings, argv))
@@ -243,13 +85,16 @@ def cmd_ae_sweep(argv: list[str]) -> int:
 
 
 def cmd_evaluate(argv: list[str]) -> int:
-    from .evaluate import EvaluateSettings, run_evaluation
-    from .evaluation_report import evaluation_summary, render_evaluation_report
+    from ldm_eval.reporting.evaluation import (
+        evaluation_summary,
+        render_evaluation_report,
+    )
+    from ldm_eval.sweeps.evaluate import EvaluateSettings, run_evaluation
 
-    parser = _parser("python -m ldm_eval evaluate", [EvaluateSettings])
+    parser = make_parser("python -m ldm_eval evaluate", [EvaluateSettings])
     parser.add_argument("models", nargs="+", help="model folders (ours, DDPMPipeline/DDIMPipeline or LDMPipeline "
                         "layout) or hub ids (online only)")
-    cfg, args = parser.parse_args_into_dataclasses(args=_split_commas(argv, _list_flags([EvaluateSettings])))
+    cfg, args = parser.parse_args_into_dataclasses(args=split_commas(argv, list_flags([EvaluateSettings])))
     run_dir = run_evaluation(list(args.models), cfg)
     report = render_evaluation_report(run_dir)
     print(evaluation_summary(run_dir))
@@ -295,9 +140,8 @@ def cmd_sample(argv: list[str]) -> int:
 
 
 def cmd_fid(argv: list[str]) -> int:
+    from ldm_eval.metrics.fid import fid_between_folders
     from pipelines.pipeline import resolve_device
-
-    from .fid import fid_between_folders
 
     cfg, args = parse("python -m ldm_eval fid", [FidSettings], argv,
                       [("dir_a", "first image folder"), ("dir_b", "second image folder")])
@@ -327,15 +171,14 @@ def cmd_fid(argv: list[str]) -> int:
 
 
 def cmd_recognise(argv: list[str]) -> int:
+    from ldm_eval.metrics.recognisability import read_judge_quality, recognise_models
     from pipelines.atomic import write_json_atomic
     from pipelines.errors import InputError, whole_number
     from pipelines.pipeline import SAMPLERS
 
-    from .recognisability import read_judge_quality, recognise_models
-
-    parser = _parser("python -m ldm_eval recognise", [RecogniseSettings])
+    parser = make_parser("python -m ldm_eval recognise", [RecogniseSettings])
     parser.add_argument("models", nargs="+", help="model folders")
-    cfg, args = parser.parse_args_into_dataclasses(args=_split_commas(argv, _list_flags([RecogniseSettings])))
+    cfg, args = parser.parse_args_into_dataclasses(args=split_commas(argv, list_flags([RecogniseSettings])))
     whole_number(cfg.n, "n", "The number of samples", 1, 1_000_000)
     whole_number(cfg.ddim_steps, "ddim_steps", "Sampling steps", 1, 1000)
     if cfg.scheduler not in SAMPLERS:
@@ -357,9 +200,8 @@ def cmd_recognise(argv: list[str]) -> int:
 
 
 def cmd_train_classifier(argv: list[str]) -> int:
+    from ldm_eval.metrics.recognisability import train_judge
     from pipelines.errors import whole_number
-
-    from .recognisability import train_judge
 
     cfg, args = parse("python -m ldm_eval train-classifier", [TrainClassifierSettings], argv,
                       [("data", "fashion-mnist, a folder of class subfolders, or UTKFace")])
@@ -373,7 +215,7 @@ def cmd_train_classifier(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from .report import render_any_report
+    from ldm_eval.reporting.dispatch import render_any_report
 
     parser = HfArgumentParser([], prog="python -m ldm_eval report")
     parser.add_argument("run_dir", type=Path, help="a run folder with results.jsonl")
@@ -385,7 +227,7 @@ def cmd_report(argv: list[str]) -> int:
 
 
 def cmd_export_zoo(argv: list[str]) -> int:
-    from .export import export_zoo
+    from ldm_eval.zoo.export import export_zoo
 
     cfg, args = parse("python -m ldm_eval export-zoo", [ExportSettings], argv, [("run_dir", "a sweep's run folder")])
     for path in export_zoo(args.run_dir, cfg.out, cfg.prefix, cfg.only):
@@ -394,7 +236,7 @@ def cmd_export_zoo(argv: list[str]) -> int:
 
 
 def cmd_build_zoo(argv: list[str]) -> int:
-    from .zoo_build import ZooBuildSettings, build_zoo
+    from ldm_eval.zoo.build import ZooBuildSettings, build_zoo
 
     (cfg,) = parse("python -m ldm_eval build-zoo", [ZooBuildSettings], argv)
     zoo = build_zoo(cfg)
@@ -404,13 +246,12 @@ def cmd_build_zoo(argv: list[str]) -> int:
 
 
 def cmd_bench_train(argv: list[str]) -> int:
-    from .benchmark import run_train_benchmark
+    from ldm_eval.bench.train import run_train_benchmark
 
     (cfg,) = parse("python -m ldm_eval bench-train", [BenchSettings], argv)
     if cfg.recipe:
+        from ldm_eval.bench.recipe import run_recipe_benchmark
         from pipelines.atomic import write_text_atomic
-
-        from .bench_recipe import run_recipe_benchmark
 
         table = run_recipe_benchmark(param_budget=cfg.param_budget, batch_size=cfg.batch_size,
                                      rounds=max(cfg.steps, 3))
@@ -425,10 +266,9 @@ def cmd_bench_train(argv: list[str]) -> int:
 
 
 def cmd_bench_fid(argv: list[str]) -> int:
+    from ldm_eval.bench.fid import run_fid_benchmark, run_sensitivity
     from pipelines.errors import whole_number
     from pipelines.pipeline import resolve_device
-
-    from .bench_fid import run_fid_benchmark, run_sensitivity
 
     (cfg,) = parse("python -m ldm_eval bench-fid", [BenchFidSettings], argv)
     whole_number(cfg.images, "images", "The number of images", 2, 100_000)
@@ -448,10 +288,9 @@ def cmd_bench_fid(argv: list[str]) -> int:
 
 
 def cmd_bench_startup(argv: list[str]) -> int:
+    from ldm_eval.bench.startup import run_startup_benchmark
     from pipelines.atomic import write_text_atomic
     from pipelines.errors import InputError, whole_number
-
-    from .bench_startup import run_startup_benchmark
 
     (cfg,) = parse("python -m ldm_eval bench-startup", [BenchStartupSettings], argv)
     whole_number(cfg.rounds, "rounds", "The number of rounds", 1, 50)
@@ -523,3 +362,4 @@ def main(argv: list[str] | None = None) -> int:
         field_name = getattr(err, "field", None)
         print(f"error: {flag_name(field_name) + ': ' if field_name else ''}{err}", file=sys.stderr)
         return 2
+

@@ -13,7 +13,11 @@ from conftest import run_cli
 from diffusers import VQModel
 from safetensors.torch import load_file, save_file
 
-from pipelines.autoencoder_training import AutoencoderTrainConfig, FirstStageObjective, train_autoencoder
+from pipelines.autoencoder_training import (
+    AutoencoderTrainConfig,
+    FirstStageObjective,
+    train_autoencoder,
+)
 from pipelines.codebook import CodebookKeeper, codebook_stats
 from pipelines.data import load_dataset
 from pipelines.discriminator import hinge_discriminator_loss

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from ldm_eval.conditional_report import COND_COLUMNS
+from ldm_eval.reporting.tables import COND_COLUMNS
 from pipelines.results import (
     ClassifierRecord,
     ConditioningRecord,

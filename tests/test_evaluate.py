@@ -4,16 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, write_pngs
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline
 
-from ldm_eval.evaluation_report import evaluation_table
-from ldm_eval.report import read_run
+from ldm_eval.reporting.evaluation import evaluation_table
+from ldm_eval.reporting.page import read_run
 from pipelines.data import load_dataset
 from pipelines.denoiser import DenoiserSpec, build_denoiser
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder
-from pipelines.results import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord, read_results
-
-from conftest import run_cli, write_pngs
+from pipelines.results import (
+    FidRecord,
+    ModelRecord,
+    ReferenceRecord,
+    SamplingRecord,
+    read_results,
+)
 
 N = 20
 
@@ -98,7 +103,7 @@ def test_a_measurement_goes_on_the_card_of_the_weights_it_measured(public_models
     """build-zoo writes what evaluate measured into the card of the folder holding those very weights."""
     import shutil
 
-    from ldm_eval.export import EVALUATED_HEADING, add_evaluation_sections
+    from ldm_eval.zoo.export import EVALUATED_HEADING, add_evaluation_sections
     from pipelines.pipeline import weights_digest
 
     ddpm, _ = public_models

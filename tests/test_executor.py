@@ -143,7 +143,7 @@ def test_evaluate_on_ray_matches_local(tmp_path: Path, ray_cluster: str, tiny_ld
 def test_auto_joins_this_machines_cluster_and_local_starts_its_own(ray_cluster: str) -> None:
     import ray
 
-    from ldm_eval.executor import connect
+    from ldm_eval.sweeps.executor import connect
 
     def port(ray) -> str:  # the GCS port tells clusters apart (the host may read 127.0.0.1 or the node's IP)
         return ray.get_runtime_context().gcs_address.rpartition(":")[2]

@@ -18,18 +18,20 @@ import scipy.linalg
 import torch
 from conftest import run_cli, write_pngs
 
-from ldm_eval.domain_classifier import ClassifierError, DomainClassifier, train_domain_classifier
-from ldm_eval.fid import (
+from ldm_eval.metrics.domain_classifier import (
+    ClassifierError,
+    DomainClassifier,
+    train_domain_classifier,
+)
+from ldm_eval.metrics.features import compute_features
+from ldm_eval.metrics.fid import (
     FIDResult,
-    MetricError,
-    compute_features,
     fid_between_folders,
     fid_between_images,
-    fid_from_features,
-    kid_from_features,
     torchmetrics_fid,
 )
-from ldm_eval.reconstruction import reconstruction_metrics
+from ldm_eval.metrics.frechet import MetricError, fid_from_features, kid_from_features
+from ldm_eval.metrics.reconstruction import reconstruction_metrics
 from pipelines.data import FASHION_MNIST_CLASSES, load_dataset
 from pipelines.errors import InputError
 from pipelines.fidelity import psnr, ssim
@@ -368,7 +370,7 @@ def test_each_backends_fid_rises_under_blur_and_jpeg(inception, domain, classifi
     JPEG (measured here: Inception at N = 20, whose real-vs-real floor is ~215 from small-N bias,
     x1.12 / x1.45 / x1.11 for blur 1 / blur 2 / JPEG 10; the domain features at N = 500 x6.5 /
     x31 / x2.2). The images are fixed and the features deterministic: the margins are not noise."""
-    from ldm_eval.bench_fid import backend_sensitivity
+    from ldm_eval.bench.fid import backend_sensitivity
 
     table = backend_sensitivity(inception["a"], inception["b"], {"inception": lambda x: compute_features(
         x, "inception", "cpu")})
@@ -384,7 +386,7 @@ def test_each_backends_fid_rises_under_blur_and_jpeg(inception, domain, classifi
 
 def test_recognisability_sees_real_images_one_class_and_noise(classifier, fmnist_test):
     """Real images pass the zoo's bar; a model that draws one class, or noise, does not."""
-    from ldm_eval.recognisability import recognisability
+    from ldm_eval.metrics.recognisability import recognisability
 
     real = fmnist_test.images[:500]
     scores = recognisability(real, classifier, real_uint8=fmnist_test.images[500:1000])
@@ -402,7 +404,7 @@ def test_recognisability_sees_real_images_one_class_and_noise(classifier, fmnist
 
 def test_reconstructions_set_a_latent_models_ceiling(classifier, fmnist_test, tiny_ldm):
     """The ceiling is the judge's share on the autoencoder's output for real images; pixel space has none."""
-    from ldm_eval.recognisability import recognisability, reconstructions
+    from ldm_eval.metrics.recognisability import recognisability, reconstructions
     from pipelines.first_stage import FirstStage
     from pipelines.pipeline import load_pipeline
 
@@ -423,7 +425,7 @@ def test_reconstructions_set_a_latent_models_ceiling(classifier, fmnist_test, ti
 
 def test_shifted_batches_move_each_image_and_keep_its_size():
     """The judge's translation augmentation: every image moves by at most ``shift`` px, edges replicated."""
-    from ldm_eval.domain_classifier import _shift_batch
+    from ldm_eval.metrics.domain_classifier import _shift_batch
 
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.uint8).reshape(2, 1, 8, 8)
     generator = torch.Generator().manual_seed(0)

@@ -10,7 +10,12 @@ from pipelines.denoiser import DenoiserSpec, build_denoiser
 from pipelines.errors import InputError
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder
 from pipelines.images import unit_to_uint8
-from pipelines.pipeline import LatentDiffusionPipeline, PipelineLoadError, image_generators, load_pipeline
+from pipelines.pipeline import (
+    LatentDiffusionPipeline,
+    PipelineLoadError,
+    image_generators,
+    load_pipeline,
+)
 from pipelines.sampling import sample_batches, timed_sampling
 from pipelines.training import build_diffusion_pipeline
 

@@ -14,8 +14,15 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from ldm_eval.report import render_any_report
-from ldm_eval.results import COND_COLUMNS, TABLE_COLUMNS, Absent, conditional_table, partner, tidy_table
+from ldm_eval.reporting.dispatch import render_any_report
+from ldm_eval.reporting.tables import (
+    COND_COLUMNS,
+    TABLE_COLUMNS,
+    Absent,
+    conditional_table,
+    partner,
+    tidy_table,
+)
 from pipelines.results import (
     AutoencoderRecord,
     ConditioningRecord,
@@ -195,7 +202,7 @@ def test_nothing_to_report_is_a_clear_error(tmp_path: Path) -> None:
 def test_first_stage_report_reads_the_gan_rows_and_orders_grids_like_the_table(tmp_path: Path) -> None:
     """The committed GPU first-stage run: the GAN reading judges rFID by the intervals, and the
     reconstruction grids follow the table (factor, kind, the no-GAN twin after its model)."""
-    from ldm_eval.first_stage_report import first_stage_table, gan_reading
+    from ldm_eval.reporting.first_stage import first_stage_table, gan_reading
 
     run_dir = shutil.copytree(REPORTS / "first-stage-gpu", tmp_path / "run")
     report, _ = render_any_report(run_dir)
@@ -215,7 +222,7 @@ def test_first_stage_report_reads_the_gan_rows_and_orders_grids_like_the_table(t
 
 def test_every_series_of_a_sweep_has_its_own_look() -> None:
     """Pixel, KL and VQ at every factor: 11 series, no two drawn alike (colour and marker by f, VQ dashed)."""
-    from ldm_eval.report import series_style
+    from ldm_eval.reporting.page import series_style
 
     series = [("pixel", 1)] + [(kind, f) for kind in ("kl", "vq") for f in (2, 4, 8, 16, 32)]
     looks = [tuple(series_style(kind, f).values()) for kind, f in series]

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import ROOT, run_cli
 
-from ldm_eval.results import TABLE_COLUMNS
-from ldm_eval.sweep import FACTORS_32PX as FACTORS
-from ldm_eval.uncertainty import MIN_IMAGES_FOR_INTERVALS
+from ldm_eval.metrics.uncertainty import MIN_IMAGES_FOR_INTERVALS
+from ldm_eval.reporting.tables import TABLE_COLUMNS
+from ldm_eval.sweeps.compression import FACTORS_32PX as FACTORS
 from pipelines.results import (
     ProgressRecord,
     RecognisabilityRecord,
@@ -115,8 +115,8 @@ def test_sweep_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture, args: l
 
 
 def test_flags_come_from_the_config_dataclasses_over_the_preset(tmp_path: Path) -> None:
-    from ldm_eval.cli import parse_sweep
-    from ldm_eval.sweep import PRESETS, CompressionSettings
+    from ldm_eval.arguments import parse_sweep
+    from ldm_eval.sweeps.compression import PRESETS, CompressionSettings
 
     argv = ["--preset", "smoke", "--factors", "1,4", "--ddim_steps", "3", "5", "--max-images", "100", "--resume"]
     cfg = parse_sweep("sweep", PRESETS, "quick", CompressionSettings, argv)

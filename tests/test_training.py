@@ -13,7 +13,12 @@ from safetensors.torch import load_file
 
 from pipelines.checkpoint import latest_checkpoint
 from pipelines.pipeline import load_pipeline
-from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, train_diffusion
+from pipelines.training import (
+    DiffusionTrainConfig,
+    Milestones,
+    Snapshot,
+    train_diffusion,
+)
 
 
 def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:

@@ -10,8 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ldm_eval.fid import fid_from_features, kid_from_features, kid_subset_for
-from ldm_eval.uncertainty import MIN_IMAGES_FOR_INTERVALS, FidAgainst, fid_with_uncertainty
+from ldm_eval.metrics.frechet import (
+    fid_from_features,
+    kid_from_features,
+    kid_subset_for,
+)
+from ldm_eval.metrics.uncertainty import (
+    MIN_IMAGES_FOR_INTERVALS,
+    FidAgainst,
+    fid_with_uncertainty,
+)
 from pipelines.data import load_dataset
 
 FULL_N = 4000

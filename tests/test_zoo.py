@@ -9,7 +9,13 @@ import pytest
 from conftest import ROOT
 
 from demo.zoo import discover_models, model_fid
-from ldm_eval.export import BEFORE_HEADING, EVALUATED_HEADING, add_before_sections, add_evaluation_sections, export_zoo
+from ldm_eval.zoo.export import (
+    BEFORE_HEADING,
+    EVALUATED_HEADING,
+    add_before_sections,
+    add_evaluation_sections,
+    export_zoo,
+)
 from pipelines.errors import InputError
 from pipelines.pipeline import load_pipeline
 from pipelines.results import RecordError, TrainingSummary

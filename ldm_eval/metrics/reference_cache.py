@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,21 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldm_eval.metrics.cache import cache_root
+from ldm_eval.metrics.features import RESIZE, backend_label, compute_features
 from pipelines.atomic import atomic_path, write_json_atomic
 
-from .fid import RESIZE, backend_label, compute_features
-
-CACHE_ENV = "LDM_LAB_CACHE"
 CACHEABLE_BACKENDS = ("inception", "torchmetrics")
-
-
-def cache_base() -> Path:
-    """The project's cache folder: ``$LDM_LAB_CACHE``, else ~/.cache/ldm_lab."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ldm_lab")
-
-
-def cache_root() -> Path:
-    return cache_base() / "reference"
 
 
 def tensor_digest(images: torch.Tensor) -> str:
@@ -100,3 +89,4 @@ def reference_features(images_uint8: torch.Tensor, backend: str, device: torch.d
             np.save(fh, feats)
     write_json_atomic(sidecar, {**asdict(key), "compute_seconds": round(seconds, 3), "device": str(device)})
     return ReferenceFeatures(feats, key, False, seconds, round(seconds, 3))
+

@@ -1,7 +1,7 @@
 """The first-stage study's report: our Tab. 8 beside the paper's, plots and reconstruction grids.
 
 Derived only from ``results.jsonl`` (``python -m ldm_eval report RUN_DIR`` re-renders it);
-the page machinery is shared with the compression report in :mod:`ldm_eval.report`.
+the page machinery is shared with the compression report in :mod:`ldm_eval.reporting.page`.
 """
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines.results import AutoencoderRecord, Results  # noqa: E402
-
-from .report import (  # noqa: E402
-    PAPER_AUTOENCODERS,
+from ldm_eval.reporting.compression import PAPER_AUTOENCODERS  # noqa: E402
+from ldm_eval.reporting.page import (  # noqa: E402
     budget_sentence,
     environment,
     error_bars,
@@ -30,8 +28,8 @@ from .report import (  # noqa: E402
     save_figure,
     write_report,
 )
-from .first_stage_sweep import GAN_FROM, NO_GAN  # noqa: E402
-from .results import write_table  # noqa: E402
+from ldm_eval.reporting.tables import write_table  # noqa: E402
+from pipelines.results import AutoencoderRecord, Results  # noqa: E402
 
 # The columns of results.csv, in order (the issue's Tab. 8 layout plus what tells rows apart).
 COLUMNS = ["kind", "factor", "variant", "latent_shape", "codebook_size", "codebook_usage", "perplexity", "ae_params",
@@ -40,6 +38,10 @@ COLUMNS = ["kind", "factor", "variant", "latent_shape", "codebook_size", "codebo
            "train_steps", "train_images_per_s", "losses"]
 SUMMARY_COLUMNS = ["kind", "factor", "variant", "latent_shape", "codebook_usage", "psnr", "ssim", "rfid", "rkid",
                    "rfid_samples", "train_seconds"]
+
+# the first-stage study's variant names (a run's AutoencoderRecord.variant): without the GAN, or with it from a share
+NO_GAN = "no-gan"
+GAN_FROM = "gan-from-"
 
 
 def first_stage_table(results: Results) -> pd.DataFrame:

@@ -9,15 +9,24 @@ way for the compression sweep (``sweep.py``) and the conditioning sweep (``condi
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
+from ldm_eval.metrics.domain_classifier import DomainClassifier, train_domain_classifier
+from ldm_eval.metrics.features import backend_label, compute_features
+from ldm_eval.metrics.frechet import kid_from_features, kid_subset_for
+from ldm_eval.metrics.recognisability import recognisability, reconstructions
+from ldm_eval.metrics.reconstruction import reconstruction_metrics
+from ldm_eval.metrics.reference_cache import CACHEABLE_BACKENDS, reference_features
+from ldm_eval.metrics.uncertainty import fid_with_uncertainty
+from ldm_eval.reporting.tables import FILE_ORDER_DRAW
+from ldm_eval.sweeps.settings import RunSettings, SweepError
 from pipelines.atomic import atomic_path
 from pipelines.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
 from pipelines.codebook import codebook_stats
@@ -27,8 +36,7 @@ from pipelines.data import (
     load_dataset,
     representative_order,
 )
-from pipelines.errors import InputError, whole_number
-from pipelines.first_stage import MIN_LATENT_SIDE, FirstStage, check_factor
+from pipelines.first_stage import FirstStage
 from pipelines.images import save_grid, signed_to_uint8
 from pipelines.pipeline import resolve_device
 from pipelines.results import (
@@ -42,179 +50,10 @@ from pipelines.results import (
     TrainingRecord,
     TrainingSummary,
 )
-from pipelines.training import MAX_STEPS, device_name, snr_gamma_problem
-
-from .domain_classifier import DomainClassifier, train_domain_classifier
-from .fid import backend_label, compute_features, kid_from_features, kid_subset_for
-from .recognisability import recognisability, reconstructions
-from .reconstruction import reconstruction_metrics
-from .reference_cache import CACHEABLE_BACKENDS, reference_features
-from .results import FILE_ORDER_DRAW
-from .uncertainty import BOOTSTRAP_RESAMPLES, fid_with_uncertainty
+from pipelines.training import device_name
 
 KID_SUBSETS = 50
 KID_SUBSET_SIZE = 1000
-
-
-class SweepError(InputError):
-    """A sweep that cannot run as asked."""
-
-
-def help_text(text: str) -> dict[str, str]:
-    """A dataclass field's ``metadata``: its ``--help`` line on the command line.
-
-    argparse expands ``%`` in help strings (``%(default)s``), so a literal one ("95 % interval")
-    is doubled here; unescaped, it made ``--help`` crash.
-    """
-    return {"help": text.replace("%", "%%")}
-
-
-@dataclass
-class ExecutorFlags:
-    """Where a command's cells run (:mod:`ldm_eval.executor`): the flags every sweep and ``evaluate`` share."""
-
-    executor: Literal["local", "ray"] = field(default="local", metadata=help_text(
-        "where the cells (one model each) run: local (here, one after another) or ray (tasks on a Ray cluster; "
-        "--out must be a folder every node reaches)"))
-    ray_address: str = field(default="auto", metadata=help_text(
-        "the Ray cluster: auto (the one this machine belongs to), HOST:PORT, or local (start one here)"))
-    cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for (--executor ray)"))
-    cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for (--executor ray)"))
-
-    def validate_executor(self) -> None:
-        if self.executor not in ("local", "ray"):
-            raise SweepError(f"Unknown executor {self.executor!r}; choose local or ray.", "executor")
-        if not (0 <= self.cell_gpus <= 1024 and 0 < self.cell_cpus <= 4096):
-            raise SweepError(f"Each cell needs at least some CPU and no negative GPUs (got --cell-cpus "
-                             f"{self.cell_cpus}, --cell-gpus {self.cell_gpus}).", "cell_cpus")
-
-
-@dataclass
-class RunSettings(ExecutorFlags):
-    """Settings every sweep shares: data, training budgets and sizes, evaluation size, where it runs."""
-
-    dataset: str = field(default="fashion-mnist", metadata=help_text("'fashion-mnist' or a folder of images"))
-    resolution: int = field(default=32, metadata=help_text("image side in pixels"))
-    budget: Literal["steps", "seconds"] = field(
-        default="seconds", metadata=help_text("equal optimiser steps or equal wall-clock seconds for every model"))
-    train_budget: float = field(default=45, metadata=help_text("denoiser budget per model (steps or seconds)"))
-    ae_budget: float = field(default=30, metadata=help_text("autoencoder budget per factor (steps or seconds)"))
-    batch_size: int = field(default=64, metadata=help_text("denoiser batch size"))
-    ae_batch_size: int = field(default=32, metadata=help_text("autoencoder batch size"))
-    learning_rate: float = field(default=2e-4, metadata=help_text("denoiser learning rate"))
-    warmup_steps: int = field(default=0, metadata=help_text("denoiser learning-rate warm-up steps"))
-    lr_schedule: Literal["constant", "cosine"] = field(default="constant", metadata=help_text(
-        "denoiser learning rate after the warm-up: constant, or a cosine decay to 0 over the budget"))
-    snr_gamma: float = field(default=0.0, metadata=help_text(
-        "min-SNR-gamma loss weighting of the denoiser (e.g. 5; 0: the plain DDPM loss)"))
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
-    param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
-    ae_base_width: int = field(default=16, metadata=help_text("autoencoder base channel width"))
-    ae_learning_rate: float = field(default=2e-4, metadata=help_text("autoencoder learning rate"))
-    ae_disc_weight: float = field(default=0.0, metadata=help_text(
-        "weight of the autoencoders' patch-GAN term (the paper's 0.5; 0 trains without it)"))
-    ae_codebook_size: int = field(default=512, metadata=help_text("codes of the VQ autoencoders"))
-    share_from: Path | None = field(default=None, metadata=help_text(
-        "another run folder on the same data whose autoencoders and domain classifier this run uses "
-        "(trained there when missing)"))
-    bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata=help_text(
-        "bootstrap resamples behind every FID's 95 % interval (0 skips the interval)"))
-    max_images: int | None = field(default=10_000, metadata=help_text("train on the first N images only"))
-    classifier_steps: int = field(default=500, metadata=help_text("training steps of the domain classifier"))
-    fid_samples: int = field(default=500, metadata=help_text("samples for domain-feature FID/KID"))
-    sample_batch: int = field(default=250, metadata=help_text("images per sampling batch (never changes the images)"))
-    seed: int = field(default=0, metadata=help_text("seed of training and sampling"))
-    device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
-    out: Path | None = field(default=None, metadata=help_text("run folder (default runs/PRESET)"))
-    resume: bool = field(default=False, metadata=help_text("continue a killed run; finished measurements are kept"))
-    checkpoint_every: int = field(default=500, metadata=help_text(
-        "training steps between resumable checkpoints: a killed or retried cell redoes at most this many"))
-
-    def validate(self) -> None:
-        self.validate_executor()
-        if not 1 <= self.checkpoint_every <= MAX_STEPS:
-            raise SweepError(f"Checkpoints must come every 1 to {MAX_STEPS:,} steps (got {self.checkpoint_every}).",
-                             "checkpoint_every")
-        if self.budget not in ("steps", "seconds"):
-            raise SweepError(f"The budget must be counted in 'steps' or 'seconds', not {self.budget!r}.", "budget")
-        for name in ("train_budget", "ae_budget"):
-            if not getattr(self, name) > 0:
-                raise SweepError(f"The {name.replace('_', ' ')} must be positive (got {getattr(self, name)}).", name)
-        for name in ("batch_size", "ae_batch_size", "param_budget", "ae_base_width", "classifier_steps", "sample_batch",
-                     "ae_codebook_size"):
-            whole_number(getattr(self, name), name, name.replace("_", " ").capitalize(), 1, 10**9)
-        if self.max_images is not None:
-            whole_number(self.max_images, "max_images", "The number of training images", 1, 10**9)
-        whole_number(self.fid_samples, "fid_samples", "The number of FID samples", 2, 10**7)
-        whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
-        whole_number(self.warmup_steps, "warmup_steps", "Warm-up steps", 0, 10**7)
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise SweepError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose constant or cosine.",
-                             "lr_schedule")
-        if (problem := snr_gamma_problem(self.snr_gamma)) is not None:
-            raise SweepError(problem, "snr_gamma")
-        whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
-
-    def budget_kwargs(self, value: float) -> dict[str, float]:
-        """``max_steps`` or ``max_seconds`` for a trainer config."""
-        return {"max_steps": int(value)} if self.budget == "steps" else {"max_seconds": float(value)}
-
-
-def check_factors(factors: list[int], resolution: int) -> None:
-    if not factors:
-        raise SweepError("Give at least one factor.", "factors")
-    for f in factors:
-        try:
-            check_factor(f, resolution)
-        except InputError as err:
-            raise SweepError(str(err), "factors" if err.field == "factor" else err.field) from None
-        if f > 1 and resolution // f < MIN_LATENT_SIDE:
-            raise SweepError(f"Factor {f} at {resolution} px leaves a {resolution // f}x{resolution // f} latent; an "
-                             f"autoencoder's latent must be at least {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}. Drop it from "
-                             "the factors or use a larger resolution.", "factors")
-
-
-def check_ddim_steps(steps: list[int], field_name: str) -> None:
-    """Every step count as the pipeline will check it (training uses 1,000 diffusion steps)."""
-    for s in steps:
-        whole_number(s, field_name, "DDIM steps", 1, 1000)
-
-
-class SweepSettings(Protocol):
-    """What a sweep kind's own settings provide (``CompressionSettings``, ``ConditioningSettings``)."""
-
-    factors: list[int]
-
-    def validate(self) -> None: ...
-
-
-S = TypeVar("S", bound=SweepSettings)
-
-
-@dataclass
-class Sweep(Generic[S]):
-    """One sweep: the shared run settings composed with a sweep kind's own settings (not inherited)."""
-
-    preset: str
-    run: RunSettings
-    sweep: S
-
-    def validate(self) -> None:
-        self.run.validate()
-        check_factors(self.sweep.factors, self.run.resolution)
-        self.sweep.validate()
-
-    @classmethod
-    def from_preset(cls, presets: dict[str, tuple[RunSettings, S]], name: str) -> "Sweep[S]":
-        """A fresh copy of a preset table's entry, run folder ``runs/NAME``."""
-        if name not in presets:
-            raise SweepError(f"Unknown preset {name!r}; choose one of {', '.join(presets)}.", "preset")
-        run, sweep = presets[name]
-        return cls(name, replace(run, out=Path("runs") / name), replace(sweep))
-
-    def flat_config(self) -> dict[str, Any]:
-        """All settings as one flat dict (what the environment record and the reports read)."""
-        return {"preset": self.preset, **asdict(self.run), **asdict(self.sweep)}
 
 
 @dataclass
@@ -442,3 +281,4 @@ def training_record(summary: TrainingSummary, settings: RunSettings) -> Training
     return TrainingRecord(**{name: getattr(summary, name) for name in shared},
                           degenerate=summary.latent_shape[-1] <= 2, budget=settings.budget,
                           budget_value=settings.train_budget)
+

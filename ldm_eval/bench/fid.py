@@ -18,12 +18,18 @@ import pandas as pd
 import torch
 from PIL import Image, ImageFilter
 
+from ldm_eval.metrics.domain_classifier import train_domain_classifier
+from ldm_eval.metrics.features import (
+    CleanInception,
+    _CleanResized,
+    compute_features,
+    load_inception,
+)
+from ldm_eval.metrics.frechet import as_rgb, fid_from_features
+from ldm_eval.metrics.inception_onnx import onnx_runtime_installed
 from pipelines.atomic import write_text_atomic
-from pipelines.data import load_dataset
+from pipelines.data import STRATIFY_KEYS, load_dataset, representative_order
 from pipelines.training import device_name
-
-from .fid import CleanInception, _CleanResized, as_rgb, load_inception
-from .inception_onnx import onnx_runtime_installed
 
 FEATURE_TOLERANCE = 1e-4  # largest feature difference, relative to the largest feature, a variant may have
 
@@ -134,7 +140,6 @@ def backend_sensitivity(reference: torch.Tensor, other: torch.Tensor, backends: 
     real sets have at this N (the floor); a backend that sees a degradation rises clearly above
     it. ``backends`` maps a name to a features function.
     """
-    from .fid import fid_from_features
 
     sets = {"real (no change)": other, **{how: degrade(other, how) for how in DEGRADATIONS}}
     rows = []
@@ -151,10 +156,6 @@ def backend_sensitivity(reference: torch.Tensor, other: torch.Tensor, backends: 
 def run_sensitivity(dataset: str, resolution: int, n: int, device: torch.device, classifier_steps: int = 500,
                     seed: int = 0, out: Path | None = None) -> pd.DataFrame:
     """``backend_sensitivity`` on a data set's held-out images: Inception and the domain classifier."""
-    from pipelines.data import STRATIFY_KEYS, representative_order
-
-    from .domain_classifier import train_domain_classifier
-    from .fid import compute_features
 
     # the held-out split: images the classifier below never trained on
     held_out, _ = representative_order(load_dataset(dataset, resolution, split="test"), seed)

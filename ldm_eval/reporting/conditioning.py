@@ -2,7 +2,7 @@
 
 Derived only from ``results.jsonl`` through :func:`pipelines.results.read_results`
 (``python -m ldm_eval report RUN_DIR`` re-renders it); the page machinery is shared with
-the compression report in :mod:`ldm_eval.report`.
+the compression report in :mod:`ldm_eval.reporting.page`.
 """
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines.results import ClassifierRecord, ConditioningRecord  # noqa: E402
-
-from .report import (  # noqa: E402
+from ldm_eval.reporting.page import (  # noqa: E402
     budget_sentence,
     environment,
     grid_lines,
@@ -27,7 +25,12 @@ from .report import (  # noqa: E402
     save_figure,
     write_report,
 )
-from .results import COND_COLUMNS, conditional_table, per_class_table, write_table  # noqa: E402, F401
+from ldm_eval.reporting.tables import (  # noqa: E402
+    conditional_table,
+    per_class_table,
+    write_table,
+)
+from pipelines.results import ClassifierRecord, ConditioningRecord  # noqa: E402
 
 SUMMARY_COLUMNS = ["condition", "factor", "guidance", "accuracy", "fid", "mean_class_fid", "n", "samples_per_s",
                    "train_steps"]

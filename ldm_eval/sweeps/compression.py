@@ -16,29 +16,36 @@ from pathlib import Path
 
 import torch
 
+from ldm_eval.metrics.features import compute_features
+from ldm_eval.metrics.frechet import fid_from_features
+from ldm_eval.sweeps.executor import Cell, Opener, prepare_executor, run_cells
+from ldm_eval.sweeps.run_folder import (
+    RunContext,
+    autoencoder_cell,
+    autoencoder_done,
+    fid_records,
+    held_out_reconstructions,
+    open_run,
+    recognisability_record,
+    training_record,
+)
+from ldm_eval.sweeps.settings import (
+    RunSettings,
+    Sweep,
+    SweepError,
+    check_ddim_steps,
+    help_text,
+)
 from pipelines.first_stage import FACTORS
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
 from pipelines.results import ProgressRecord, Results, SamplingRecord, TrainingRecord
 from pipelines.sampling import timed_sampling, warm_up
-from pipelines.training import DiffusionTrainConfig, Milestones, Snapshot, train_diffusion
-
-from .executor import Cell, Opener, prepare_executor, run_cells
-from .fid import compute_features, fid_from_features
-from .run import (
-    RunContext,
-    RunSettings,
-    Sweep,
-    SweepError,
-    autoencoder_cell,
-    autoencoder_done,
-    check_ddim_steps,
-    fid_records,
-    held_out_reconstructions,
-    help_text,
-    open_run,
-    recognisability_record,
-    training_record,
+from pipelines.training import (
+    DiffusionTrainConfig,
+    Milestones,
+    Snapshot,
+    train_diffusion,
 )
 
 

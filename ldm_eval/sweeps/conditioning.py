@@ -22,6 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm_eval.metrics.features import compute_features
+from ldm_eval.metrics.frechet import fid_from_features
+from ldm_eval.sweeps.executor import Cell, Opener, prepare_executor, run_cells
+from ldm_eval.sweeps.run_folder import (
+    RunContext,
+    autoencoder_cell,
+    autoencoder_done,
+    fid_records,
+    open_run,
+    training_record,
+)
+from ldm_eval.sweeps.settings import (
+    RunSettings,
+    Sweep,
+    SweepError,
+    check_ddim_steps,
+    help_text,
+)
 from pipelines.conditioning import class_caption, validate_guidance
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
@@ -34,11 +52,6 @@ from pipelines.results import (
 )
 from pipelines.sampling import timed_sampling, warm_up
 from pipelines.training import DiffusionTrainConfig, train_diffusion
-
-from . import run
-from .executor import Cell, Opener, prepare_executor, run_cells
-from .fid import compute_features, fid_from_features
-from .run import RunContext, RunSettings, Sweep, SweepError, help_text
 
 
 @dataclass
@@ -66,7 +79,7 @@ class ConditioningSettings:
             validate_guidance(g, "class")  # the pipeline's own rule, so the sweep never asks what sampling refuses
         if self.samples_per_class < 2:
             raise SweepError("Per-class FID needs at least 2 samples per class.", "samples_per_class")
-        run.check_ddim_steps([self.ddim_steps], "ddim_steps")
+        check_ddim_steps([self.ddim_steps], "ddim_steps")
 
 
 ConditioningSweep = Sweep[ConditioningSettings]
@@ -106,7 +119,7 @@ def _denoiser_cell(ctx: RunContext, cfg: ConditioningSweep, condition: str, fact
         learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule, snr_gamma=s.snr_gamma,
         mixed_precision=s.mixed_precision,
     ))
-    ctx.log.append(run.training_record(trained.summary, s))
+    ctx.log.append(training_record(trained.summary, s))
     return trained.pipeline
 
 
@@ -142,7 +155,7 @@ def _evaluate(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: i
                            sec_per_image=timed.sec_per_image, peak_mem_sample_mb=timed.peak_mb,
                            memory_method=timed.memory_method, sample_batch=s.sample_batch, scheduler="ddim",
                            device=str(ctx.device)),
-            *run.fid_records(ctx, images, [("domain", len(wanted))], **cell),
+            *fid_records(ctx, images, [("domain", len(wanted))], **cell),
             ConditioningRecord(  # last: its presence marks the whole cell as measured
                 **cell, n=len(wanted), samples_per_class=cfg.sweep.samples_per_class, class_names=list(names),
                 accuracy=float((predicted == wanted).mean()), per_class_accuracy=per_class_acc,
@@ -161,13 +174,13 @@ def _model_done(cfg: ConditioningSweep, condition: str, factor: int, results: Re
 
 def _autoencoder_only(cfg: ConditioningSweep, factor: int, ctx: RunContext) -> None:
     print(f"== autoencoder {cfg.sweep.kind} f={factor} ==", flush=True)
-    run.autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0)
+    autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0)
 
 
 def _model(cfg: ConditioningSweep, condition: str, factor: int, ctx: RunContext) -> None:
     """One conditional denoiser, trained and measured at every guidance scale."""
     print(f"== {condition} f={factor} ==", flush=True)
-    autoencoder = run.autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0) if factor > 1 else None
+    autoencoder = autoencoder_cell(ctx, cfg.sweep.kind, factor, rfid_samples=0) if factor > 1 else None
     test = ctx.test
     real_labels = test.labels["class"].numpy()
     all_real = ctx.reference("domain", len(test))  # every held-out image: per-class FID
@@ -182,7 +195,7 @@ def conditional_cells(cfg: ConditioningSweep) -> list[Cell]:
         after: tuple[str, ...] = ()
         if factor > 1:
             cells.append(Cell(f"autoencoder {cfg.sweep.kind} f{factor}", partial(_autoencoder_only, cfg, factor),
-                              partial(run.autoencoder_done, cfg.sweep.kind, factor, "")))
+                              partial(autoencoder_done, cfg.sweep.kind, factor, "")))
             after = (cells[-1].key,)
         cells += [Cell(f"model {condition} f{factor}", partial(_model, cfg, condition, factor),
                        partial(_model_done, cfg, condition, factor), after) for condition in cfg.sweep.conditions]
@@ -193,7 +206,7 @@ def run_conditional_sweep(cfg: ConditioningSweep) -> Path:
     """Run (or resume) a conditioning sweep, here or on a Ray cluster (``--executor``); returns the run folder."""
     cfg.validate()
     prepare_executor(cfg.run)
-    ctx = run.open_run(cfg.run, cfg.flat_config(), cfg.run.fid_samples, label_key="class")
+    ctx = open_run(cfg.run, cfg.flat_config(), cfg.run.fid_samples, label_key="class")
     if not ctx.log.has(ClassifierRecord):
         ctx.log.append(ClassifierRecord(n=len(ctx.test), accuracy_on_real=ctx.classifier.accuracy(
             ctx.test.images, ctx.test.labels["class"])))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fid import MetricError, _check_pair, fid_from_features
+from ldm_eval.metrics.frechet import MetricError, check_pair, fid_from_features
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 200
@@ -55,7 +55,7 @@ class FidAgainst:
     """FIDs of subsets and resamples of one generated set against fixed reference features."""
 
     def __init__(self, reference: np.ndarray, generated: np.ndarray) -> None:
-        ref, gen = _check_pair(reference, generated)
+        ref, gen = check_pair(reference, generated)
         self.reference, self.generated = ref, gen
         self.n_ref = ref.shape[0]
         self.mu_ref = ref.mean(axis=0)

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-from pipelines.errors import InputError
+from ldm_eval.metrics.recognisability import Recognisability
+from ldm_eval.reporting.tables import domain_fid
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
+from pipelines.errors import InputError
 from pipelines.first_stage import load_autoencoder
 from pipelines.pipeline import load_pipeline, weights_digest
 from pipelines.results import (
@@ -30,9 +32,6 @@ from pipelines.results import (
     TrainingSummary,
     read_results,
 )
-
-from .recognisability import Recognisability
-from .results import domain_fid
 
 UTKFACE_LICENCE = ("Trained on UTKFace (Zhang, Song, Qi, CVPR 2017), released for non-commercial research only; "
                    "these weights inherit that licence: non-commercial research use only.")

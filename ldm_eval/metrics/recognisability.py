@@ -18,10 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldm_eval.metrics.domain_classifier import (
+    ClassifierError,
+    DomainClassifier,
+    train_domain_classifier,
+)
+from pipelines.atomic import write_json_atomic
+from pipelines.data import FASHION_MNIST, STRATIFY_KEYS, load_dataset
 from pipelines.first_stage import FirstStage
-from pipelines.images import signed_to_uint8, uint8_to_signed
-
-from .domain_classifier import ClassifierError, DomainClassifier
+from pipelines.images import signed_to_uint8, uint8_to_signed, unit_nhwc_to_uint8_nchw
+from pipelines.pipeline import load_pipeline, resolve_device
+from pipelines.sampling import timed_sampling
 
 CONFIDENCE = 0.9  # a sample is recognisable when one class gets at least this probability
 MIN_CONFIDENT_SHARE = 0.8  # the zoo's bar: at least this share of samples recognisable...
@@ -115,12 +122,6 @@ def recognise_models(models: list[str], classifier_dir: Path, real: str = "", n:
     (``fashion-mnist`` or a folder, whose held-out split is used) gives the real-image share
     for scale.
     """
-    from pipelines.data import FASHION_MNIST, load_dataset
-    from pipelines.images import unit_nhwc_to_uint8_nchw
-    from pipelines.pipeline import load_pipeline, resolve_device
-    from pipelines.sampling import timed_sampling
-
-    from .domain_classifier import DomainClassifier
 
     dev = resolve_device(device)
     clf = DomainClassifier.load(classifier_dir, dev)
@@ -174,11 +175,6 @@ def train_judge(data: str, out: Path, resolution: int, channels: int | None = No
     """
     import time
 
-    from pipelines.atomic import write_json_atomic
-    from pipelines.data import FASHION_MNIST, STRATIFY_KEYS, load_dataset
-    from pipelines.pipeline import resolve_device
-
-    from .domain_classifier import train_domain_classifier
 
     spec = data if data == FASHION_MNIST else Path(data)
     train = load_dataset(spec, resolution, channels, split="train")

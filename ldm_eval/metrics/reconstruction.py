@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ldm_eval.metrics.fid import fid_between_images
 from pipelines.fidelity import psnr, ssim
 from pipelines.images import as_uint8_nchw, uint8_to_unit
-
-from .fid import fid_between_images
 
 
 @dataclass

@@ -14,15 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines.results import (  # noqa: E402
-    FidRecord,
-    ModelRecord,
-    ReferenceRecord,
-    Results,
-    SamplingRecord,
-)
-
-from .report import (  # noqa: E402
+from ldm_eval.reporting.page import (  # noqa: E402
     environment,
     error_bars,
     grid_lines,
@@ -34,7 +26,14 @@ from .report import (  # noqa: E402
     save_figure,
     write_report,
 )
-from .results import partner, write_table  # noqa: E402
+from ldm_eval.reporting.tables import partner, write_table  # noqa: E402
+from pipelines.results import (  # noqa: E402
+    FidRecord,
+    ModelRecord,
+    ReferenceRecord,
+    Results,
+    SamplingRecord,
+)
 
 COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "ddim_steps",
            "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from ldm_eval.reporting.first_stage import GAN_FROM, NO_GAN
+from ldm_eval.sweeps.executor import Cell, Opener, prepare_executor, run_cells
+from ldm_eval.sweeps.run_folder import (
+    RunContext,
+    autoencoder_cell,
+    autoencoder_done,
+    open_run,
+)
+from ldm_eval.sweeps.settings import RunSettings, Sweep, SweepError, help_text
 from pipelines.first_stage import AUTOENCODER_KINDS, MIN_LATENT_SIDE
-
-from .executor import Cell, Opener, prepare_executor, run_cells
-from .run import RunContext, RunSettings, Sweep, SweepError, autoencoder_cell, autoencoder_done, help_text, open_run
-
-NO_GAN = "no-gan"
-GAN_FROM = "gan-from-"
 
 
 @dataclass

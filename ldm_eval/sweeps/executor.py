@@ -29,10 +29,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import pipelines
+from ldm_eval.sweeps.run_folder import RunContext, open_run
+from ldm_eval.sweeps.settings import RunSettings, SweepError
 from pipelines.atomic import write_json_atomic, write_text_atomic
-from pipelines.results import RecordingLog, Results, ResultsLog, record_from_json, record_to_json
-
-from .run import RunContext, RunSettings, SweepError, open_run
+from pipelines.results import (
+    RecordingLog,
+    Results,
+    ResultsLog,
+    record_from_json,
+    record_to_json,
+)
 
 RAY_INSTALL = "pip install 'ray==2.60.0'"
 CONNECT_TIMEOUT_S = 30
@@ -165,7 +172,6 @@ def connect(address: str) -> Any:
 
 def _runtime_env() -> dict[str, Any]:
     """This code and its LDM_LAB_* settings, for workers on nodes that have neither (Ray uploads them)."""
-    import pipelines
 
     return {"py_modules": [str(Path(pipelines.__file__).parent), str(Path(__file__).parent)],
             "env_vars": {k: v for k, v in os.environ.items() if k.startswith("LDM_LAB_")}}

@@ -25,6 +25,19 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ldm_eval.metrics.domain_classifier import DomainClassifier, train_domain_classifier
+from ldm_eval.metrics.features import compute_features
+from ldm_eval.metrics.reference_cache import reference_features
+from ldm_eval.metrics.uncertainty import BOOTSTRAP_RESAMPLES
+from ldm_eval.reporting.tables import FILE_ORDER_DRAW
+from ldm_eval.sweeps.executor import Cell, prepare_executor, run_cells
+from ldm_eval.sweeps.run_folder import environment, fid_record
+from ldm_eval.sweeps.settings import (
+    ExecutorFlags,
+    SweepError,
+    check_ddim_steps,
+    help_text,
+)
 from pipelines.data import (
     FASHION_MNIST,
     ImageDataset,
@@ -33,7 +46,12 @@ from pipelines.data import (
 )
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
-from pipelines.pipeline import LatentDiffusionPipeline, load_model, resolve_device, weights_digest
+from pipelines.pipeline import (
+    LatentDiffusionPipeline,
+    load_model,
+    resolve_device,
+    weights_digest,
+)
 from pipelines.precision import sampling_dtype
 from pipelines.results import (
     FidRecord,
@@ -44,14 +62,6 @@ from pipelines.results import (
     SamplingRecord,
 )
 from pipelines.sampling import timed_sampling, warm_up
-
-from .domain_classifier import DomainClassifier, train_domain_classifier
-from .executor import Cell, prepare_executor, run_cells
-from .fid import compute_features
-from .reference_cache import reference_features
-from .results import FILE_ORDER_DRAW
-from .run import ExecutorFlags, SweepError, check_ddim_steps, environment, fid_record, help_text
-from .uncertainty import BOOTSTRAP_RESAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +237,7 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
 def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
     """Evaluate (or resume evaluating) ``models`` against the reference; returns the run folder.
 
-    Each model is a cell (:mod:`ldm_eval.executor`): with ``--executor ray`` the models are measured side
+    Each model is a cell (:mod:`ldm_eval.sweeps.executor`): with ``--executor ray`` the models are measured side
     by side on a cluster, the reference features and the domain classifier coming from this driver.
     """
     cfg.validate(models)

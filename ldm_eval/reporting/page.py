@@ -1,10 +1,4 @@
-"""Render a run folder's results as ``results.csv``, ``report.md`` and a self-contained ``report.html``.
-
-Everything here is derived from ``results.jsonl`` (read through :func:`pipelines.results.read_results`):
-``python -m ldm_eval report RUN_DIR`` re-renders it at any time without measuring anything again.
-The helpers below the compression report (reading a run, saving figures, writing the page)
-are shared with :mod:`ldm_eval.conditional_report`.
-"""
+"""What every report shares: reading a run, its tables and sentences, figures, and writing report.md and report.html."""
 from __future__ import annotations
 
 import base64
@@ -23,14 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ldm_eval.reporting.tables import (  # noqa: E402
+    FILE_ORDER_DRAW,
+    MIN_TRAIN_STEPS,
+    Absent,
+)
 from pipelines.atomic import atomic_path, write_text_atomic  # noqa: E402
 from pipelines.results import (  # noqa: E402
     AutoencoderRecord,
     ClassifierRecord,
-    ConditioningRecord,
     EnvironmentRecord,
-    ModelRecord,
-    ProgressRecord,
     RecognisabilityRecord,
     Record,
     Results,
@@ -38,35 +34,13 @@ from pipelines.results import (  # noqa: E402
     read_results,
 )
 
-from .results import FILE_ORDER_DRAW, MIN_TRAIN_STEPS, Absent, tidy_table, write_table  # noqa: E402
-
-# The paper's numbers (Rombach et al., CVPR 2022), shown beside ours and labelled as the paper's.
-PAPER_AUTOENCODERS = pd.DataFrame(
-    [("VQ", 4, 3, 0.58, 27.43), ("VQ", 8, 4, 1.14, 23.07), ("VQ", 16, 8, 5.15, 20.83), ("VQ", 32, 16, 31.83, 17.45),
-     ("KL", 2, 2, 0.086, 32.47), ("KL", 4, 3, 0.27, 27.53), ("KL", 8, 4, 0.90, 24.19), ("KL", 16, 16, 0.87, 24.08),
-     ("KL", 32, 64, 2.04, 22.27)],
-    columns=["kind", "factor", "latent channels", "R-FID", "PSNR"],
-)
-PAPER_NOTES = [
-    "Fig. 6 (ImageNet, class-conditional, 2 M steps, 100 DDIM steps): LDM-1 and LDM-2 learn slowly, LDM-32 stalls "
-    "early; LDM-4 to LDM-16 are the sweet spot; FID gap of 38 between LDM-1 and LDM-8 after 2 M steps.",
-    "Fig. 7 (CelebA-HQ, ImageNet; DDIM 10-200 steps, FID on 5k samples): LDM-4 and LDM-8 give the best quality per "
-    "unit of sampling speed.",
-    "Tab. 13: about 391-396 M parameters for every f; batch 7 / 9 / 40 / 64 / 112 / 112 for f = 1 / 2 / 4 / 8 / 16 / 32 "
-    "in the same memory.",
-    "Inpainting, LDM-1 vs LDM-4: training 0.11 vs 0.32 samples/s, sampling 0.26 vs 0.97 samples/s, FID@2k 24.74 vs 15.21.",
-]
-SUMMARY_COLUMNS = ["factor", "kind", "latent_shape", "ddim_steps", "fid_backend", "fid_samples", "fid", "kid",
-                   "train_images_per_s", "samples_per_s", "psnr", "rfid"]
-AUTOENCODER_COLUMNS = ["kind", "factor", "latent_shape", "ae_params", "psnr", "ssim", "recon_samples", "rfid",
-                       "rfid_samples", "codebook_usage", "losses"]
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
          "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")
 
 
 # --- the compression sweep's report ---------------------------------------------------------
 
-def _label(kind: str, factor: int) -> str:
+def series_label(kind: str, factor: int) -> str:
     return "pixel f=1" if factor == 1 else f"{kind.upper()} f={factor}"
 
 
@@ -82,50 +56,6 @@ def series_style(kind: str, factor: int) -> dict[str, str]:
     """Matplotlib keywords of one (kind, factor) series: colour and marker by f, solid KL, dashed VQ."""
     return {"color": FACTOR_COLOURS.get(factor, "#7f7f7f"), "marker": FACTOR_MARKERS.get(factor, "*"),
             "linestyle": KIND_LINES.get(kind, ":")}
-
-
-def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """FID along training (Fig. 6), quality vs sampling speed (Fig. 7), training speed and memory per factor."""
-    plots: dict[str, Path] = {}
-    progress = records_frame(results.of(ProgressRecord))
-    if len(progress):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (kind, factor), g in progress.groupby(["kind", "factor"]):
-            ax.plot(g["train_steps"], g["fid"], label=_label(kind, factor), **series_style(kind, factor))
-        n = int(progress["fid_samples"].iloc[0])
-        ax.set(xlabel="training steps", ylabel=f"FID (domain features, N={n})", title="FID along training (cf. paper Fig. 6)")
-        ax.legend(fontsize=8)
-        plots["fid_vs_steps"] = save_figure(fig, out / "fid_vs_steps.png")
-    for backend, g in table.groupby("fid_backend"):
-        if g["samples_per_s"].isna().all():
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (kind, factor), gg in g.groupby(["kind", "factor"]):
-            gg = gg.sort_values("ddim_steps")
-            ax.errorbar(gg["samples_per_s"], gg["fid"], yerr=error_bars(gg), capsize=3, label=_label(kind, factor),
-                        **series_style(kind, factor))
-            for _, row in gg.iterrows():
-                ax.annotate(str(int(row["ddim_steps"])), (row["samples_per_s"], row["fid"]), fontsize=7)
-        ax.set_xscale("log")
-        n = int(g["fid_samples"].iloc[0])
-        ax.set(xlabel="sampling throughput (samples/s, log)", ylabel=f"FID ({backend}, N={n})",
-               title="Quality vs speed; labels = DDIM steps; bars = 95 % CI (cf. Fig. 7)")
-        ax.legend(fontsize=8)
-        plots[f"fid_vs_speed_{backend}"] = save_figure(fig, out / f"fid_vs_speed_{backend}.png")
-    train = records_frame(results.of(TrainingRecord, condition="none"))
-    if len(train):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-        for kind, g in train.groupby("kind"):
-            g = g.sort_values("factor")
-            axes[0].plot(g["factor"], g["train_images_per_s"], marker="o", label=kind)
-            axes[1].plot(g["factor"], g["peak_mem_train_mb"], marker="o", label=kind)
-        for ax, ylabel in zip(axes, ("training images/s", "peak training memory (MB)")):
-            ax.set_xscale("log", base=2)
-            ax.set(xlabel="downsampling factor f", ylabel=ylabel)
-            ax.legend(fontsize=8)
-        axes[0].set_yscale("log")
-        plots["speed_memory"] = save_figure(fig, out / "speed_memory.png")
-    return plots
 
 
 def ranking_reading(table: pd.DataFrame, by: Sequence[str] = ("ddim_steps",)) -> list[str]:
@@ -161,87 +91,6 @@ def ranking_reading(table: pd.DataFrame, by: Sequence[str] = ("ddim_steps",)) ->
             line += " Every step of this ranking is supported by the 95 % intervals."
         lines.append(line)
     return lines
-
-
-def render_report(run_dir: Path) -> Path:
-    """Write results.csv, plots, report.md and report.html of a compression sweep; returns report.md."""
-    run_dir = Path(run_dir)
-    results = read_run(run_dir)
-    table = tidy_table(results)
-    write_table(run_dir, table)
-    plots = make_plots(results, table, run_dir / "plots")
-    env, cfg = environment(results)
-    ae = records_frame(results.of(AutoencoderRecord))
-    lines = [f"# LDM Lab report: {run_dir.name}", ""]
-    lines += [
-        f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px; factors "
-        f"{cfg.get('factors')}; autoencoders {cfg.get('kinds')}; UNets matched at about {cfg.get('param_budget')} "
-        "parameters.",
-        "",
-        budget_sentence(cfg, results),
-        "",
-        measured_on(env, cfg),
-        "",
-        "FID backends: `inception` is the headline quality number: standard InceptionV3 features with clean-fid's "
-        "'clean' resize, which rise clearly under blur and compression artefacts. FID is biased upward at small N, so "
-        "read it with its 95 % interval, `fid_inf` (extrapolated to infinite N) and KID beside it, and compare only "
-        "at equal N. `domain` is a *semantic* measure: the features of a small classifier trained on this data set "
-        "(cheap, so larger N): what that classifier learned to tell apart, not comparable across data sets or with "
-        "published numbers. "
-        + classifier_sentence(results) + " Reference images are the held-out split. Sampling uses DDIM (eta 0); "
-        "throughput is measured after a warm-up.",
-        "",
-        "## Results",
-        "",
-        *[f"- `{b}` FID/KID: N={int(g['fid_samples'].iloc[0])} generated images against as many held-out real images."
-          for b, g in table.groupby("fid_backend")],
-        "",
-        md_table(table.drop(columns=["notes"])),
-        "",
-        "## Reading: which rankings the intervals support", "",
-        "`<`: the 95 % bootstrap intervals separate the two; `~`: they overlap, so the order could flip with "
-        "another draw of samples.", "",
-        *ranking_reading(table.assign(model=[_label(k, f) for k, f in zip(table["kind"], table["factor"])]),
-                         by=("fid_backend", "ddim_steps")),
-        "",
-    ]
-    degenerate = table.loc[table["degenerate"], "factor"].unique().tolist()
-    if degenerate:
-        lines += [f"Factors {degenerate} leave a latent of 2x2 or smaller here: run and flagged as degenerate.", ""]
-    lines += recognisability_lines(results)
-    if len(ae):
-        lines += ["## Autoencoders (cf. paper Tab. 8)", "", md_table(ae[AUTOENCODER_COLUMNS]), ""]
-    lines += image_lines(plots)
-    lines += grid_lines(run_dir, "samples-*.png", "## Samples")
-    lines += ["## The paper's numbers (Rombach et al., CVPR 2022), for comparison", "",
-              "First stages, trained on OpenImages, evaluated on ImageNet val (paper Tab. 8):", "",
-              md_table(PAPER_AUTOENCODERS), ""] + [f"- {n}" for n in PAPER_NOTES] + [""]
-    return write_report(run_dir, lines)
-
-
-def summary_table(run_dir: Path) -> str:
-    """The results table as printed at the end of a sweep."""
-    return md_table(tidy_table(read_run(run_dir))[SUMMARY_COLUMNS])
-
-
-def render_any_report(run_dir: Path) -> tuple[Path, str]:
-    """Render whichever report the run is: conditioning, first-stage study or compression.
-
-    Returns the report.md path and the summary table; a missing folder or one without results
-    raises ValueError with a message meant for the command line.
-    """
-    from .conditional_report import conditional_summary, render_conditional_report  # these import this module
-    from .evaluation_report import evaluation_summary, render_evaluation_report
-    from .first_stage_report import first_stage_summary, render_first_stage_report
-
-    results = read_run(run_dir)
-    if results.of(ModelRecord):
-        return render_evaluation_report(run_dir), evaluation_summary(run_dir)
-    if results.of(ConditioningRecord):
-        return render_conditional_report(run_dir), conditional_summary(run_dir)
-    if results.of(AutoencoderRecord) and not results.of(TrainingRecord):
-        return render_first_stage_report(run_dir), first_stage_summary(run_dir)
-    return render_report(run_dir), summary_table(run_dir)
 
 
 # --- shared by both reports ---------------------------------------------------------------
@@ -296,7 +145,7 @@ def recognisability_lines(results: Results) -> list[str]:
     if not found:
         return []
     rows = pd.DataFrame([{
-        "model": _label(r.kind, r.factor), "ddim_steps": r.ddim_steps, "n": r.n,
+        "model": series_label(r.kind, r.factor), "ddim_steps": r.ddim_steps, "n": r.n,
         "confident_share": round(r.confident_share, 3), "real_confident_share": r.real_confident_share,
         "reconstructed_confident_share": r.reconstructed_confident_share,
         "min_class_share": round(min(r.class_shares.values()), 3),
@@ -397,3 +246,4 @@ def to_html(markdown_text: str, run_dir: Path) -> str:
     body = _LOCAL_IMAGE.sub(inline, body)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>LDM Lab report: {html.escape(run_dir.name)}"
             f"</title><style>{STYLE}</style></head><body>{body}</body></html>")
+

@@ -26,10 +26,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from .conditional import ConditioningSettings, run_conditional_sweep
-from .export import add_before_sections, add_evaluation_sections
-from .run import RunSettings, Sweep, SweepError, help_text
-from .sweep import CompressionSettings, run_sweep
+from ldm_eval.reporting.dispatch import render_any_report
+from ldm_eval.sweeps.compression import CompressionSettings, run_sweep
+from ldm_eval.sweeps.conditioning import ConditioningSettings, run_conditional_sweep
+from ldm_eval.sweeps.run_folder import open_run
+from ldm_eval.sweeps.settings import RunSettings, Sweep, SweepError, help_text
+from ldm_eval.zoo.export import (
+    add_before_sections,
+    add_evaluation_sections,
+    export_zoo,
+    model_rows,
+)
+from pipelines.results import AutoencoderRecord, TrainingSummary, read_results
 
 MB = 1024 * 1024
 _UTK = "../shared/data/utkface"
@@ -239,7 +247,6 @@ def _part_run(part: ZooPart, runs: Path) -> RunSettings:
 
 def run_part(part: ZooPart, runs: Path) -> Path:
     """Train and measure one part (resuming whatever it finished before); its run folder."""
-    from .report import render_any_report
 
     run = _part_run(part, runs)
     sweep = run_sweep if part.sweep == "compression" else run_conditional_sweep
@@ -251,7 +258,6 @@ def run_part(part: ZooPart, runs: Path) -> Path:
 def open_part(part: ZooPart, runs: Path) -> Path:
     """Open the part's run once, before its cells train side by side: the environment record (with the whole
     part's settings), the held-out draw and the domain classifier are then there for every cell to resume."""
-    from .run import open_run
 
     sweep = Sweep(f"zoo-{part.name}", _part_run(part, runs), part.settings)
     sweep.validate()
@@ -307,7 +313,6 @@ def restrict(part: ZooPart, cell: Cell) -> ZooPart:
 
 
 def _autoencoder_ready(runs: Path, part: str, kind: str, factor: int) -> bool:
-    from pipelines.results import AutoencoderRecord, read_results
 
     folder = runs / part
     return (folder / "results.jsonl").is_file() and bool(read_results(folder).of(AutoencoderRecord, kind=kind,
@@ -316,9 +321,6 @@ def _autoencoder_ready(runs: Path, part: str, kind: str, factor: int) -> bool:
 
 def export_part(part: ZooPart, run_dir: Path, models: Path, max_model_mb: float) -> list[Path]:
     """Export the part's measured pipelines not yet in the zoo; refuse (and write nothing) when one is over budget."""
-    from pipelines.results import TrainingSummary, read_results
-
-    from .export import export_zoo, model_rows
 
     results = read_results(run_dir)  # once: a sweep measures each model right after training it
 
