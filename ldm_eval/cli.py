@@ -36,10 +36,11 @@ from ldm_eval.arguments import (
 
 
 def cmd_sweep(argv: list[str]) -> int:
+    from ldm_eval.presets import COMPRESSION_PRESETS
     from ldm_eval.reporting.compression import render_report, summary_table
-    from ldm_eval.sweeps.compression import PRESETS, CompressionSettings, run_sweep
+    from ldm_eval.sweeps.compression import CompressionSettings, run_sweep
 
-    run_dir = run_sweep(parse_sweep("python -m ldm_eval sweep", PRESETS, "quick", CompressionSettings, argv))
+    run_dir = run_sweep(parse_sweep("python -m ldm_eval sweep", COMPRESSION_PRESETS, "quick", CompressionSettings, argv))
     report = render_report(run_dir)
     print(summary_table(run_dir))
     print(f"\nReport: {report} and {report.with_suffix('.html')}; table: {run_dir / 'results.csv'}")
@@ -47,17 +48,17 @@ def cmd_sweep(argv: list[str]) -> int:
 
 
 def cmd_cond_sweep(argv: list[str]) -> int:
+    from ldm_eval.presets import CONDITIONING_PRESETS
     from ldm_eval.reporting.conditioning import (
         conditional_summary,
         render_conditional_report,
     )
     from ldm_eval.sweeps.conditioning import (
-        PRESETS,
         ConditioningSettings,
         run_conditional_sweep,
     )
 
-    sweep = parse_sweep("python -m ldm_eval cond-sweep", PRESETS, "cond-quick", ConditioningSettings, argv)
+    sweep = parse_sweep("python -m ldm_eval cond-sweep", CONDITIONING_PRESETS, "cond-quick", ConditioningSettings, argv)
     run_dir = run_conditional_sweep(sweep)
     report = render_conditional_report(run_dir)
     print(conditional_summary(run_dir))
@@ -66,17 +67,17 @@ def cmd_cond_sweep(argv: list[str]) -> int:
 
 
 def cmd_ae_sweep(argv: list[str]) -> int:
+    from ldm_eval.presets import FIRST_STAGE_PRESETS
     from ldm_eval.reporting.first_stage import (
         first_stage_summary,
         render_first_stage_report,
     )
     from ldm_eval.sweeps.first_stage import (
-        PRESETS,
         FirstStageSettings,
         run_first_stage_sweep,
     )
 
-    run_dir = run_first_stage_sweep(parse_sweep("python -m ldm_eval ae-sweep", PRESETS, "ae-quick",
+    run_dir = run_first_stage_sweep(parse_sweep("python -m ldm_eval ae-sweep", FIRST_STAGE_PRESETS, "ae-quick",
                                                 FirstStageSettings, argv))
     report = render_first_stage_report(run_dir)
     print(first_stage_summary(run_dir))

@@ -91,7 +91,8 @@ def test_build_zoo_refuses_a_model_over_its_size_budget(tmp_path: Path, capsys) 
 
 def test_build_zoo_budgets_replace_every_parts_own() -> None:
     """--train-budget / --ae-budget: one command trains a preset's set on other budgets, every part alike."""
-    from ldm_eval.zoo.build import PRESETS, ZooBuildSettings, _configured
+    from ldm_eval.presets import ZOO_PRESETS as PRESETS
+    from ldm_eval.zoo.build import ZooBuildSettings, _configured
 
     given = ZooBuildSettings(preset="cpu", train_budget=2400, ae_budget=1500)
     for part in PRESETS["cpu"]:

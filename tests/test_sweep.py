@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, run_cli
 
 from ldm_eval.metrics.uncertainty import MIN_IMAGES_FOR_INTERVALS
+from ldm_eval.presets import FACTORS_32PX as FACTORS
 from ldm_eval.reporting.tables import TABLE_COLUMNS
-from ldm_eval.sweeps.compression import FACTORS_32PX as FACTORS
 from pipelines.results import (
     ProgressRecord,
     RecognisabilityRecord,
@@ -116,7 +116,8 @@ def test_sweep_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture, args: l
 
 def test_flags_come_from_the_config_dataclasses_over_the_preset(tmp_path: Path) -> None:
     from ldm_eval.arguments import parse_sweep
-    from ldm_eval.sweeps.compression import PRESETS, CompressionSettings
+    from ldm_eval.presets import COMPRESSION_PRESETS as PRESETS
+    from ldm_eval.sweeps.compression import CompressionSettings
 
     argv = ["--preset", "smoke", "--factors", "1,4", "--ddim_steps", "3", "5", "--max-images", "100", "--resume"]
     cfg = parse_sweep("sweep", PRESETS, "quick", CompressionSettings, argv)

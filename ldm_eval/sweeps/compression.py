@@ -30,7 +30,6 @@ from ldm_eval.sweeps.run_folder import (
     training_record,
 )
 from ldm_eval.sweeps.settings import (
-    RunSettings,
     Sweep,
     SweepError,
     check_ddim_steps,
@@ -76,38 +75,6 @@ class CompressionSettings:
 CompressionSweep = Sweep[CompressionSettings]
 
 
-FACTORS_32PX = [1, 2, 4, 8, 16]  # at 32 px: every factor whose latent keeps at least 2x2
-
-_RECIPE = dict(learning_rate=1e-3, lr_schedule="cosine")  # the zoo's denoiser recipe; warm-up per budget
-
-PRESETS: dict[str, tuple[RunSettings, CompressionSettings]] = {
-    # for tests and CI: every code path, tiny sizes, under 3 minutes on 2 CPU cores
-    "smoke": (RunSettings(budget="steps", ae_budget=6, train_budget=6, fid_samples=24, batch_size=8, ae_batch_size=8,
-                          param_budget=30_000, ae_base_width=8, max_images=256, classifier_steps=40, sample_batch=24),
-              CompressionSettings(factors=list(FACTORS_32PX), inception_samples=6, ddim_steps=[2, 4], progress_points=2,
-                                  progress_samples=16)),
-    # the default: Fashion-MNIST at 32 px, f = 1...16 (f = 32 would leave a 1x1 latent), under 20 minutes on 2 CPU cores.
-    # The denoiser recipe measured for the zoo (README: "A denoiser recipe that learns on small compute"): learning
-    # rate 1e-3 with warm-up and cosine decay; the warm-up is short because 45 s is 70-2,000 steps here.
-    "quick": (RunSettings(**_RECIPE, warmup_steps=20), CompressionSettings(factors=list(FACTORS_32PX))),
-    # real photos (e.g. the UTKFace faces) at 64 px, where f = 16 and 32 keep a spatial latent; hours on CPU
-    # (autoencoders as in the first-stage study: the paper's objective with the patch GAN on)
-    "standard": (RunSettings(**_RECIPE, warmup_steps=200, resolution=64, ae_budget=600, train_budget=1800,
-                             fid_samples=2000, param_budget=4_000_000, ae_base_width=16, ae_batch_size=16,
-                             ae_learning_rate=2e-3, ae_disc_weight=0.1, max_images=None),
-                 CompressionSettings(kinds=["kl", "vq"], inception_samples=500, ddim_steps=[10, 20, 50, 100],
-                                     progress_points=4, progress_samples=500)),
-    # the paper's protocol scaled to the data, for a GPU
-    "paper": (RunSettings(resolution=256, ae_budget=3600, train_budget=4 * 3600, fid_samples=5000,
-                          param_budget=100_000_000, ae_base_width=64, ae_disc_weight=0.5, max_images=None,
-                          classifier_steps=2000, sample_batch=100),
-              CompressionSettings(kinds=["kl", "vq"], inception_samples=5000, ddim_steps=[10, 20, 50, 100, 200],
-                                  progress_points=8, progress_samples=2000)),
-}
-
-
-def preset_sweep(name: str) -> CompressionSweep:
-    return Sweep.from_preset(PRESETS, name)
 
 
 def _progress_steps(cfg: CompressionSweep) -> int:

@@ -34,7 +34,6 @@ from ldm_eval.sweeps.run_folder import (
     training_record,
 )
 from ldm_eval.sweeps.settings import (
-    RunSettings,
     Sweep,
     SweepError,
     check_ddim_steps,
@@ -85,24 +84,6 @@ class ConditioningSettings:
 ConditioningSweep = Sweep[ConditioningSettings]
 
 
-PRESETS: dict[str, tuple[RunSettings, ConditioningSettings]] = {
-    # tests and CI: every code path in about a minute on 2 CPU cores
-    "cond-smoke": (RunSettings(resolution=16, budget="steps", ae_budget=6, train_budget=6, fid_samples=40,
-                               batch_size=8, ae_batch_size=8, param_budget=30_000, ae_base_width=8, max_images=256,
-                               classifier_steps=40, sample_batch=40),
-                   ConditioningSettings(factors=[1, 4], guidance=[1.0, 3.0], samples_per_class=4, ddim_steps=2,
-                                        condition_width=16)),
-    # the measured run on a 2-core CPU: f = 1, 4, 8, 16, class and text, guidance 1 / 3 / 7 (about an hour)
-    "cond-quick": (RunSettings(train_budget=60), ConditioningSettings()),
-    # the same on one GPU: longer training, 3x the samples
-    "cond-gpu": (RunSettings(ae_budget=20, train_budget=30, fid_samples=1500, batch_size=256, ae_batch_size=128,
-                             max_images=None, classifier_steps=1500, sample_batch=1500, learning_rate=4e-4),
-                 ConditioningSettings(samples_per_class=150, ddim_steps=25)),
-}
-
-
-def preset_sweep(name: str) -> ConditioningSweep:
-    return Sweep.from_preset(PRESETS, name)
 
 
 def _denoiser_cell(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: int,

@@ -22,7 +22,7 @@ from ldm_eval.sweeps.run_folder import (
     autoencoder_done,
     open_run,
 )
-from ldm_eval.sweeps.settings import RunSettings, Sweep, SweepError, help_text
+from ldm_eval.sweeps.settings import Sweep, SweepError, help_text
 from pipelines.first_stage import AUTOENCODER_KINDS, MIN_LATENT_SIDE
 
 
@@ -61,33 +61,6 @@ class FirstStageSettings:
 
 FirstStageSweep = Sweep[FirstStageSettings]
 
-_UTK = "../shared/data/utkface"
-PRESETS: dict[str, tuple[RunSettings, FirstStageSettings]] = {
-    # for tests and CI: every code path (KL and VQ, GAN on and off, rFID), tiny sizes, seconds on 2 CPU cores
-    "ae-smoke": (RunSettings(budget="steps", ae_budget=6, ae_batch_size=4, ae_base_width=8, ae_disc_weight=0.5,
-                             max_images=64, fid_samples=12, sample_batch=12, ae_codebook_size=32),
-                 FirstStageSettings(factors=[4, 8], no_gan_factors=[4], gan_start_shares=[0.3], rfid_samples=6,
-                                    grid_images=4)),
-    # UTKFace faces at 64 px on 2 CPU cores: 1,100 steps (under 10 minutes on an idle machine) per
-    # autoencoder, cosine learning rate from 2e-3, patch GAN at weight 0.1 from 60 % of the budget, rFID on
-    # 1,000 held-out faces; f = 4, 8, 16 (add 2 and 32 with --factors 2,4,8,16,32). Equal steps rather than
-    # equal seconds, so a busy machine changes the wall time, never the models.
-    "ae-quick": (RunSettings(dataset=_UTK, resolution=64, budget="steps", ae_budget=1100, ae_batch_size=8,
-                             ae_base_width=16, ae_learning_rate=2e-3, ae_disc_weight=0.1, max_images=None,
-                             fid_samples=1000, sample_batch=100),
-                 FirstStageSettings(factors=[4, 8, 16])),
-    # the same study on one GPU, as committed in reports/first-stage-gpu: 4x wider models (base width 64,
-    # 10-15 M parameters), 30 s each (about 1,000 steps of 32 faces on an H100), rFID on 1,000 faces with
-    # 50 bootstrap resamples; the whole run took 6 minutes on one H100. Longer budgets: --ae-budget.
-    "ae-gpu": (RunSettings(dataset=_UTK, resolution=64, ae_budget=30, ae_batch_size=32, ae_base_width=64,
-                           ae_learning_rate=1e-3, ae_disc_weight=0.1, max_images=None, fid_samples=1000, device="cuda",
-                           sample_batch=250, bootstrap_resamples=50),
-               FirstStageSettings(factors=[4, 8, 16], rfid_samples=1000)),
-}
-
-
-def preset_sweep(name: str) -> FirstStageSweep:
-    return Sweep.from_preset(PRESETS, name)
 
 
 def cells(cfg: FirstStageSweep) -> list[tuple[str, int, str]]:

@@ -24,11 +24,11 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
+from ldm_eval.presets import UTKFACE, ZOO_PRESETS, ZooPart
 from ldm_eval.reporting.dispatch import render_any_report
 from ldm_eval.sweeps.compression import CompressionSettings, run_sweep
-from ldm_eval.sweeps.conditioning import ConditioningSettings, run_conditional_sweep
+from ldm_eval.sweeps.conditioning import run_conditional_sweep
 from ldm_eval.sweeps.run_folder import open_run
 from ldm_eval.sweeps.settings import RunSettings, Sweep, SweepError, help_text
 from ldm_eval.zoo.export import (
@@ -40,19 +40,8 @@ from ldm_eval.zoo.export import (
 from pipelines.results import AutoencoderRecord, TrainingSummary, read_results
 
 MB = 1024 * 1024
-_UTK = "../shared/data/utkface"
 
 
-@dataclass
-class ZooPart:
-    """One sweep whose trained pipelines go into the zoo as ``PREFIX-FOLDER``."""
-
-    name: str  # the part's run folder under the build's runs folder
-    prefix: str  # the zoo names' prefix: fmnist32, utk64
-    sweep: Literal["compression", "conditioning"]
-    run: RunSettings
-    settings: CompressionSettings | ConditioningSettings
-    share_from: str | None = None  # another part whose autoencoders and classifier this one uses (same data, recipe)
 
 
 @dataclass
@@ -79,7 +68,7 @@ class ZooBuildSettings:
     open_only: bool = field(default=False, metadata=help_text(
         "only open the parts' runs (held-out data, domain classifier, environment): what --jobs does first"))
     no_export: bool = field(default=False, metadata=help_text("train and measure, but export nothing"))
-    utkface: str = field(default=_UTK, metadata=help_text("the UTKFace folder of face photos the utk64 parts train on"))
+    utkface: str = field(default=UTKFACE, metadata=help_text("the UTKFace folder of face photos the utk64 parts train on"))
     executor: str = field(default="local", metadata=help_text(
         "local, or ray: each part's cells become Ray tasks (--runs must be on storage every node reaches)"))
     ray_address: str = field(default="auto", metadata=help_text("the Ray cluster: auto, HOST:PORT or local"))
@@ -96,12 +85,12 @@ class ZooBuildSettings:
                 if value is not None}
 
     def validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise SweepError(f"Unknown zoo preset {self.preset!r}; choose one of {', '.join(PRESETS)}.", "preset")
+        if self.preset not in ZOO_PRESETS:
+            raise SweepError(f"Unknown zoo preset {self.preset!r}; choose one of {', '.join(ZOO_PRESETS)}.", "preset")
         if not 0 < self.max_model_mb <= self.max_total_mb:
             raise SweepError(f"Size budgets must be positive, one model's at most the zoo's (got {self.max_model_mb} "
                              f"and {self.max_total_mb} MB).", "max_model_mb")
-        known = [p.name for p in PRESETS[self.preset]]
+        known = [p.name for p in ZOO_PRESETS[self.preset]]
         unknown = [p for p in self.parts if p not in known]
         if unknown:
             raise SweepError(f"Unknown zoo part(s) {', '.join(unknown)}; preset {self.preset} has {', '.join(known)}.",
@@ -111,9 +100,9 @@ class ZooBuildSettings:
         if self.jobs > 1 and self.executor != "local":
             raise SweepError("--jobs trains cells side by side on this machine; with --executor ray, Ray runs "
                              "them: give one or the other.", "jobs")
-        for part in PRESETS[self.preset]:  # the budgets given, as each part's sweep would check them
+        for part in ZOO_PRESETS[self.preset]:  # the budgets given, as each part's sweep would check them
             _configured(part, self).run.validate()
-        cells = {c.id for part in PRESETS[self.preset] for c in part_cells(part)}
+        cells = {c.id for part in ZOO_PRESETS[self.preset] for c in part_cells(part)}
         wrong = [c for c in self.cells if c not in cells]
         if wrong:
             raise SweepError(f"Unknown cell(s) {', '.join(wrong)}; preset {self.preset} has {', '.join(sorted(cells))}.",
@@ -124,103 +113,6 @@ class ZooSizeError(SweepError):
     """An exported model or the whole zoo is over its size budget."""
 
 
-# --- presets ---------------------------------------------------------------------------------------------------------
-
-def _denoiser_recipe(**kw) -> RunSettings:
-    """The denoiser recipe every zoo part shares (chosen by measurement: see the README's recipe table)."""
-    # Budgets are wall-clock seconds for denoisers and autoencoders alike (the sweeps' one budget unit); the
-    # autoencoders train as in the first-stage study (ae-quick: 1,100 steps took ~300 s at 32 px, ~570 s at 64 px).
-    base = dict(budget="seconds", learning_rate=1e-3, warmup_steps=200, lr_schedule="cosine", batch_size=64,
-                ae_budget=300, ae_batch_size=8, ae_base_width=16, ae_learning_rate=2e-3, ae_disc_weight=0.1,
-                max_images=None, resume=True)
-    base.update(kw)
-    return RunSettings(**base)
-
-
-_SMOKE = dict(budget="steps", ae_budget=6, train_budget=6, fid_samples=24, batch_size=8, ae_batch_size=8,
-              param_budget=30_000, ae_base_width=8, max_images=256, classifier_steps=40, sample_batch=24,
-              warmup_steps=2, ae_disc_weight=0.1)
-
-# The zoo's CPU recipe: a 2 M-parameter UNet at learning rate 1e-3 with warm-up and cosine decay drew
-# recognisable clothes after 1,000 steps where the 1 M one at 2e-4 drew blobs (README: "the denoiser recipe");
-# the domain classifier trains for 5,000 steps (13 epochs) so that it is sure of real images and its
-# recognisability bar means something; UTKFace's judges race x gender and trains less (its bar is Inception FID).
-_FMNIST = dict(train_budget=900, param_budget=2_000_000, batch_size=64, fid_samples=500, classifier_steps=5000)
-_UTK_RUN = dict(dataset=_UTK, resolution=64, train_budget=900, param_budget=2_000_000, batch_size=32, ae_budget=570,
-                fid_samples=500, sample_batch=100, classifier_steps=1000)
-
-def _cpu_parts() -> list[ZooPart]:
-    return [
-        ZooPart("fmnist32", "fmnist32", "compression", _denoiser_recipe(**_FMNIST),
-                CompressionSettings(factors=[4, 8, 2, 16, 1], inception_samples=0, ddim_steps=[10, 50],
-                                    progress_points=1, progress_samples=200)),
-        ZooPart("utk64", "utk64", "compression", _denoiser_recipe(**_UTK_RUN),
-                CompressionSettings(factors=[4, 8, 2, 16, 1], inception_samples=500, ddim_steps=[50],
-                                    progress_points=1, progress_samples=200)),
-        ZooPart("fmnist32-vq", "fmnist32", "compression", _denoiser_recipe(**_FMNIST),
-                CompressionSettings(factors=[4, 8], kinds=["vq"], inception_samples=0, ddim_steps=[10, 50],
-                                    progress_points=1, progress_samples=200), share_from="fmnist32"),
-        ZooPart("fmnist32-text", "fmnist32", "conditioning", _denoiser_recipe(**_FMNIST),
-                ConditioningSettings(factors=[4], conditions=["text"], guidance=[1.0, 3.0], samples_per_class=50,
-                                     ddim_steps=25), share_from="fmnist32"),
-        ZooPart("fmnist32-class", "fmnist32", "conditioning", _denoiser_recipe(**_FMNIST),
-                ConditioningSettings(factors=[8], conditions=["class"], guidance=[1.0, 3.0], samples_per_class=50,
-                                     ddim_steps=25), share_from="fmnist32"),
-        ZooPart("utk64-vq", "utk64", "compression", _denoiser_recipe(**_UTK_RUN),
-                CompressionSettings(factors=[4], kinds=["vq"], inception_samples=500, ddim_steps=[50],
-                                    progress_points=1, progress_samples=200), share_from="utk64"),
-        ZooPart("utk64-cond", "utk64", "conditioning", _denoiser_recipe(**_UTK_RUN),  # race x gender classes
-                ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0, 3.0], samples_per_class=50,
-                                     ddim_steps=25), share_from="utk64"),
-    ]
-
-
-def _gpu_parts() -> list[ZooPart]:
-    """The cpu preset's parts with GPU budgets: bf16 autocast, seconds shared by all cells.
-
-    UNets keep the CPU recipe's 2 M parameters: the shipped zoo must stay under 120 MB. On one GPU shared by
-    several processes a 2 M-parameter UNet is launch-bound (about 5-13 steps/s per process, whatever the
-    latent's size), so a larger batch buys images seen but not optimizer steps, and at these step counts the
-    steps decide: reports/zoo-gpu/README.md has the measurements.
-    """
-    # Fashion-MNIST: batch 512 for 180 s, every cell at once (--jobs 16); this trained the shipped VQ and
-    # conditional Fashion-MNIST models. UTKFace: batch 256 trained ~770 steps in 180 s and drew textures;
-    # batch 64 with its five compression cells alone (--parts utk64 --jobs 5) trained ~1,600 steps in 120 s
-    # and drew faces, so UTKFace trains at batch 64 (reports/zoo-gpu/README.md).
-    gpu = dict(device="cuda", mixed_precision="bf16", ae_budget=60, train_budget=180, fid_samples=500,
-               warmup_steps=200)
-    fmnist = _denoiser_recipe(**{**_FMNIST, **gpu, "batch_size": 512, "ae_batch_size": 64, "sample_batch": 500})
-    utk = _denoiser_recipe(**{**_UTK_RUN, **gpu, "batch_size": 64, "train_budget": 120, "ae_batch_size": 32,
-                              "sample_batch": 250})
-    parts = []
-    for part in _cpu_parts():
-        run = fmnist if part.prefix == "fmnist32" else utk
-        settings = part.settings
-        if isinstance(settings, CompressionSettings):  # Inception FID is measured afterwards (evaluate), on CPU
-            settings = replace(settings, inception_samples=0)
-        parts.append(replace(part, run=run, settings=settings))
-    return parts
-
-
-PRESETS: dict[str, list[ZooPart]] = {
-    # for tests and CI: two tiny parts, seconds on 2 CPU cores
-    "smoke": [
-        ZooPart("fmnist16", "fmnist16", "compression", _denoiser_recipe(resolution=16, **_SMOKE),
-                CompressionSettings(factors=[1, 4], inception_samples=0, ddim_steps=[2], progress_points=1,
-                                    progress_samples=8)),
-        ZooPart("fmnist16-cond", "fmnist16", "conditioning", _denoiser_recipe(resolution=16, **_SMOKE),
-                ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0], samples_per_class=2,
-                                     ddim_steps=2, condition_width=16), share_from="fmnist16"),
-    ],
-    # 2 CPU cores: every model of a set trains for the same 15 minutes; on an AVX2-only 2-core machine
-    # the whole preset takes about 6 hours, in several resumed runs. The models the README's bar is about
-    # come first (Fashion-MNIST f = 4 and 8, then UTKFace f = 4); pixel space last, as the slowest.
-    "cpu": _cpu_parts(),
-    # One GPU in about 6 minutes with --jobs 16: every cell of every part trains at once, each in its own
-    # process (a 2 M-parameter UNet leaves an H100 mostly idle), so within a set every model gets the same
-    # seconds on the same shared GPU.
-    "gpu": _gpu_parts(),
-}
 
 
 # --- building --------------------------------------------------------------------------------------------------------
@@ -339,7 +231,7 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
     runs = cfg.runs or Path("runs") / f"zoo-{cfg.preset}"
     for stale in cfg.models.glob(".tmp-*"):  # what an export killed mid-write left (atomic_folder's temporary)
         shutil.rmtree(stale, ignore_errors=True)
-    parts = [_configured(p, cfg) for p in PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
+    parts = [_configured(p, cfg) for p in ZOO_PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
     failed: list[str] = []
     if cfg.jobs > 1 and not cfg.export_only:
         failed = train_side_by_side(cfg, parts, runs)
@@ -387,7 +279,7 @@ def _configured(part: ZooPart, cfg: ZooBuildSettings) -> ZooPart:
     budgets given on the command line."""
     run = replace(part.run, executor=cfg.executor, ray_address=cfg.ray_address, cell_gpus=cfg.cell_gpus,
                   cell_cpus=cfg.cell_cpus, **cfg.given_budgets())
-    return replace(part, run=replace(run, dataset=cfg.utkface) if run.dataset == _UTK else run)
+    return replace(part, run=replace(run, dataset=cfg.utkface) if run.dataset == UTKFACE else run)
 
 
 def _child(cfg: ZooBuildSettings, runs: Path, part: str, *extra: str) -> list[str]:
@@ -406,7 +298,7 @@ def train_side_by_side(cfg: ZooBuildSettings, parts: list[ZooPart], runs: Path) 
     trains starts once that one is measured. A process pool of our own rather than a job system: the
     cells are a few processes on one machine, and each one is the ordinary resumable command.
     """
-    preset = PRESETS[cfg.preset]
+    preset = ZOO_PRESETS[cfg.preset]
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
