@@ -35,16 +35,15 @@ COMPRESSION_PRESETS: dict[str, tuple[RunSettings, CompressionSettings]] = {
     # the default: Fashion-MNIST at 32 px, f = 1...16 (f = 32 would leave a 1x1 latent), under 20 minutes on 2 CPU cores.
     # The denoiser recipe measured for the zoo (README: "A denoiser recipe that learns on small compute"): learning
     # rate 1e-3 with warm-up and cosine decay; the warm-up is short because 45 s is 70-2,000 steps here.
-    "quick": (RunSettings(**DENOISER_RECIPE, warmup_steps=20), CompressionSettings(factors=list(FACTORS_32PX))),
+    "quick": (RunSettings(**DENOISER_RECIPE, warmup_steps=20, ae_batch_size=32), CompressionSettings(factors=list(FACTORS_32PX))),
     # real photos (e.g. the UTKFace faces) at 64 px, where f = 16 and 32 keep a spatial latent; hours on CPU
     # (autoencoders as in the first-stage study: the paper's objective with the patch GAN on)
     "standard": (RunSettings(**DENOISER_RECIPE, warmup_steps=200, resolution=64, ae_budget=600, train_budget=1800,
-                             fid_samples=2000, param_budget=4_000_000, ae_base_width=16, ae_batch_size=16,
-                             ae_learning_rate=2e-3, ae_disc_weight=0.1, max_images=None),
+                             fid_samples=2000, param_budget=4_000_000, ae_batch_size=16, max_images=None),
                  CompressionSettings(kinds=["kl", "vq"], inception_samples=500, ddim_steps=[10, 20, 50, 100],
                                      progress_points=4, progress_samples=500)),
     # the paper's protocol scaled to the data, for a GPU
-    "paper": (RunSettings(resolution=256, ae_budget=3600, train_budget=4 * 3600, fid_samples=5000,
+    "paper": (RunSettings(resolution=256, ae_batch_size=32, ae_budget=3600, train_budget=4 * 3600, fid_samples=5000,
                           param_budget=100_000_000, ae_base_width=64, ae_disc_weight=0.5, max_images=None,
                           classifier_steps=2000, sample_batch=100),
               CompressionSettings(kinds=["kl", "vq"], inception_samples=5000, ddim_steps=[10, 20, 50, 100, 200],
@@ -62,7 +61,7 @@ CONDITIONING_PRESETS: dict[str, tuple[RunSettings, ConditioningSettings]] = {
                    ConditioningSettings(factors=[1, 4], guidance=[1.0, 3.0], samples_per_class=4, ddim_steps=2,
                                         condition_width=16)),
     # the measured run on a 2-core CPU: f = 1, 4, 8, 16, class and text, guidance 1 / 3 / 7 (about an hour)
-    "cond-quick": (RunSettings(train_budget=60), ConditioningSettings()),
+    "cond-quick": (RunSettings(train_budget=60, ae_batch_size=32), ConditioningSettings()),
     # the same on one GPU: longer training, 3x the samples
     "cond-gpu": (RunSettings(ae_budget=20, train_budget=30, fid_samples=1500, batch_size=256, ae_batch_size=128,
                              max_images=None, classifier_steps=1500, sample_batch=1500, learning_rate=4e-4),
@@ -82,8 +81,7 @@ FIRST_STAGE_PRESETS: dict[str, tuple[RunSettings, FirstStageSettings]] = {
     # autoencoder, cosine learning rate from 2e-3, patch GAN at weight 0.1 from 60 % of the budget, rFID on
     # 1,000 held-out faces; f = 4, 8, 16 (add 2 and 32 with --factors 2,4,8,16,32). Equal steps rather than
     # equal seconds, so a busy machine changes the wall time, never the models.
-    "ae-quick": (RunSettings(dataset=UTKFACE, resolution=64, budget="steps", ae_budget=1100, ae_batch_size=8,
-                             ae_base_width=16, ae_learning_rate=2e-3, ae_disc_weight=0.1, max_images=None,
+    "ae-quick": (RunSettings(dataset=UTKFACE, resolution=64, budget="steps", ae_budget=1100, max_images=None,
                              fid_samples=1000, sample_batch=100),
                  FirstStageSettings(factors=[4, 8, 16])),
     # the same study on one GPU, as committed in reports/first-stage-gpu: 4x wider models (base width 64,
@@ -114,8 +112,7 @@ def _denoiser_recipe(**kw) -> RunSettings:
     """The denoiser recipe every zoo part shares (chosen by measurement: see the README's recipe table)."""
     # Budgets are wall-clock seconds for denoisers and autoencoders alike (the sweeps' one budget unit); the
     # autoencoders train as in the first-stage study (ae-quick: 1,100 steps took ~300 s at 32 px, ~570 s at 64 px).
-    base = dict(**DENOISER_RECIPE, budget="seconds", warmup_steps=200, batch_size=64,
-                ae_budget=300, ae_batch_size=8, ae_base_width=16, ae_learning_rate=2e-3, ae_disc_weight=0.1,
+    base = dict(**DENOISER_RECIPE, budget="seconds", warmup_steps=200, batch_size=64, ae_budget=300,
                 max_images=None, resume=True)
     base.update(kw)
     return RunSettings(**base)
@@ -123,7 +120,7 @@ def _denoiser_recipe(**kw) -> RunSettings:
 
 _SMOKE = dict(budget="steps", ae_budget=6, train_budget=6, fid_samples=24, batch_size=8, ae_batch_size=8,
               param_budget=30_000, ae_base_width=8, max_images=256, classifier_steps=40, sample_batch=24,
-              warmup_steps=2, ae_disc_weight=0.1)
+              warmup_steps=2)
 
 # The zoo's CPU recipe: a 2 M-parameter UNet at learning rate 1e-3 with warm-up and cosine decay drew
 # recognisable clothes after 1,000 steps where the 1 M one at 2e-4 drew blobs (README: "the denoiser recipe");

@@ -214,6 +214,19 @@ def recognisability_record(ctx: RunContext, samples_uint8: torch.Tensor, reconst
                                  reconstructed_confident_share=r.reconstructed_confident_share, meets_bar=r.meets_bar())
 
 
+def first_stage_config(s: RunSettings, kind: str, factor: int, out: Path, cpu: bool,
+                       **overrides: Any) -> AutoencoderTrainConfig:
+    """The trainer's config of a sweep's autoencoder: the trainer's defaults, the run's ``ae_*`` settings (whose
+    defaults are the trainer's), and a variant's ``overrides`` (e.g. ``disc_weight=0``)."""
+    return AutoencoderTrainConfig(**{
+        "out": out, **s.budget_kwargs(s.ae_budget), "batch_size": s.ae_batch_size,
+        "checkpoint_every": s.checkpoint_every, "seed": s.seed, "resume": True, "cpu": cpu, "max_images": s.max_images,
+        "factor": factor, "kind": kind, "dataset": s.dataset, "resolution": s.resolution,
+        "base_width": s.ae_base_width, "learning_rate": s.ae_learning_rate, "warmup_steps": s.ae_warmup_steps,
+        "lr_schedule": s.ae_lr_schedule, "disc_weight": s.ae_disc_weight, "codebook_size": s.ae_codebook_size,
+        **overrides})
+
+
 def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int, variant: str = "",
                      grid_images: int = 8, **overrides: Any) -> Path:
     """Train (or resume) one first stage and log its reconstruction quality (Tab. 8); returns its folder.
@@ -230,12 +243,7 @@ def autoencoder_cell(ctx: RunContext, kind: str, factor: int, rfid_samples: int,
     folder = (s.share_from or ctx.out) / "models" / name
     if ctx.log.has(AutoencoderRecord, kind=kind, factor=factor, variant=variant):
         return folder
-    trained = train_autoencoder(AutoencoderTrainConfig(**{
-        "out": folder, **s.budget_kwargs(s.ae_budget), "batch_size": s.ae_batch_size,
-        "checkpoint_every": s.checkpoint_every, "seed": s.seed, "resume": True, "cpu": ctx.device.type == "cpu", "max_images": s.max_images,
-        "factor": factor, "kind": kind, "dataset": s.dataset, "resolution": s.resolution,
-        "base_width": s.ae_base_width, "learning_rate": s.ae_learning_rate, "disc_weight": s.ae_disc_weight,
-        "codebook_size": s.ae_codebook_size, **overrides}))
+    trained = train_autoencoder(first_stage_config(s, kind, factor, folder, cpu=ctx.device.type == "cpu", **overrides))
     vae = trained.vae.eval()
     n = max(s.fid_samples, rfid_samples)
     held_out = ctx.test.batch(slice(0, n)).to(ctx.device)

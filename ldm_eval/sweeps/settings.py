@@ -6,9 +6,13 @@ from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from ldm_eval.metrics.uncertainty import BOOTSTRAP_RESAMPLES
+from pipelines.autoencoder_training import AutoencoderTrainConfig
 from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import MIN_LATENT_SIDE, check_factor
 from pipelines.training import MAX_STEPS, snr_gamma_problem
+
+
+_AE = AutoencoderTrainConfig  # where the autoencoders' defaults live
 
 
 class SweepError(InputError):
@@ -55,7 +59,7 @@ class RunSettings(ExecutorFlags):
     train_budget: float = field(default=45, metadata=help_text("denoiser budget per model (steps or seconds)"))
     ae_budget: float = field(default=30, metadata=help_text("autoencoder budget per factor (steps or seconds)"))
     batch_size: int = field(default=64, metadata=help_text("denoiser batch size"))
-    ae_batch_size: int = field(default=32, metadata=help_text("autoencoder batch size"))
+    ae_batch_size: int = field(default=_AE.batch_size, metadata=help_text("autoencoder batch size"))
     learning_rate: float = field(default=2e-4, metadata=help_text("denoiser learning rate"))
     warmup_steps: int = field(default=0, metadata=help_text("denoiser learning-rate warm-up steps"))
     lr_schedule: Literal["constant", "cosine"] = field(default="constant", metadata=help_text(
@@ -64,11 +68,16 @@ class RunSettings(ExecutorFlags):
         "min-SNR-gamma loss weighting of the denoiser (e.g. 5; 0: the plain DDPM loss)"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
     param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
-    ae_base_width: int = field(default=16, metadata=help_text("autoencoder base channel width"))
-    ae_learning_rate: float = field(default=2e-4, metadata=help_text("autoencoder learning rate"))
-    ae_disc_weight: float = field(default=0.0, metadata=help_text(
+    # The autoencoders' defaults are the trainer's own (AutoencoderTrainConfig): a sweep's autoencoder is the
+    # trainer's default one plus what its preset or the command line changes (first_stage_config()).
+    ae_base_width: int = field(default=_AE.base_width, metadata=help_text("autoencoder base channel width"))
+    ae_learning_rate: float = field(default=_AE.learning_rate, metadata=help_text("autoencoder learning rate"))
+    ae_warmup_steps: int = field(default=_AE.warmup_steps, metadata=help_text("autoencoder learning-rate warm-up steps"))
+    ae_lr_schedule: Literal["constant", "cosine"] = field(default=_AE.lr_schedule, metadata=help_text(
+        "autoencoder learning rate after the warm-up: constant, or a cosine decay to 0 over the budget"))
+    ae_disc_weight: float = field(default=_AE.disc_weight, metadata=help_text(
         "weight of the autoencoders' patch-GAN term (the paper's 0.5; 0 trains without it)"))
-    ae_codebook_size: int = field(default=512, metadata=help_text("codes of the VQ autoencoders"))
+    ae_codebook_size: int = field(default=_AE.codebook_size, metadata=help_text("codes of the VQ autoencoders"))
     share_from: Path | None = field(default=None, metadata=help_text(
         "another run folder on the same data whose autoencoders and domain classifier this run uses "
         "(trained there when missing)"))
