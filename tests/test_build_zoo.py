@@ -1,6 +1,7 @@
 """build-zoo: the zoo's sweeps, resumed after a kill, exported atomically within size budgets."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ROOT, run_cli
 from safetensors.torch import load_file
@@ -103,28 +105,31 @@ def test_build_zoo_budgets_replace_every_parts_own() -> None:
 
 
 def test_build_zoo_trains_cells_side_by_side(tmp_path: Path) -> None:
-    """--jobs: one process per model, the conditional one started only once the autoencoder it shares is
-    measured, all of a part's cells appending to one results log that reads back whole."""
+    """--jobs: a part's cells in worker processes through the sweeps' own executor, every record written once
+    by the driver to one results log that reads back whole; a shared autoencoder is trained once."""
     from pipelines.results import AutoencoderRecord, TrainingRecord, read_results
 
     assert _build(tmp_path, "--jobs", "3", "--train-budget", "4", "--ae-budget", "5") == 0
     runs, models = tmp_path / "runs", tmp_path / "models"
     assert sorted(p.name for p in models.iterdir()) == SMOKE_MODELS
-    logs = sorted(p.name for p in (runs / "logs").iterdir())
-    assert logs == ["fmnist16--dm-f1.log", "fmnist16--ldm-kl-f4.log", "fmnist16-cond--ldm-kl-f4-class.log",
-                    "fmnist16-cond.log", "fmnist16.log"]
     main, cond = read_results(runs / "fmnist16"), read_results(runs / "fmnist16-cond")
     assert len(main.of(TrainingRecord)) == 2 and len(cond.of(TrainingRecord)) == 1
-    # every cell's process trained on the command's budgets, not the preset's (6 steps each)
+    # every cell trained on the command's budgets, not the preset's (6 steps each)
     assert {r.train_steps for r in [*main.of(TrainingRecord), *cond.of(TrainingRecord)]} == {4}
     assert [r.ae_train_steps for r in main.of(AutoencoderRecord)] == [5]
     assert [r.key for r in main.records].count("environment") == 1  # opened once, before the cells
     assert main.environment.config["factors"] == [1, 4]  # the whole part's settings, not one cell's
-    # the class model trained on the compression part's autoencoder, after that one was measured
+    # the cells ran in worker processes, not in the driver (each says where it ran)
+    where = [json.loads(p.read_text()) for p in (runs / "fmnist16" / "cells").glob("*.json")]
+    assert len(where) == 3 and all(w["pid"] != os.getpid() for w in where)
+    # the class model trained on the compression part's autoencoder
     assert not list((runs / "fmnist16-cond" / "models").glob("ae-*"))
-    ae_done = (runs / "fmnist16" / "models" / "ae-kl-f4" / "training.json").stat().st_mtime
-    cond_began = (runs / "logs" / "fmnist16-cond--ldm-kl-f4-class.log").stat().st_ctime
-    assert main.of(AutoencoderRecord, kind="kl", factor=4) and ae_done <= cond_began
     for name in SMOKE_MODELS:
         assert load_pipeline(models / name).unet is not None
-    assert _build(tmp_path, "--jobs", "3", "--cells", "nope:x") == 2  # a clear refusal, nothing started
+
+
+def test_jobs_and_ray_are_one_or_the_other() -> None:
+    from ldm_eval.zoo.build import ZooBuildSettings
+
+    with pytest.raises(ValueError, match="one or the other"):
+        ZooBuildSettings(jobs=2, executor="ray").validate()

@@ -1,33 +1,40 @@
-"""Where a sweep's cells run: here, one after another (``local``), or as Ray tasks on a cluster (``ray``).
+"""Where a sweep's cells run: here, one after another or in worker processes (``local``), or as Ray tasks (``ray``).
 
 A sweep is a list of cells -- one autoencoder, or one denoiser with its measurements -- each naming
-the cells it needs first (``evaluate``'s cells are its models, one each). ``local`` runs them in order in this process, as the sweeps always have.
-``ray`` hands every unfinished cell to Ray as a task with ``--cell-cpus``/``--cell-gpus``, once the
-cells it needs have finished; Ray places, runs and (after a worker dies) retries them. We do not
-schedule machines ourselves: the loop below only orders submissions and collects results.
+the cells it needs first (``evaluate``'s cells are its models, one each). ``local`` with ``--jobs 1``
+runs them in order in this process. ``local`` with ``--jobs N`` and ``ray`` share one scheduler
+(:func:`run_side_by_side`): every unfinished cell whose needs have finished goes to a pool -- N worker
+processes on this machine, or Ray tasks with ``--cell-cpus``/``--cell-gpus`` that Ray places and
+(after a worker dies) retries -- and the loop only orders submissions and collects results. We do
+not schedule machines ourselves.
 
 Why the run folder is shared storage, not the object store: a cell writes its checkpoints while it
 trains, and a retried cell resumes from them, on whichever node Ray picks. Only a folder every
 node reads makes that possible (the object store returns a task's output only when it ends), so
 ``--out`` must be on storage all nodes mount (NFS, a Kubernetes volume, a SLURM job's shared file
-system). What does go through Ray is small: the records a cell measured. The driver alone appends
-them to ``results.jsonl`` (:class:`~pipelines.results.RecordingLog`), so the log stays one ordered
-file and ``--resume`` works exactly as with ``local``.
+system). What does go back to the driver is small: the records a cell measured. The driver alone
+appends them to ``results.jsonl`` (:class:`~pipelines.results.RecordingLog`), so the log stays one
+ordered file and ``--resume`` works the same whichever executor ran the cells.
 
 Every cell gets the same numbers whichever executor runs it: its seeds come from the run's seed and
 the cell itself (training seed, sampling seed + 1000), never from the order in which cells ran.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
 
 import pipelines
 from ldm_eval.sweeps.run_folder import RunContext, open_run
@@ -67,6 +74,7 @@ class ExecutorSettings(Protocol):
     ray_address: str
     cell_gpus: float
     cell_cpus: float
+    jobs: int
 
 
 class CellContext(Protocol):
@@ -111,16 +119,93 @@ def prepare_executor(settings: ExecutorSettings) -> None:
 
 
 def run_cells(ctx: CellContext, opener: CellOpener, cells: list[Cell]) -> None:
-    """Run every unfinished cell with the run's executor; with ``ray``, a failed cell stops only the cells
-    that need it, and the failures are raised together at the end (tracebacks under ``RUN/failures``)."""
-    if ctx.settings.executor == "local":
+    """Run every unfinished cell with the run's executor; in worker processes or on Ray, a failed cell stops only
+    the cells that need it, and the failures are raised together at the end (tracebacks under ``RUN/failures``)."""
+    s = ctx.settings
+    if s.executor == "local" and s.jobs == 1:
         for cell in cells:
             if not cell.done(ctx.log.results):
                 cell.run(ctx)
         return
-    ray = connect(ctx.settings.ray_address)
-    check_resources(ray, ctx.settings)
-    _run_on_ray(ray, ctx, opener.for_cluster(), cells)
+    if s.executor == "local":
+        with ProcessPool(s.jobs) as pool:
+            run_side_by_side(pool, ctx, opener, cells)
+        return
+    ray = connect(s.ray_address)
+    check_resources(ray, s)
+    run_side_by_side(RayPool(ray, s), ctx, opener.for_cluster(), cells)
+
+
+class ProcessPool:
+    """``--jobs N``: cells in N worker processes on this machine, the cores shared out among them.
+
+    A standard-library process pool rather than anything of our own: each worker imports this code
+    afresh (``spawn``, safe with threads and CUDA) and runs :func:`run_cell_here`, as a Ray worker does.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_share_cores, initargs=(threads,))
+        self.futures: set[Future] = set()
+
+    def __enter__(self) -> "ProcessPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # killed or interrupted: the workers go too, nothing waits on them
+        self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+
+    def submit(self, opener: CellOpener, cell: Cell, snapshot: list[dict[str, Any]]) -> Future:
+        future = self.pool.submit(run_cell_here, opener, cell, snapshot)
+        self.futures.add(future)
+        return future
+
+    def next_done(self) -> Future:
+        done, _ = wait(self.futures, return_when=FIRST_COMPLETED)
+        future = next(iter(done))
+        self.futures.discard(future)
+        return future
+
+    def result(self, handle: Future) -> tuple[list[dict[str, Any]], str]:
+        return handle.result()
+
+
+def _share_cores(threads: int) -> None:
+    """A worker's share of this machine's cores (N workers at full width would fight over every core)."""
+    torch.set_num_threads(threads)
+
+
+class RayPool:
+    """``--executor ray``: each cell a Ray task asking ``--cell-cpus``/``--cell-gpus``, retried after a lost worker."""
+
+    def __init__(self, ray: Any, settings: ExecutorSettings) -> None:
+        self.ray = ray
+        self.remote = ray.remote(num_cpus=settings.cell_cpus, num_gpus=settings.cell_gpus,
+                                 max_retries=3)(run_cell_here)
+        self.pending: list[Any] = []
+
+    def submit(self, opener: CellOpener, cell: Cell, snapshot: list[dict[str, Any]]) -> Any:
+        handle = self.remote.remote(opener, cell, snapshot)
+        self.pending.append(handle)
+        return handle
+
+    def next_done(self) -> Any:
+        ready, _ = self.ray.wait(self.pending, num_returns=1)
+        self.pending.remove(ready[0])
+        return ready[0]
+
+    def result(self, handle: Any) -> tuple[list[dict[str, Any]], str]:
+        return self.ray.get(handle)
+
+
+class CellPool(Protocol):
+    """Where :func:`run_side_by_side` sends cells: worker processes here, or Ray."""
+
+    def submit(self, opener: CellOpener, cell: Cell, snapshot: list[dict[str, Any]]) -> Any: ...
+
+    def next_done(self) -> Any: ...
+
+    def result(self, handle: Any) -> tuple[list[dict[str, Any]], str]: ...
 
 
 # --- Ray -------------------------------------------------------------------------------------------------------------
@@ -203,7 +288,8 @@ def _slug(key: str) -> str:
 
 
 def run_cell_here(opener: CellOpener, cell: Cell, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """A cell on the machine Ray chose: open the run on a snapshot of its log, run, return the new records."""
+    """A cell in a worker (a process here, or wherever Ray placed it): open the run on a snapshot of its log, run,
+    return the new records."""
     where = f"{socket.gethostname()} (pid {os.getpid()})"
     out = opener.settings.out
     assert out is not None
@@ -214,11 +300,10 @@ def run_cell_here(opener: CellOpener, cell: Cell, records: list[dict[str, Any]])
     return [record_to_json(r) for r in log.new], where
 
 
-def _run_on_ray(ray: Any, ctx: CellContext, opener: CellOpener, cells: list[Cell]) -> None:
-    from tqdm.auto import tqdm
-
+def run_side_by_side(pool: CellPool, ctx: CellContext, opener: CellOpener, cells: list[Cell]) -> None:
+    """The one scheduler of cells that run side by side: submit each cell once the cells it needs have finished,
+    collect what finishes, write its records to the log; the failures are raised together at the end."""
     s = ctx.settings
-    remote = ray.remote(num_cpus=s.cell_cpus, num_gpus=s.cell_gpus, max_retries=3)(run_cell_here)
     finished = {c.key for c in cells if c.done(ctx.log.results)}
     todo = [c for c in cells if c.key not in finished]
     failed: dict[str, str] = {}
@@ -233,14 +318,14 @@ def _run_on_ray(ray: Any, ctx: CellContext, opener: CellOpener, cells: list[Cell
             elif all(dep in finished for dep in cell.after):
                 todo.remove(cell)
                 snapshot = [record_to_json(r) for r in ctx.log.results.records]
-                running[remote.remote(opener, cell, snapshot)] = (cell, time.monotonic())
+                running[pool.submit(opener, cell, snapshot)] = (cell, time.monotonic())
         if not running:
             break
-        ready, _ = ray.wait(list(running), num_returns=1)
-        cell, began = running.pop(ready[0])
+        handle = pool.next_done()
+        cell, began = running.pop(handle)
         took = time.monotonic() - began
         try:
-            records, where = ray.get(ready[0])
+            records, where = pool.result(handle)
         except Exception:  # noqa: BLE001 - a cell's failure is reported, and the other cells go on
             path = s.out / "failures" / f"{_slug(cell.key)}.txt"
             write_text_atomic(path, traceback.format_exc())

@@ -11,7 +11,6 @@ from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import MIN_LATENT_SIDE, check_factor
 from pipelines.training import MAX_STEPS, snr_gamma_problem
 
-
 _AE = AutoencoderTrainConfig  # where the autoencoders' defaults live
 
 
@@ -39,10 +38,17 @@ class ExecutorFlags:
         "the Ray cluster: auto (the one this machine belongs to), HOST:PORT, or local (start one here)"))
     cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for (--executor ray)"))
     cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for (--executor ray)"))
+    jobs: int = field(default=1, metadata=help_text(
+        "cells trained at once on this machine, each in its own process (--executor local): a GPU that one small "
+        "model leaves mostly idle trains several side by side; 1 runs them here, one after another"))
 
     def validate_executor(self) -> None:
         if self.executor not in ("local", "ray"):
             raise SweepError(f"Unknown executor {self.executor!r}; choose local or ray.", "executor")
+        whole_number(self.jobs, "jobs", "Jobs", 1, 64)
+        if self.jobs > 1 and self.executor != "local":
+            raise SweepError("--jobs runs cells side by side on this machine; with --executor ray, Ray runs "
+                             "them: give one or the other.", "jobs")
         if not (0 <= self.cell_gpus <= 1024 and 0 < self.cell_cpus <= 4096):
             raise SweepError(f"Each cell needs at least some CPU and no negative GPUs (got --cell-cpus "
                              f"{self.cell_cpus}, --cell-gpus {self.cell_gpus}).", "cell_cpus")

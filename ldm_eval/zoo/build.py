@@ -16,12 +16,7 @@ export with a message that names it, and so does a zoo over its total budget.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,14 +25,20 @@ from ldm_eval.reporting.dispatch import render_any_report
 from ldm_eval.sweeps.compression import CompressionSettings, run_sweep
 from ldm_eval.sweeps.conditioning import run_conditional_sweep
 from ldm_eval.sweeps.run_folder import open_run
-from ldm_eval.sweeps.settings import RunSettings, Sweep, SweepError, help_text
+from ldm_eval.sweeps.settings import (
+    ExecutorFlags,
+    RunSettings,
+    Sweep,
+    SweepError,
+    help_text,
+)
 from ldm_eval.zoo.export import (
     add_before_sections,
     add_evaluation_sections,
     export_zoo,
     model_rows,
 )
-from pipelines.results import AutoencoderRecord, TrainingSummary, read_results
+from pipelines.results import TrainingSummary, read_results
 
 MB = 1024 * 1024
 
@@ -45,8 +46,8 @@ MB = 1024 * 1024
 
 
 @dataclass
-class ZooBuildSettings:
-    """Where the zoo is built and how large it may be."""
+class ZooBuildSettings(ExecutorFlags):
+    """Where the zoo is built and how large it may be; where its cells run (``--jobs``, ``--executor``) as in a sweep."""
 
     preset: str = field(default="cpu", metadata=help_text("cpu (2 CPU cores, hours, resumable), gpu or smoke"))
     runs: Path | None = field(default=None, metadata=help_text("where the parts' sweeps run (default runs/zoo-PRESET)"))
@@ -60,20 +61,12 @@ class ZooBuildSettings:
     parts: list[str] = field(default_factory=list, metadata=help_text("build only these parts (default: all)"))
     export_only: bool = field(default=False, metadata=help_text(
         "train nothing: export the models the parts have finished and measured so far"))
-    jobs: int = field(default=1, metadata=help_text(
-        "cells (one model each) trained at once, each in its own process: a GPU that one small model leaves "
-        "mostly idle trains several side by side"))
     cells: list[str] = field(default_factory=list, metadata=help_text(
-        "train only these cells, as PART:MODEL (e.g. fmnist32:ldm-kl-f4); what --jobs gives each process"))
+        "train only these models, as PART:MODEL (e.g. fmnist32:ldm-kl-f4)"))
     open_only: bool = field(default=False, metadata=help_text(
-        "only open the parts' runs (held-out data, domain classifier, environment): what --jobs does first"))
+        "only open the parts' runs (held-out data, domain classifier, environment), training nothing"))
     no_export: bool = field(default=False, metadata=help_text("train and measure, but export nothing"))
     utkface: str = field(default=UTKFACE, metadata=help_text("the UTKFace folder of face photos the utk64 parts train on"))
-    executor: str = field(default="local", metadata=help_text(
-        "local, or ray: each part's cells become Ray tasks (--runs must be on storage every node reaches)"))
-    ray_address: str = field(default="auto", metadata=help_text("the Ray cluster: auto, HOST:PORT or local"))
-    cell_gpus: float = field(default=0.0, metadata=help_text("GPUs each cell asks Ray for"))
-    cell_cpus: float = field(default=1.0, metadata=help_text("CPUs each cell asks Ray for"))
     train_budget: float | None = field(default=None, metadata=help_text(
         "every denoiser's budget, in the preset's unit (cpu, gpu: seconds), in place of the preset's"))
     ae_budget: float | None = field(default=None, metadata=help_text(
@@ -85,6 +78,7 @@ class ZooBuildSettings:
                 if value is not None}
 
     def validate(self) -> None:
+        self.validate_executor()
         if self.preset not in ZOO_PRESETS:
             raise SweepError(f"Unknown zoo preset {self.preset!r}; choose one of {', '.join(ZOO_PRESETS)}.", "preset")
         if not 0 < self.max_model_mb <= self.max_total_mb:
@@ -95,14 +89,9 @@ class ZooBuildSettings:
         if unknown:
             raise SweepError(f"Unknown zoo part(s) {', '.join(unknown)}; preset {self.preset} has {', '.join(known)}.",
                              "parts")
-        if not 1 <= self.jobs <= 64:
-            raise SweepError(f"Jobs must be from 1 to 64 (got {self.jobs}).", "jobs")
-        if self.jobs > 1 and self.executor != "local":
-            raise SweepError("--jobs trains cells side by side on this machine; with --executor ray, Ray runs "
-                             "them: give one or the other.", "jobs")
         for part in ZOO_PRESETS[self.preset]:  # the budgets given, as each part's sweep would check them
             _configured(part, self).run.validate()
-        cells = {c.id for part in ZOO_PRESETS[self.preset] for c in part_cells(part)}
+        cells = {m.id for part in ZOO_PRESETS[self.preset] for m in part_models(part)}
         wrong = [c for c in self.cells if c not in cells]
         if wrong:
             raise SweepError(f"Unknown cell(s) {', '.join(wrong)}; preset {self.preset} has {', '.join(sorted(cells))}.",
@@ -164,51 +153,36 @@ def open_part(part: ZooPart, runs: Path) -> Path:
 # --- cells: one model each, for training several side by side ---------------------------------------------------------
 
 @dataclass(frozen=True)
-class Cell:
-    """One model of a part: the part restricted to it, and the shared autoencoder it must wait for."""
+class ZooModel:
+    """One model of a part, as ``--cells PART:MODEL`` names it."""
 
     part: str
     model: str  # the model's folder name in the part's run, as exported: ldm-kl-f4, dm-f1, ldm-kl-f8-class
     kind: str  # kl, vq or pixel
     factor: int
     condition: str | None = None
-    waits_for: tuple[str, str, int] | None = None  # (source part, kind, factor) whose autoencoder another cell trains
 
     @property
     def id(self) -> str:
         return f"{self.part}:{self.model}"
 
 
-def part_cells(part: ZooPart, preset: list[ZooPart] | None = None) -> list[Cell]:
-    """The part's models in its own order; with the preset, which shared autoencoders they wait for."""
+def part_models(part: ZooPart) -> list[ZooModel]:
+    """The part's models in its own order."""
     s = part.settings
     if isinstance(s, CompressionSettings):
         pairs = list(dict.fromkeys(("pixel", 1) if f == 1 else (k, f) for k in s.kinds for f in s.factors))
-        cells = [Cell(part.name, "dm-f1" if k == "pixel" else f"ldm-{k}-f{f}", k, f) for k, f in pairs]
-    else:
-        cells = [Cell(part.name, f"dm-f1-{c}" if f == 1 else f"ldm-{s.kind}-f{f}-{c}", "pixel" if f == 1 else s.kind,
-                      f, c) for f in s.factors for c in s.conditions]
-    source = next((p for p in preset or [] if p.name == part.share_from), None)
-    if source is None:
-        return cells
-    trained_there = {(c.kind, c.factor) for c in part_cells(source) if c.factor > 1}
-    return [replace(c, waits_for=(source.name, c.kind, c.factor)) if (c.kind, c.factor) in trained_there else c
-            for c in cells]
+        return [ZooModel(part.name, "dm-f1" if k == "pixel" else f"ldm-{k}-f{f}", k, f) for k, f in pairs]
+    return [ZooModel(part.name, f"dm-f1-{c}" if f == 1 else f"ldm-{s.kind}-f{f}-{c}", "pixel" if f == 1 else s.kind,
+                     f, c) for f in s.factors for c in s.conditions]
 
 
-def restrict(part: ZooPart, cell: Cell) -> ZooPart:
-    """The part with only this cell's model to train (same run folder, same settings otherwise)."""
+def restrict(part: ZooPart, model: ZooModel) -> ZooPart:
+    """The part with only this model to train (same run folder, same settings otherwise)."""
     if isinstance(part.settings, CompressionSettings):
-        kinds = [cell.kind] if cell.kind != "pixel" else part.settings.kinds[:1]
-        return replace(part, settings=replace(part.settings, factors=[cell.factor], kinds=kinds))
-    return replace(part, settings=replace(part.settings, factors=[cell.factor], conditions=[cell.condition]))
-
-
-def _autoencoder_ready(runs: Path, part: str, kind: str, factor: int) -> bool:
-
-    folder = runs / part
-    return (folder / "results.jsonl").is_file() and bool(read_results(folder).of(AutoencoderRecord, kind=kind,
-                                                                                   factor=factor))
+        kinds = [model.kind] if model.kind != "pixel" else part.settings.kinds[:1]
+        return replace(part, settings=replace(part.settings, factors=[model.factor], kinds=kinds))
+    return replace(part, settings=replace(part.settings, factors=[model.factor], conditions=[model.condition]))
 
 
 def export_part(part: ZooPart, run_dir: Path, models: Path, max_model_mb: float) -> list[Path]:
@@ -232,29 +206,23 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
     for stale in cfg.models.glob(".tmp-*"):  # what an export killed mid-write left (atomic_folder's temporary)
         shutil.rmtree(stale, ignore_errors=True)
     parts = [_configured(p, cfg) for p in ZOO_PRESETS[cfg.preset] if not cfg.parts or p.name in cfg.parts]
-    failed: list[str] = []
-    if cfg.jobs > 1 and not cfg.export_only:
-        failed = train_side_by_side(cfg, parts, runs)
     for part in parts:
         run_dir = runs / part.name
         if cfg.open_only:
             open_part(part, runs)
             continue
         if cfg.cells:
-            for cell in part_cells(part):
-                if cell.id in cfg.cells:
-                    print(f"=== zoo cell {cell.id} ===", flush=True)
-                    run_part(restrict(part, cell), runs)
-        elif not (cfg.export_only or cfg.jobs > 1):
+            for model in part_models(part):
+                if model.id in cfg.cells:
+                    print(f"=== zoo model {model.id} ===", flush=True)
+                    run_part(restrict(part, model), runs)
+        elif not cfg.export_only:
             print(f"=== zoo part {part.name} ({part.sweep} sweep) ===", flush=True)
             run_part(part, runs)
         if cfg.no_export or not run_dir.is_dir():
             continue
         for path in export_part(part, run_dir, cfg.models, cfg.max_model_mb):
             print(f"exported {path} ({folder_mb(path):.1f} MB)", flush=True)
-    if failed:
-        raise SweepError(f"{len(failed)} cell(s) failed: {'; '.join(failed)}. The others were trained and exported; "
-                         "run the same command again to retry the failed ones (finished cells are kept).", "cells")
     if cfg.open_only or cfg.no_export:
         return []
     for card in add_before_sections(cfg.models, cfg.before):
@@ -275,97 +243,8 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
 # --- training cells side by side -------------------------------------------------------------------------------------
 
 def _configured(part: ZooPart, cfg: ZooBuildSettings) -> ZooPart:
-    """The part reading UTKFace from where this machine keeps it, its cells run by the chosen executor, with the
-    budgets given on the command line."""
+    """The part reading UTKFace from where this machine keeps it, its cells run by the chosen executor (in
+    ``--jobs`` processes, or on Ray), with the budgets given on the command line."""
     run = replace(part.run, executor=cfg.executor, ray_address=cfg.ray_address, cell_gpus=cfg.cell_gpus,
-                  cell_cpus=cfg.cell_cpus, **cfg.given_budgets())
+                  cell_cpus=cfg.cell_cpus, jobs=cfg.jobs, **cfg.given_budgets())
     return replace(part, run=replace(run, dataset=cfg.utkface) if run.dataset == UTKFACE else run)
-
-
-def _child(cfg: ZooBuildSettings, runs: Path, part: str, *extra: str) -> list[str]:
-    """The command one cell's process runs: this build's settings (budgets included), restricted to one part."""
-    budgets = [arg for name, value in cfg.given_budgets().items() for arg in (f"--{name}", repr(value))]
-    return [sys.executable, "-m", "ldm_eval", "build-zoo", "--preset", cfg.preset, "--runs", str(runs),
-            "--models", str(cfg.models), "--parts", part, "--utkface", cfg.utkface, "--no-export", *budgets, *extra]
-
-
-def train_side_by_side(cfg: ZooBuildSettings, parts: list[ZooPart], runs: Path) -> list[str]:
-    """Train the parts' unfinished cells in up to ``cfg.jobs`` processes at once; the failed cells' log paths.
-
-    Each part's run is opened first (one process per part, a shared one's source before it), then every
-    cell runs ``build-zoo --cells PART:MODEL`` in its own process: cells of one part append to the same
-    results log (whole lines, see ``ResultsLog.append``) and a cell that needs an autoencoder another cell
-    trains starts once that one is measured. A process pool of our own rather than a job system: the
-    cells are a few processes on one machine, and each one is the ordinary resumable command.
-    """
-    preset = ZOO_PRESETS[cfg.preset]
-    logs = runs / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.jobs)))
-    root = str(Path(__file__).resolve().parents[1])  # the cells import this same code, wherever they start
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    todo = [(part, c) for part in parts for c in part_cells(part, preset) if not cfg.cells or c.id in cfg.cells]
-    opened: set[str] = set()
-    opening: dict[str, subprocess.Popen] = {}
-    running: dict[str, tuple[subprocess.Popen, float, Cell]] = {}
-    failed: list[str] = []
-    begun = time.monotonic()
-
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        with open(logs / f"{name.replace(':', '--')}.log", "a") as fh:
-            return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def stop(*_: object) -> None:
-        raise SystemExit(f"Stopped; {len(running)} cell(s) were training. Run the same command to resume.")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        while todo or running or opening:
-            for name, proc in list(opening.items()):
-                if proc.poll() is not None:
-                    del opening[name]
-                    if proc.returncode == 0:
-                        opened.add(name)
-                    else:
-                        failed.append(f"opening {name} (log {logs / name}.log)")
-                        todo = [(p, c) for p, c in todo if p.name != name and p.share_from != name]
-            for part in parts:
-                source_ok = part.share_from is None or part.share_from in opened or part.share_from not in {
-                    p.name for p in parts}
-                if part.name not in opened and part.name not in opening and source_ok and any(
-                        p.name == part.name for p, _ in todo):
-                    opening[part.name] = start(part.name, _child(cfg, runs, part.name, "--open-only"))
-            for cell_id, (proc, since, _) in list(running.items()):
-                if proc.poll() is not None:
-                    del running[cell_id]
-                    took = time.monotonic() - since
-                    if proc.returncode == 0:
-                        print(f"[{time.monotonic() - begun:6.0f} s] done   {cell_id} ({took:.0f} s)", flush=True)
-                    else:
-                        log = logs / f"{cell_id.replace(':', '--')}.log"
-                        print(f"[{time.monotonic() - begun:6.0f} s] FAILED {cell_id} (exit {proc.returncode}; "
-                              f"log {log})", flush=True)
-                        failed.append(f"{cell_id} (log {log})")
-            for part, cell in list(todo):
-                if len(running) >= cfg.jobs:
-                    break
-                if part.name not in opened:
-                    continue
-                if cell.waits_for and not _autoencoder_ready(runs, *cell.waits_for):
-                    source, kind, factor = cell.waits_for
-                    busy = [c for _, c in todo] + [c for _, _, c in running.values()]
-                    if any((c.part, c.kind, c.factor) == (source, kind, factor) for c in busy):
-                        continue  # another cell is training that autoencoder: wait for it (when none is, this
-                        # cell trains it itself, resuming the shared folder)
-                todo.remove((part, cell))
-                running[cell.id] = (start(cell.id, _child(cfg, runs, part.name, "--cells", cell.id)),
-                                    time.monotonic(), cell)
-                print(f"[{time.monotonic() - begun:6.0f} s] start  {cell.id}", flush=True)
-            time.sleep(0.5)
-    finally:  # killed or interrupted: the cells' processes (own sessions, so Ctrl-C reaches only us) go too
-        signal.signal(signal.SIGTERM, previous)
-        for proc in [*opening.values(), *(proc for proc, _, _ in running.values())]:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-    return failed
