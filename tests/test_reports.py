@@ -1,6 +1,6 @@
 """Reports and tables read every run through the typed records, committed runs included.
 
-Some committed runs (standard-replaced) are in the first ``results.jsonl`` layout, so rendering them checks the
+Some committed runs (standard-replaced, kept as test data in tests/data/) are in the first ``results.jsonl`` layout, so rendering them checks the
 conversion on reading as well as the joins. Each is copied to tmp_path before rendering:
 nothing here writes into ``reports/``.
 """
@@ -38,6 +38,7 @@ from pipelines.results import (
 REPORTS = ROOT / "reports"
 COMPRESSION_RUNS = ["quick", "standard", "standard-replaced"]  # the last one in the first layout
 CONDITIONING_RUNS = ["cond-gpu", "cond-quick"]
+RUN_DIRS = {"standard-replaced": ROOT / "tests" / "data" / "standard-replaced"}  # its report left reports/
 
 
 def _raw_lines(run: str) -> list[dict]:
@@ -53,7 +54,7 @@ def _fid_line(**where: object) -> float:
 
 @pytest.mark.parametrize("run", COMPRESSION_RUNS + CONDITIONING_RUNS)
 def test_committed_run_loads_and_renders_self_contained(run: str, tmp_path: Path) -> None:
-    run_dir = shutil.copytree(REPORTS / run, tmp_path / run, ignore=shutil.ignore_patterns("domain_classifier"))
+    run_dir = shutil.copytree(RUN_DIRS.get(run, REPORTS / run), tmp_path / run, ignore=shutil.ignore_patterns("domain_classifier"))
     for stale in ("report.md", "report.html", "results.csv"):
         (run_dir / stale).unlink()
     results = read_results(run_dir)
