@@ -32,10 +32,10 @@ COMPRESSION_PRESETS: dict[str, tuple[RunSettings, CompressionSettings]] = {
                           param_budget=30_000, ae_base_width=8, max_images=256, classifier_steps=40, sample_batch=24),
               CompressionSettings(factors=list(FACTORS_32PX), inception_samples=6, ddim_steps=[2, 4], progress_points=2,
                                   progress_samples=16)),
-    # the default: Fashion-MNIST at 32 px, f = 1...16 (f = 32 would leave a 1x1 latent), under 20 minutes on 2 CPU cores.
-    # The denoiser recipe measured for the zoo (README: "A denoiser recipe that learns on small compute"): learning
-    # rate 1e-3 with warm-up and cosine decay; the warm-up is short because 45 s is 70-2,000 steps here.
-    "quick": (RunSettings(**DENOISER_RECIPE, warmup_steps=20, ae_batch_size=32), CompressionSettings(factors=list(FACTORS_32PX))),
+    # a sweep of your own on 2 CPU cores: Fashion-MNIST at 32 px, f = 1...16 (f = 32 would leave a 1x1 latent),
+    # 45 s per denoiser; the warm-up is short because 45 s is few steps.
+    "quick": (RunSettings(**DENOISER_RECIPE, warmup_steps=20, ae_batch_size=32),
+              CompressionSettings(factors=list(FACTORS_32PX))),
     # real photos (e.g. the UTKFace faces) at 64 px, where f = 16 and 32 keep a spatial latent; hours on CPU
     # (autoencoders as in the first-stage study: the paper's objective with the patch GAN on)
     "standard": (RunSettings(**DENOISER_RECIPE, warmup_steps=200, resolution=64, ae_budget=600, train_budget=1800,
@@ -60,7 +60,7 @@ CONDITIONING_PRESETS: dict[str, tuple[RunSettings, ConditioningSettings]] = {
                                classifier_steps=40, sample_batch=40),
                    ConditioningSettings(factors=[1, 4], guidance=[1.0, 3.0], samples_per_class=4, ddim_steps=2,
                                         condition_width=16)),
-    # the measured run on a 2-core CPU: f = 1, 4, 8, 16, class and text, guidance 1 / 3 / 7 (about an hour)
+    # 2 CPU cores: f = 1, 4, 8, 16, class and text, guidance 1 / 3 / 7 (about an hour)
     "cond-quick": (RunSettings(train_budget=60, ae_batch_size=32), ConditioningSettings()),
     # the same on one GPU: longer training, 3x the samples
     "cond-gpu": (RunSettings(ae_budget=20, train_budget=30, fid_samples=1500, batch_size=256, ae_batch_size=128,
@@ -77,16 +77,14 @@ FIRST_STAGE_PRESETS: dict[str, tuple[RunSettings, FirstStageSettings]] = {
                              max_images=64, fid_samples=12, sample_batch=12, ae_codebook_size=32),
                  FirstStageSettings(factors=[4, 8], no_gan_factors=[4], gan_start_shares=[0.3], rfid_samples=6,
                                     grid_images=4)),
-    # UTKFace faces at 64 px on 2 CPU cores: 1,100 steps (under 10 minutes on an idle machine) per
-    # autoencoder, cosine learning rate from 2e-3, patch GAN at weight 0.1 from 60 % of the budget, rFID on
-    # 1,000 held-out faces; f = 4, 8, 16 (add 2 and 32 with --factors 2,4,8,16,32). Equal steps rather than
-    # equal seconds, so a busy machine changes the wall time, never the models.
+    # UTKFace faces at 64 px on 2 CPU cores, the trainer's recipe, rFID on 1,000 held-out faces; f = 4, 8, 16 (add
+    # 2 and 32 with --factors 2,4,8,16,32). Equal steps rather than equal seconds, so a busy machine changes the
+    # wall time, never the models.
     "ae-quick": (RunSettings(dataset=UTKFACE, resolution=64, budget="steps", ae_budget=1100, max_images=None,
                              fid_samples=1000, sample_batch=100),
                  FirstStageSettings(factors=[4, 8, 16])),
-    # the same study on one GPU, as committed in reports/first-stage-gpu: 4x wider models (base width 64,
-    # 10-15 M parameters), 30 s each (about 1,000 steps of 32 faces on an H100), rFID on 1,000 faces with
-    # 50 bootstrap resamples; the whole run took 6 minutes on one H100. Longer budgets: --ae-budget.
+    # the same study on one GPU (reports/first-stage-gpu): 4x wider models, 30 s each, rFID on 1,000 faces with
+    # 50 bootstrap resamples. Longer budgets: --ae-budget.
     "ae-gpu": (RunSettings(dataset=UTKFACE, resolution=64, ae_budget=30, ae_batch_size=32, ae_base_width=64,
                            ae_learning_rate=1e-3, ae_disc_weight=0.1, max_images=None, fid_samples=1000, device="cuda",
                            sample_batch=250, bootstrap_resamples=50),
@@ -109,9 +107,8 @@ class ZooPart:
 # --- build-zoo ---------------------------------------------------------------------------------------------------------
 
 def _denoiser_recipe(**kw) -> RunSettings:
-    """The denoiser recipe every zoo part shares (chosen by measurement: see the README's recipe table)."""
-    # Budgets are wall-clock seconds for denoisers and autoencoders alike (the sweeps' one budget unit); the
-    # autoencoders train as in the first-stage study (ae-quick: 1,100 steps took ~300 s at 32 px, ~570 s at 64 px).
+    """The denoiser recipe every zoo part shares (docs/zoo.md: the denoiser recipe); budgets in wall-clock seconds
+    for denoisers and autoencoders alike, the autoencoders on the trainer's recipe."""
     base = dict(**DENOISER_RECIPE, budget="seconds", warmup_steps=200, batch_size=64, ae_budget=300,
                 max_images=None, resume=True)
     base.update(kw)
@@ -122,10 +119,9 @@ _SMOKE = dict(budget="steps", ae_budget=6, train_budget=6, fid_samples=24, batch
               param_budget=30_000, ae_base_width=8, max_images=256, classifier_steps=40, sample_batch=24,
               warmup_steps=2)
 
-# The zoo's CPU recipe: a 2 M-parameter UNet at learning rate 1e-3 with warm-up and cosine decay drew
-# recognisable clothes after 1,000 steps where the 1 M one at 2e-4 drew blobs (README: "the denoiser recipe");
-# the domain classifier trains for 5,000 steps (13 epochs) so that it is sure of real images and its
-# recognisability bar means something; UTKFace's judges race x gender and trains less (its bar is Inception FID).
+# The zoo's CPU sets: 2 M-parameter UNets on the denoiser recipe (docs/zoo.md); Fashion-MNIST's domain classifier
+# trains long enough to be sure of real images, so that its recognisability judgement means something; UTKFace's
+# judges race x gender and trains less (its quality measure is Inception FID).
 _FMNIST = dict(train_budget=900, param_budget=2_000_000, batch_size=64, fid_samples=500, classifier_steps=5000)
 _UTK_RUN = dict(dataset=UTKFACE, resolution=64, train_budget=900, param_budget=2_000_000, batch_size=32, ae_budget=570,
                 fid_samples=500, sample_batch=100, classifier_steps=1000)
@@ -159,15 +155,10 @@ def _cpu_parts() -> list[ZooPart]:
 def _gpu_parts() -> list[ZooPart]:
     """The cpu preset's parts with GPU budgets: bf16 autocast, seconds shared by all cells.
 
-    UNets keep the CPU recipe's 2 M parameters: the shipped zoo must stay under 120 MB. On one GPU shared by
-    several processes a 2 M-parameter UNet is launch-bound (about 5-13 steps/s per process, whatever the
-    latent's size), so a larger batch buys images seen but not optimizer steps, and at these step counts the
-    steps decide: reports/zoo-gpu/README.md has the measurements.
+    UNets keep the CPU recipe's 2 M parameters (the shipped zoo has a size budget). A UNet this small is
+    launch-bound on a GPU, so steps rather than images seen decide: UTKFace trains at batch 64
+    (reports/zoo-gpu/README.md).
     """
-    # Fashion-MNIST: batch 512 for 180 s, every cell at once (--jobs 16); this trained the shipped VQ and
-    # conditional Fashion-MNIST models. UTKFace: batch 256 trained ~770 steps in 180 s and drew textures;
-    # batch 64 with its five compression cells alone (--parts utk64 --jobs 5) trained ~1,600 steps in 120 s
-    # and drew faces, so UTKFace trains at batch 64 (reports/zoo-gpu/README.md).
     gpu = dict(device="cuda", mixed_precision="bf16", ae_budget=60, train_budget=180, fid_samples=500,
                warmup_steps=200)
     fmnist = _denoiser_recipe(**{**_FMNIST, **gpu, "batch_size": 512, "ae_batch_size": 64, "sample_batch": 500})
@@ -193,12 +184,10 @@ ZOO_PRESETS: dict[str, list[ZooPart]] = {
                 ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0], samples_per_class=2,
                                      ddim_steps=2, condition_width=16), share_from="fmnist16"),
     ],
-    # 2 CPU cores: every model of a set trains for the same 15 minutes; on an AVX2-only 2-core machine
-    # the whole preset takes about 6 hours, in several resumed runs. The models the README's bar is about
-    # come first (Fashion-MNIST f = 4 and 8, then UTKFace f = 4); pixel space last, as the slowest.
+    # 2 CPU cores: every model of a set trains for the same 15 minutes (hours in all, in several resumed runs).
+    # The models the docs' bars are about come first; pixel space last, as the slowest.
     "cpu": _cpu_parts(),
-    # One GPU in about 6 minutes with --jobs 16: every cell of every part trains at once, each in its own
-    # process (a 2 M-parameter UNet leaves an H100 mostly idle), so within a set every model gets the same
-    # seconds on the same shared GPU.
+    # One GPU with --jobs N: a part's cells train at once, each in its own process (a 2 M-parameter UNet leaves
+    # the GPU mostly idle), so within a set every model gets the same seconds on the same shared GPU.
     "gpu": _gpu_parts(),
 }

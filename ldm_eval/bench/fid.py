@@ -25,10 +25,11 @@ from ldm_eval.metrics.features import (
     compute_features,
     load_inception,
 )
-from ldm_eval.metrics.frechet import as_rgb, fid_from_features
+from ldm_eval.metrics.frechet import fid_from_features
 from ldm_eval.metrics.inception_onnx import onnx_runtime_installed
 from pipelines.atomic import write_text_atomic
 from pipelines.data import STRATIFY_KEYS, load_dataset, representative_order
+from pipelines.images import as_rgb
 from pipelines.training import device_name
 
 FEATURE_TOLERANCE = 1e-4  # largest feature difference, relative to the largest feature, a variant may have

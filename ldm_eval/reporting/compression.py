@@ -18,12 +18,12 @@ import pandas as pd  # noqa: E402
 from ldm_eval.reporting.page import (
     budget_sentence,
     classifier_sentence,
-    environment,
     error_bars,
     grid_lines,
     image_lines,
     md_table,
     measured_on,
+    open_report,
     ranking_reading,
     read_run,
     recognisability_lines,
@@ -35,7 +35,6 @@ from ldm_eval.reporting.page import (
 )
 from ldm_eval.reporting.tables import (  # noqa: E402
     tidy_table,
-    write_table,
 )
 from pipelines.results import (  # noqa: E402
     AutoencoderRecord,
@@ -112,12 +111,9 @@ def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Pa
 
 def render_report(run_dir: Path) -> Path:
     """Write results.csv, plots, report.md and report.html of a compression sweep; returns report.md."""
-    run_dir = Path(run_dir)
-    results = read_run(run_dir)
-    table = tidy_table(results)
-    write_table(run_dir, table)
+    run = open_report(run_dir, tidy_table)
+    run_dir, results, table, env, cfg = run.run_dir, run.results, run.table, run.env, run.cfg
     plots = make_plots(results, table, run_dir / "plots")
-    env, cfg = environment(results)
     ae = records_frame(results.of(AutoencoderRecord))
     lines = [f"# LDM Lab report: {run_dir.name}", ""]
     lines += [

@@ -14,13 +14,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ldm_eval.reporting.page import (  # noqa: E402
+from ldm_eval.reporting.page import (
     budget_sentence,
-    environment,
     grid_lines,
     image_lines,
     md_table,
     measured_on,
+    open_report,  # noqa: E402
     read_run,
     save_figure,
     write_report,
@@ -28,7 +28,6 @@ from ldm_eval.reporting.page import (  # noqa: E402
 from ldm_eval.reporting.tables import (  # noqa: E402
     conditional_table,
     per_class_table,
-    write_table,
 )
 from pipelines.results import ClassifierRecord, ConditioningRecord  # noqa: E402
 
@@ -71,11 +70,8 @@ def _plots(table: pd.DataFrame, out: Path, chance: float | None) -> dict[str, Pa
 
 def render_conditional_report(run_dir: Path) -> Path:
     """Write results.csv, plots, report.md and report.html of a conditioning sweep; returns report.md."""
-    run_dir = Path(run_dir)
-    results = read_run(run_dir)
-    table = conditional_table(results)
-    write_table(run_dir, table)
-    env, cfg = environment(results)
+    run = open_report(run_dir, conditional_table)
+    run_dir, results, table, env, cfg = run.run_dir, run.results, run.table, run.env, run.cfg
     clf = results.one(ClassifierRecord)
     scored = results.one(ConditioningRecord)
     n_classes = len(scored.class_names) if scored is not None and scored.class_names else None

@@ -14,19 +14,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ldm_eval.reporting.page import (  # noqa: E402
-    environment,
+from ldm_eval.reporting.page import (
     error_bars,
     grid_lines,
     image_lines,
     md_table,
     measured_on,
+    open_report,  # noqa: E402
     ranking_reading,
     read_run,
     save_figure,
     write_report,
 )
-from ldm_eval.reporting.tables import partner, write_table  # noqa: E402
+from ldm_eval.reporting.tables import partner  # noqa: E402
 from pipelines.results import (  # noqa: E402
     FidRecord,
     ModelRecord,
@@ -98,11 +98,8 @@ def _reference_lines(results: Results) -> list[str]:
 
 def render_evaluation_report(run_dir: Path) -> Path:
     """Write results.csv, the plot, report.md and report.html of an evaluation; returns report.md."""
-    run_dir = Path(run_dir)
-    results = read_run(run_dir)
-    table = evaluation_table(results)
-    write_table(run_dir, table)
-    env, cfg = environment(results)
+    run = open_report(run_dir, evaluation_table)
+    run_dir, results, table, env, cfg = run.run_dir, run.results, run.table, run.env, run.cfg
     split = cfg.get("reference_split", "auto")
     ref_n = cfg.get("reference_n") or cfg.get("n")
     reference = f"`{cfg.get('reference')}`" + (f" ({split} split)" if split != "auto" else "") + f", {ref_n} images"

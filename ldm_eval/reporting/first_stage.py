@@ -15,20 +15,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ldm_eval.reporting.compression import PAPER_AUTOENCODERS  # noqa: E402
-from ldm_eval.reporting.page import (  # noqa: E402
+from ldm_eval.reporting.page import (
     budget_sentence,
-    environment,
     error_bars,
     grid_lines,
     image_lines,
     md_table,
     measured_on,
+    open_report,  # noqa: E402
     read_run,
     records_frame,
     save_figure,
     write_report,
 )
-from ldm_eval.reporting.tables import write_table  # noqa: E402
 from pipelines.results import AutoencoderRecord, Results  # noqa: E402
 
 # The columns of results.csv, in order (the issue's Tab. 8 layout plus what tells rows apart).
@@ -127,11 +126,8 @@ def _grid_order(path: Path) -> tuple:
 
 def render_first_stage_report(run_dir: Path) -> Path:
     """Write results.csv, plots, report.md and report.html of a first-stage study; returns report.md."""
-    run_dir = Path(run_dir)
-    results = read_run(run_dir)
-    table = first_stage_table(results)
-    write_table(run_dir, table)
-    env, cfg = environment(results)
+    run = open_report(run_dir, first_stage_table)
+    run_dir, results, table, env, cfg = run.run_dir, run.results, run.table, run.env, run.cfg
     n = int(table["rfid_samples"].max()) if len(table) else 0
     lines = [
         f"# LDM Lab first-stage study: {run_dir.name}", "",

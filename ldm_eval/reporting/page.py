@@ -6,6 +6,7 @@ import dataclasses
 import html
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ldm_eval.reporting.tables import (  # noqa: E402
+from ldm_eval.reporting.tables import (
     FILE_ORDER_DRAW,
     MIN_TRAIN_STEPS,
     Absent,
+    write_table,  # noqa: E402
 )
 from pipelines.atomic import atomic_path, write_text_atomic  # noqa: E402
 from pipelines.results import (  # noqa: E402
@@ -247,3 +249,23 @@ def to_html(markdown_text: str, run_dir: Path) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>LDM Lab report: {html.escape(run_dir.name)}"
             f"</title><style>{STYLE}</style></head><body>{body}</body></html>")
 
+
+@dataclass
+class OpenedRun:
+    """What every report starts from: the run's records, its table (already written as results.csv) and settings."""
+
+    run_dir: Path
+    results: Results
+    table: pd.DataFrame
+    env: EnvironmentRecord | Absent
+    cfg: dict[str, Any]
+
+
+def open_report(run_dir: str | Path, table_of: Callable[[Results], pd.DataFrame]) -> OpenedRun:
+    """Read a run, write its table as ``results.csv`` and read its settings: the opening of every report kind."""
+    run_dir = Path(run_dir)
+    results = read_run(run_dir)
+    table = table_of(results)
+    write_table(run_dir, table)
+    env, cfg = environment(results)
+    return OpenedRun(run_dir, results, table, env, cfg)
