@@ -163,9 +163,16 @@ def split_commas(argv: list[str], list_flags: set[str]) -> list[str]:
 
 
 def make_parser(prog: str, types: Sequence[type], positionals: Sequence[tuple[str, str]] = ()) -> HfArgumentParser:
+    """The dataclasses' flags, each listed in ``--help`` by its dashed spelling first (the underscore one still
+    works), and the ``--no-X`` switch of a flag that defaults to true described as what it does."""
     parser = HfArgumentParser(list(types), prog=prog)
     for name, text in positionals:
         parser.add_argument(name, type=Path, help=text)
+    for action in parser._actions:  # argparse keeps no public list of them
+        action.option_strings.sort(key=lambda flag: "_" in flag)
+        if any(flag.startswith("--no") and flag.endswith(action.dest.replace("_", "-")) for flag in action.option_strings) \
+                and action.const is False:
+            action.help = f"turn off --{action.dest.replace('_', '-')}"
     return parser
 
 

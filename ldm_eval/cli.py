@@ -35,6 +35,19 @@ from ldm_eval.arguments import (
 )
 
 
+def cmd_tour(argv: list[str]) -> int:
+    from ldm_eval.presets import TOUR_SETS
+    from ldm_eval.reporting.tour import render_tour_report, tour_summary
+    from ldm_eval.sweeps.tour import TourSettings, run_tour
+
+    (cfg,) = parse("python -m ldm_eval tour", [TourSettings], argv)
+    run_tour(cfg, TOUR_SETS)
+    report = render_tour_report(cfg.out, cfg.sets)
+    print(f"\n{tour_summary(cfg.out, cfg.sets)}")
+    print(f"Report: {report} and {report.with_suffix('.html')}")
+    return 0
+
+
 def cmd_sweep(argv: list[str]) -> int:
     from ldm_eval.presets import COMPRESSION_PRESETS
     from ldm_eval.reporting.compression import render_report, summary_table
@@ -306,7 +319,8 @@ def cmd_bench_startup(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "sweep": (cmd_sweep, "train and measure every factor (the default command)"),
+    "tour": (cmd_tour, "measure the shipped models side by side, in minutes (the default command)"),
+    "sweep": (cmd_sweep, "train and measure every factor on your machine (the quick preset: 11-28 minutes)"),
     "cond-sweep": (cmd_cond_sweep, "class- and text-conditional models across factors and guidance scales"),
     "ae-sweep": (cmd_ae_sweep, "the first-stage study: KL and VQ autoencoders per factor (cf. paper Tab. 8)"),
     "evaluate": (cmd_evaluate, "measure any diffusion model (folder or hub id) against reference images"),
@@ -326,7 +340,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: python -m ldm_eval [-v] COMMAND [flags]   (no command: the default sweep, resumed)", "",
+    lines = ["usage: python -m ldm_eval [-v] COMMAND [flags]   (no command: the tour of the shipped models)", "",
              "LDM Lab: pixel vs latent diffusion, measured.", "", "commands:"]
     lines += [f"  {name:<18} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "python -m ldm_eval COMMAND --help lists a command's flags."]
@@ -349,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     if verbose:
         argv = argv[1:]
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not argv:  # the main job: the default sweep on the embedded default data
-        argv = ["sweep", "--resume"]  # (resuming, so running it again continues or just re-renders a finished run)
+    if not argv:  # the main job: the shipped models measured (a rerun resumes, or re-renders a finished tour)
+        argv = ["tour"]
     if argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

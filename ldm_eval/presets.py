@@ -14,12 +14,17 @@ from ldm_eval.sweeps.compression import CompressionSettings
 from ldm_eval.sweeps.conditioning import ConditioningSettings
 from ldm_eval.sweeps.first_stage import FirstStageSettings
 from ldm_eval.sweeps.settings import RunSettings
+from ldm_eval.sweeps.tour import TourSet
 
 UTKFACE = "../shared/data/utkface"  # where the UTKFace faces lie beside a checkout (the data's README)
 
 # The denoiser recipe (docs/zoo.md: "the denoiser recipe"): learning rate 1e-3 with a warm-up and a cosine
 # decay to 0 over the budget; each preset sets the warm-up for its budget.
 DENOISER_RECIPE = dict(learning_rate=1e-3, lr_schedule="cosine")
+
+# --- tour (the first command): the shipped compression sets -------------------------------------------------------
+
+TOUR_SETS = {"fmnist32": TourSet("fmnist32", "fashion-mnist", 32), "utk64": TourSet("utk64", UTKFACE, 64)}
 
 # --- sweep (the compression sweep) ---------------------------------------------------------------------------------
 

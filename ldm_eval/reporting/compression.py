@@ -115,7 +115,11 @@ def render_report(run_dir: Path) -> Path:
     run_dir, results, table, env, cfg = run.run_dir, run.results, run.table, run.env, run.cfg
     plots = make_plots(results, table, run_dir / "plots")
     ae = records_frame(results.of(AutoencoderRecord))
-    lines = [f"# LDM Lab report: {run_dir.name}", ""]
+    reading = ranking_reading(table.assign(model=[series_label(k, f) for k, f in zip(table["kind"], table["factor"])]),
+                              by=("fid_backend", "ddim_steps"))
+    lines = [f"# LDM Lab report: {run_dir.name}", "",
+             "**Finding** (FID rankings; `<`: the 95 % intervals separate the two, `~`: they overlap, so the order "
+             "could flip with another draw of samples):", "", *(reading or ["(no ranking: fewer than two models)"]), ""]
     lines += [
         f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px; factors "
         f"{cfg.get('factors')}; autoencoders {cfg.get('kinds')}; UNets matched at about {cfg.get('param_budget')} "
@@ -140,12 +144,6 @@ def render_report(run_dir: Path) -> Path:
           for b, g in table.groupby("fid_backend")],
         "",
         md_table(table.drop(columns=["notes"])),
-        "",
-        "## Reading: which rankings the intervals support", "",
-        "`<`: the 95 % bootstrap intervals separate the two; `~`: they overlap, so the order could flip with "
-        "another draw of samples.", "",
-        *ranking_reading(table.assign(model=[series_label(k, f) for k, f in zip(table["kind"], table["factor"])]),
-                         by=("fid_backend", "ddim_steps")),
         "",
     ]
     degenerate = table.loc[table["degenerate"], "factor"].unique().tolist()

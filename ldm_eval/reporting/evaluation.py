@@ -103,8 +103,11 @@ def render_evaluation_report(run_dir: Path) -> Path:
     split = cfg.get("reference_split", "auto")
     ref_n = cfg.get("reference_n") or cfg.get("n")
     reference = f"`{cfg.get('reference')}`" + (f" ({split} split)" if split != "auto" else "") + f", {ref_n} images"
+    reading = ranking_reading(table)
     lines = [
         f"# LDM Lab evaluation: {run_dir.name}", "",
+        *(["**Finding** (FID ranking; `<`: the 95 % intervals separate the two, `~`: they overlap):", "", *reading, ""]
+          if reading else []),
         f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference {reference}; "
         f"N = {cfg.get('n')} samples per model and step count (DDIM, eta 0, seed {cfg.get('seed')}), "
         f"{cfg.get('backend')} features, precision {cfg.get('mixed_precision')}.", "",
@@ -114,7 +117,6 @@ def render_evaluation_report(run_dir: Path) -> Path:
         f"{cfg.get('bootstrap_resamples')} times), `fid_inf` the FID extrapolated to infinitely many samples "
         "(Chong & Forsyth, CVPR 2020); KID ± `kid_std` is over subsets of `kid_subset_size` images.", "",
         "## Results", "", md_table(table), "",
-        "## Reading", "", *ranking_reading(table), "",
         "## Reference features", "", *_reference_lines(results), "",
     ]
     lines += image_lines(_plots(table, run_dir / "plots"))
