@@ -9,7 +9,13 @@ import argparse
 import os
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported (by demo.ui)
+
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+from demo.service import Lab  # noqa: E402
+from demo.ui import build_app  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,12 +29,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--concurrency", type=int, default=2, help="requests run at once; the rest queue")
     args = parser.parse_args(argv)
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    from demo.service import Lab
-    from demo.ui import build_app
 
     # "Loading pipeline components" bars on every first use of a model say nothing a demo user can act on
     diffusers_logging.disable_progress_bar()

@@ -1,7 +1,7 @@
 """What the demo does, without any UI: load models once, sample, reconstruct, time.
 
 Everything goes through the core, exactly as in the evaluation harness: models through
-``pipelines.load_pipeline``, requests through ``LatentDiffusionPipeline.check_inputs`` (the
+``pipelines.loading.load_pipeline``, requests through ``LatentDiffusionPipeline.check_inputs`` (the
 one place that decides what steps, sampler, seed, label, prompt and guidance may be),
 sampling and timing through ``pipelines.sampling.timed_sampling``, reconstructions through
 ``FirstStage.reconstruct`` and ``pipelines.fidelity``. The demo adds only its own policy
@@ -30,13 +30,8 @@ from pipelines.images import (
     uint8_to_signed,
     unit_to_uint8,
 )
-from pipelines.pipeline import (
-    LatentDiffusionPipeline,
-    SampleRequest,
-    load_model,
-    load_pipeline,
-    resolve_device,
-)
+from pipelines.loading import load_model, load_pipeline
+from pipelines.pipeline import LatentDiffusionPipeline, SampleRequest, resolve_device
 from pipelines.sampling import TimedSamples, timed_sampling
 
 from .zoo import (

@@ -1,7 +1,8 @@
-"""The Gradio app: five tabs over :class:`demo.service.Lab`, with named API endpoints."""
+"""The Gradio app: five tabs over :class:`demo.service.Lab`, with named API endpoints (one builder per tab)."""
 from __future__ import annotations
 
 import functools
+import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +14,7 @@ from pipelines.conditioning import MAX_GUIDANCE
 from pipelines.data import FASHION_MNIST_CLASSES, load_dataset
 from pipelines.errors import quote
 from pipelines.images import unit_to_uint8
-from pipelines.results import read_results
+from pipelines.results_log import read_results
 
 from .service import MAX_IMAGES, MAX_STEPS, DemoInputError, Lab, is_colour, open_upload
 from .views import (
@@ -164,11 +165,24 @@ def explorer_default(entries: list[ModelEntry], channels: int | None = None) -> 
 
 
 def build_app(lab: Lab) -> gr.Blocks:
+    """The five tabs, in order; each tab's builder lays out its controls and wires its handlers."""
+    with gr.Blocks(title="LDM Lab") as app:
+        gr.Markdown(INTRO)
+        if not lab.models:
+            gr.Markdown("**No models found.** Train some with `python -m ldm_eval` (they appear from `runs/`).")
+        _generate_tab(lab)
+        _compare_tab(lab)
+        _explorer_tab(lab)
+        _trajectory_tab(lab)
+        _results_tab(lab, app)
+    return app
+
+
+def _generate_tab(lab: Lab) -> None:
     labels = [m.label for m in lab.models]
     default = default_model(lab.models)
     default_entry = lab.entry(default) if default else None
     default_kind = default_entry.condition if default_entry is not None else "none"
-    all_classes = _all_class_names(lab.models)
 
     @_user_errors
     def generate(model, sampler, steps, seed, n, label=None, prompt=None, guidance=1.0):
@@ -190,6 +204,37 @@ def build_app(lab: Lab) -> gr.Blocks:
         guidance = gr.Slider(interactive=True) if kind != "none" else gr.Slider(value=1, interactive=False)
         return label, prompt, guidance, _condition_note(entry)
 
+    with gr.Tab("Generate"):
+        gr.Markdown(TAB_NOTES["generate"], elem_classes="tab-note")
+        with gr.Row():
+            g_model = gr.Dropdown(labels, value=default, label="Model")
+            g_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
+        g_note = gr.Markdown(_condition_note(default_entry), elem_id="generate-condition-note")
+        with gr.Row():
+            g_steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
+            g_seed = gr.Number(0, precision=0, label="Seed")
+            g_n = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="Images")
+        with gr.Row():
+            # API callers never fire the model-change event: until it fires, offer every known class
+            g_label = gr.Dropdown(_label_choices(_all_class_names(lab.models)), value="", label="Class label",
+                                  elem_id="generate-label", interactive=default_kind == "class",
+                                  info="Class-conditional models only")
+            g_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="generate-prompt",
+                                  interactive=default_kind == "text", info="Text-conditional models only")
+            g_guidance = gr.Slider(0, MAX_GUIDANCE, value=1, step=0.5, label="Guidance scale",
+                                   info=GUIDANCE_INFO, elem_id="generate-guidance",
+                                   interactive=default_kind != "none")
+        g_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        g_gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain",
+                               elem_id="generate-gallery")
+        g_timing = gr.JSON(label="Timing", elem_id="generate-timing")
+        g_model.change(generate_model_changed, [g_model, g_label], [g_label, g_prompt, g_guidance, g_note],
+                       api_visibility="private")
+        g_button.click(generate, [g_model, g_sampler, g_steps, g_seed, g_n, g_label, g_prompt, g_guidance],
+                       [g_gallery, g_timing], api_name="generate", **RAW)
+
+
+def _compare_tab(lab: Lab) -> None:
     @_user_errors
     def compare(models, sampler, steps, seed, label=None, prompt=None, guidance=1.0):
         rows = lab.compare(models or [], _sampler(sampler), steps, seed, label=label, prompt=prompt,
@@ -200,6 +245,33 @@ def build_app(lab: Lab) -> gr.Blocks:
                   "peak_memory_mb": r.timing.peak_memory_mb, "memory": r.timing.memory_method,
                   "fid (its report)": r.fid} for r in rows]
         return compare_grid_html(rows), compare_chart(rows), readable(pd.DataFrame(table))
+
+    with gr.Tab("Compare factors"):
+        gr.Markdown(TAB_NOTES["compare"], elem_classes="tab-note")
+        c_models = gr.CheckboxGroup([m.label for m in lab.models], value=compare_default(lab.models),
+                                    label="Models", elem_id="compare-models")
+        with gr.Row():
+            c_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
+            c_steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
+            c_seed = gr.Number(0, precision=0, label="Seed")
+        with gr.Row():
+            c_label = gr.Dropdown(_label_choices(_all_class_names(lab.models)), value="", label="Class label",
+                                  elem_id="compare-label",
+                                  info="Class models use it; text models without a prompt use its caption")
+            c_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="compare-prompt",
+                                  info="Text-conditional models only; unconditional models ignore both")
+            c_guidance = gr.Slider(0, MAX_GUIDANCE, value=1, step=0.5, label="Guidance scale",
+                                   info=GUIDANCE_INFO, elem_id="compare-guidance")
+        c_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+        c_grid = gr.HTML(elem_id="compare-grid")
+        c_chart = gr.Plot(label="Seconds per image and FID per model", elem_id="compare-chart")
+        c_table = gr.Dataframe(label="Time, memory and FID", elem_id="compare-table")
+        c_button.click(compare, [c_models, c_sampler, c_steps, c_seed, c_label, c_prompt, c_guidance],
+                       [c_grid, c_chart, c_table], api_name="compare", **RAW)
+
+
+def _explorer_tab(lab: Lab) -> None:
+    explorer = lab.explorer_models
 
     @_user_errors
     def reconstruct(image, models):
@@ -222,6 +294,33 @@ def build_app(lab: Lab) -> gr.Blocks:
             return None, gr.CheckboxGroup()
         return gr.Image(), gr.CheckboxGroup(value=explorer_default(explorer, 3 if is_colour(picture) else 1))
 
+    def pick_from_data(index):
+        resolution = max((m.resolution for m in lab.models), default=32)
+        data = _test_images(resolution)
+        i = int(index or 0) % len(data)
+        return _pil(data[i]), gr.CheckboxGroup(value=explorer_default(explorer, 1))  # Fashion-MNIST: grey
+
+    with gr.Tab("Autoencoder explorer"):
+        gr.Markdown(TAB_NOTES["explorer"], elem_classes="tab-note")
+        with gr.Row():
+            r_image = gr.Image(type="filepath", label="Upload an image (up to 10 MB)", elem_id="explorer-image")
+            with gr.Column():
+                r_index = gr.Number(0, precision=0, label="...or a held-out image from the data set (index)")
+                r_pick = gr.Button("Use data set image")
+        r_models = gr.CheckboxGroup([m.label for m in explorer], value=explorer_default(explorer),
+                                    label="Models (uploading an image ticks those trained on data like it)",
+                                    elem_id="explorer-models")
+        r_button = gr.Button("Reconstruct", variant="primary", elem_id="explorer-button")
+        r_grid = gr.HTML(elem_id="explorer-grid")
+        r_latents = gr.Gallery(label="Latent channels", columns=8, height="auto", object_fit="contain")
+        r_table = gr.Dataframe(label="Quality and compression", elem_id="explorer-table")
+        r_image.upload(explorer_upload, [r_image], [r_image, r_models], api_visibility="private", **RAW)
+        r_pick.click(pick_from_data, [r_index], [r_image, r_models], api_visibility="private")
+        r_button.click(reconstruct, [r_image, r_models], [r_grid, r_latents, r_table], api_name="reconstruct",
+                       **RAW)
+
+
+def _trajectory_tab(lab: Lab) -> None:
     @_user_errors
     def trajectory(model, steps, seed):
         timed, timing = lab.generate(model, "ddim", steps, seed, 1, trajectory=True)
@@ -233,11 +332,24 @@ def build_app(lab: Lab) -> gr.Blocks:
         gallery = [(img, f"t={t}") for img, t in zip(pil, timed.timesteps)]
         return str(gif), gallery, timing.__dict__
 
-    def pick_from_data(index):
-        resolution = max((m.resolution for m in lab.models), default=32)
-        data = _test_images(resolution)
-        i = int(index or 0) % len(data)
-        return _pil(data[i]), gr.CheckboxGroup(value=explorer_default(explorer, 1))  # Fashion-MNIST: grey
+    with gr.Tab("Denoising trajectory"):
+        gr.Markdown(TAB_NOTES["trajectory"], elem_classes="tab-note")
+        with gr.Row():
+            t_model = gr.Dropdown([m.label for m in lab.models], value=default_model(lab.models), label="Model")
+            t_steps = gr.Slider(2, 100, value=20, step=1, label="DDIM steps")
+            t_seed = gr.Number(0, precision=0, label="Seed")
+        t_button = gr.Button("Show trajectory", variant="primary")
+        with gr.Row():
+            t_gif = gr.Image(label="Animation (x_t | predicted x0)", type="filepath", height=280)
+            t_timing = gr.JSON(label="Timing")
+        t_frames = gr.Gallery(label="Every step (x_t | predicted x0)", columns=5, height="auto",
+                              object_fit="contain", elem_id="trajectory-frames")
+        t_button.click(trajectory, [t_model, t_steps, t_seed], [t_gif, t_frames, t_timing], api_name="trajectory")
+
+
+def _results_tab(lab: Lab, app: gr.Blocks) -> None:
+    folders, newest = lab.result_folders()
+    first_report = next((name for name, path in folders.items() if path == newest), next(iter(folders), None))
 
     def show_results(name):
         """The chosen run's table (rounded), its plots and where its full report is."""
@@ -254,105 +366,16 @@ def build_app(lab: Lab) -> gr.Blocks:
         return (gr.Markdown(f"Results of `{name}`; full report: {report}."), readable(table),
                 gr.Gallery(value=plots, visible=bool(plots)))
 
-    explorer = lab.explorer_models
-    folders, newest = lab.result_folders()
-    first_report = next((name for name, path in folders.items() if path == newest), next(iter(folders), None))
-    with gr.Blocks(title="LDM Lab") as app:
-        gr.Markdown(INTRO)
-        if not labels:
-            gr.Markdown("**No models found.** Train some with `python -m ldm_eval` (they appear from `runs/`).")
-        with gr.Tab("Generate"):
-            gr.Markdown(TAB_NOTES["generate"], elem_classes="tab-note")
-            with gr.Row():
-                g_model = gr.Dropdown(labels, value=default, label="Model")
-                g_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
-            g_note = gr.Markdown(_condition_note(default_entry), elem_id="generate-condition-note")
-            with gr.Row():
-                g_steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
-                g_seed = gr.Number(0, precision=0, label="Seed")
-                g_n = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="Images")
-            with gr.Row():
-                # API callers never fire the model-change event: until it fires, offer every known class
-                g_label = gr.Dropdown(_label_choices(all_classes), value="", label="Class label",
-                                      elem_id="generate-label", interactive=default_kind == "class",
-                                      info="Class-conditional models only")
-                g_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="generate-prompt",
-                                      interactive=default_kind == "text", info="Text-conditional models only")
-                g_guidance = gr.Slider(0, MAX_GUIDANCE, value=1, step=0.5, label="Guidance scale",
-                                       info=GUIDANCE_INFO, elem_id="generate-guidance",
-                                       interactive=default_kind != "none")
-            g_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-            g_gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain",
-                                   elem_id="generate-gallery")
-            g_timing = gr.JSON(label="Timing", elem_id="generate-timing")
-            g_model.change(generate_model_changed, [g_model, g_label], [g_label, g_prompt, g_guidance, g_note],
-                           api_visibility="private")
-            g_button.click(generate, [g_model, g_sampler, g_steps, g_seed, g_n, g_label, g_prompt, g_guidance],
-                           [g_gallery, g_timing], api_name="generate", **RAW)
-        with gr.Tab("Compare factors"):
-            gr.Markdown(TAB_NOTES["compare"], elem_classes="tab-note")
-            c_models = gr.CheckboxGroup(labels, value=compare_default(lab.models), label="Models",
-                                        elem_id="compare-models")
-            with gr.Row():
-                c_sampler = gr.Radio(["DDIM", "DDPM"], value="DDIM", label="Sampler")
-                c_steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
-                c_seed = gr.Number(0, precision=0, label="Seed")
-            with gr.Row():
-                c_label = gr.Dropdown(_label_choices(all_classes), value="", label="Class label",
-                                      elem_id="compare-label",
-                                      info="Class models use it; text models without a prompt use its caption")
-                c_prompt = gr.Textbox("", label="Prompt", placeholder=PROMPT_EXAMPLE, elem_id="compare-prompt",
-                                      info="Text-conditional models only; unconditional models ignore both")
-                c_guidance = gr.Slider(0, MAX_GUIDANCE, value=1, step=0.5, label="Guidance scale",
-                                       info=GUIDANCE_INFO, elem_id="compare-guidance")
-            c_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
-            c_grid = gr.HTML(elem_id="compare-grid")
-            c_chart = gr.Plot(label="Seconds per image and FID per model", elem_id="compare-chart")
-            c_table = gr.Dataframe(label="Time, memory and FID", elem_id="compare-table")
-            c_button.click(compare, [c_models, c_sampler, c_steps, c_seed, c_label, c_prompt, c_guidance],
-                           [c_grid, c_chart, c_table], api_name="compare", **RAW)
-        with gr.Tab("Autoencoder explorer"):
-            gr.Markdown(TAB_NOTES["explorer"], elem_classes="tab-note")
-            with gr.Row():
-                r_image = gr.Image(type="filepath", label="Upload an image (up to 10 MB)", elem_id="explorer-image")
-                with gr.Column():
-                    r_index = gr.Number(0, precision=0, label="...or a held-out image from the data set (index)")
-                    r_pick = gr.Button("Use data set image")
-            r_models = gr.CheckboxGroup([m.label for m in explorer], value=explorer_default(explorer),
-                                        label="Models (uploading an image ticks those trained on data like it)",
-                                        elem_id="explorer-models")
-            r_button = gr.Button("Reconstruct", variant="primary", elem_id="explorer-button")
-            r_grid = gr.HTML(elem_id="explorer-grid")
-            r_latents = gr.Gallery(label="Latent channels", columns=8, height="auto", object_fit="contain")
-            r_table = gr.Dataframe(label="Quality and compression", elem_id="explorer-table")
-            r_image.upload(explorer_upload, [r_image], [r_image, r_models], api_visibility="private", **RAW)
-            r_pick.click(pick_from_data, [r_index], [r_image, r_models], api_visibility="private")
-            r_button.click(reconstruct, [r_image, r_models], [r_grid, r_latents, r_table], api_name="reconstruct",
-                           **RAW)
-        with gr.Tab("Denoising trajectory"):
-            gr.Markdown(TAB_NOTES["trajectory"], elem_classes="tab-note")
-            with gr.Row():
-                t_model = gr.Dropdown(labels, value=default, label="Model")
-                t_steps = gr.Slider(2, 100, value=20, step=1, label="DDIM steps")
-                t_seed = gr.Number(0, precision=0, label="Seed")
-            t_button = gr.Button("Show trajectory", variant="primary")
-            with gr.Row():
-                t_gif = gr.Image(label="Animation (x_t | predicted x0)", type="filepath", height=280)
-                t_timing = gr.JSON(label="Timing")
-            t_frames = gr.Gallery(label="Every step (x_t | predicted x0)", columns=5, height="auto",
-                                  object_fit="contain", elem_id="trajectory-frames")
-            t_button.click(trajectory, [t_model, t_steps, t_seed], [t_gif, t_frames, t_timing], api_name="trajectory")
-        with gr.Tab("Results"):
-            gr.Markdown(TAB_NOTES["results"], elem_classes="tab-note")
-            s_folder = gr.Dropdown(list(folders), value=first_report, label="Report or run folder",
-                                   elem_id="results-folder")
-            s_where = gr.Markdown(elem_id="results-where")
-            s_table = gr.Dataframe(label="Results", elem_id="results-table")
-            s_plots = gr.Gallery(label="Plots", columns=2, height="auto", object_fit="contain",
-                                 elem_id="results-plots")
-            s_folder.change(show_results, [s_folder], [s_where, s_table, s_plots], api_name="results")
-            app.load(show_results, [s_folder], [s_where, s_table, s_plots], api_visibility="private")
-    return app
+    with gr.Tab("Results"):
+        gr.Markdown(TAB_NOTES["results"], elem_classes="tab-note")
+        s_folder = gr.Dropdown(list(folders), value=first_report, label="Report or run folder",
+                               elem_id="results-folder")
+        s_where = gr.Markdown(elem_id="results-where")
+        s_table = gr.Dataframe(label="Results", elem_id="results-table")
+        s_plots = gr.Gallery(label="Plots", columns=2, height="auto", object_fit="contain",
+                             elem_id="results-plots")
+        s_folder.change(show_results, [s_folder], [s_where, s_table, s_plots], api_name="results")
+        app.load(show_results, [s_folder], [s_where, s_table, s_plots], api_visibility="private")
 
 
 @functools.lru_cache(maxsize=4)
@@ -363,6 +386,4 @@ def _test_images(resolution: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _tmpdir() -> str:
-    import tempfile
-
     return tempfile.mkdtemp(prefix="ldm-lab-")

@@ -50,7 +50,7 @@ def space_text(entry: ModelEntry) -> str:
 
 
 @dataclass
-class Cell:
+class GridCell:
     """One figure of a grid: a heading, the model's folder name, a picture and the lines under it."""
 
     heading: str
@@ -67,7 +67,7 @@ def _data_uri(array: np.ndarray, size: int = 128) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def grid_html(groups: dict[str, list[Cell]]) -> str:
+def grid_html(groups: dict[str, list[GridCell]]) -> str:
     """Titled groups of figures, every caption line visible under its picture (nothing cut, no hovering)."""
     parts = [GRID_CSS]
     for title, cells in groups.items():
@@ -111,23 +111,24 @@ def cell_lines(row: ComparedModel) -> list[str]:
 
 def compare_grid_html(rows: Sequence[ComparedModel]) -> str:
     """One column per model, grouped by data set: heading above the image, every figure below it."""
-    return grid_html({title: [Cell(space_text(r.entry), r.entry.short_name, unit_to_uint8(r.timed.images[0]), cell_lines(r))
+    return grid_html({title: [GridCell(space_text(r.entry), r.entry.short_name, unit_to_uint8(r.timed.images[0]),
+                                       cell_lines(r))
                               for r in group] for title, group in _groups(rows).items()})
 
 
 def reconstruction_grid_html(rows: list[dict]) -> str:
     """The input, then each autoencoder's reconstruction with its kind, f, latent, PSNR and SSIM, by data set."""
-    groups: dict[str, list[Cell]] = {}
+    groups: dict[str, list[GridCell]] = {}
     for row in rows:
         entry = row["entry"]
         cells = groups.setdefault(dataset_title(entry), [])
         if not cells:  # each group's own input: grey models see the picture in grey
-            cells.append(Cell("input", f"{entry.resolution} px, {'colour' if entry.channels == 3 else 'grey'}",
-                              row["input"], ["what the models are given"]))
-        cells.append(Cell(f"f = {row['factor']} · {row['kind'].upper()}", entry.short_name, row["reconstruction"],
-                          [f"PSNR {row['psnr']:.1f} dB · SSIM {row['ssim']:.3f}",
-                           f"latent {'x'.join(map(str, row['latent_shape']))} "
-                           f"({row['compression_ratio']:.0f}x fewer values)"]))
+            cells.append(GridCell("input", f"{entry.resolution} px, {'colour' if entry.channels == 3 else 'grey'}",
+                                  row["input"], ["what the models are given"]))
+        cells.append(GridCell(f"f = {row['factor']} · {row['kind'].upper()}", entry.short_name, row["reconstruction"],
+                              [f"PSNR {row['psnr']:.1f} dB · SSIM {row['ssim']:.3f}",
+                               f"latent {'x'.join(map(str, row['latent_shape']))} "
+                               f"({row['compression_ratio']:.0f}x fewer values)"]))
     return grid_html(groups)
 
 

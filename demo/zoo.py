@@ -1,9 +1,9 @@
 """Find the models the demo can show: the shipped zoo and any run folder a user trained into.
 
-A model is any folder with a ``model_index.json`` that ``pipelines.load_pipeline`` opens.
+A model is any folder with a ``model_index.json`` that ``pipelines.loading.load_pipeline`` opens.
 Its facts (factor, data, training time) come from the ``training.json`` the trainer wrote
 and its FID from the model's own ``metrics.json`` or the newest harness run that measured
-it, read through ``pipelines.results.read_results`` like every other consumer. Its condition
+it, read through ``pipelines.results_log.read_results`` like every other consumer. Its condition
 (none, class labels, text prompts) is read from the pipeline's own files, so the lists can
 say which models take labels or prompts without loading any weights.
 """
@@ -18,16 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.pipeline import LatentDiffusionPipeline
-from pipelines.results import (
-    RESULTS,
-    ConditioningRecord,
-    FidRecord,
-    RecordError,
-    Results,
-    TrainingRecord,
-    TrainingSummary,
-    read_results,
-)
+from pipelines.records import ConditioningRecord, FidRecord, RecordError, TrainingRecord
+from pipelines.results_log import RESULTS, Results, read_results
+from pipelines.training_summary import TrainingSummary
 
 log = logging.getLogger(__name__)
 

@@ -125,7 +125,7 @@ def cmd_train_autoencoder(argv: list[str]) -> int:
 
 
 def cmd_train_diffusion(argv: list[str]) -> int:
-    from pipelines.training import DiffusionTrainConfig, train_diffusion
+    from pipelines.diffusion_training import DiffusionTrainConfig, train_diffusion
 
     (cfg,) = parse("python -m ldm_eval train-diffusion", [DiffusionTrainConfig], argv)
     print(json.dumps(dataclasses.asdict(train_diffusion(cfg).summary), indent=2))
@@ -135,7 +135,8 @@ def cmd_train_diffusion(argv: list[str]) -> int:
 def cmd_sample(argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
-    from pipelines.pipeline import load_pipeline, resolve_device, save_images
+    from pipelines.loading import load_pipeline
+    from pipelines.pipeline import resolve_device, save_images
     from pipelines.sampling import sample_batches
 
     cfg, args = parse("python -m ldm_eval sample", [SampleSettings], argv, [("model_dir", "a trained model folder")])

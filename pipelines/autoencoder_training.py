@@ -39,7 +39,7 @@ from .training import (
     run_training,
     summarize,
 )
-from .results import TrainingSummary
+from .training_summary import TrainingSummary
 
 DISC_START_SHARE = 0.6  # default warm-up: the first 60 % of the budget is reconstruction only
 VGG16_WEIGHTS = "vgg16-397923af.pth"  # what torchvision (and so LPIPS) loads from the torch cache
@@ -53,10 +53,8 @@ class AutoencoderTrainConfig(TrainConfig):
     resolution: int = 32
     channels: int | None = None
     latent_channels: int | None = None  # None: the paper's value for the factor
-    # Defaults: what trained the best models in about 10 minutes on 2 CPU cores (the first-stage study's
-    # ae-quick). Measured on UTKFace 64 px, KL f = 4, 1,400 steps, 300 held-out faces: constant 1e-3 26.6 dB;
-    # 2e-3 with 50 warm-up steps and a cosine decay 27.7 dB; + the patch GAN from 60 % of the budget at weight
-    # 0.1: 27.7 dB and rFID 86 (95 % CI 83-90) against 94 (90-99) without it; at weight 0.5: 26.4 dB, rFID 91.
+    # Defaults: what trained the best models on a short CPU budget in the first-stage study (ae-quick): a
+    # higher peak rate with warm-up and cosine decay, and a light patch GAN late in training (see the changelog).
     learning_rate: float = 2e-3
     warmup_steps: int = 50
     lr_schedule: Literal["constant", "cosine"] = "cosine"
@@ -67,10 +65,8 @@ class AutoencoderTrainConfig(TrainConfig):
     # VQ only. diffusers' VectorQuantizer weighs the encoder's commitment 1 and the codebook 0.25 (the
     # original VQGAN code's swapped beta, kept for compatibility); VQ-VAE's intended commitment is 0.25.
     commitment_weight: float = 0.25
-    # VQ only: learn the codes as running means with this decay (0: by gradient, the codebook loss). Measured on
-    # UTKFace 64 px, VQ f = 4, 1,100 steps, 300 held-out faces: gradient codebook 24.3 dB; EMA 0.99 24.9 dB; EMA 0.9
-    # 24.3 dB; EMA 0.99 with 4,096 codes 24.1 dB (a larger codebook learns slower: 2,048 / 8,192 codes by gradient
-    # gave 24.1 / 23.9 dB).
+    # VQ only: learn the codes as running means with this decay (0: by gradient, the codebook loss). EMA 0.99
+    # reconstructed best in the first-stage study; larger codebooks learn slower (see the changelog).
     codebook_ema: float = 0.99
     kl_weight: float = 1e-6  # the paper's KL weight: a barely regularised, near-deterministic latent
     disc_weight: float = 0.1  # the paper's is 0.5 (for 100k+ steps); 0 trains without the adversarial term
@@ -147,7 +143,7 @@ def lpips_loss(device: torch.device) -> nn.Module:
             f"The perceptual (LPIPS) term needs the VGG16 weights at '{cached}', which this machine does not have "
             "(they are downloaded once online). Train without it (perceptual weight 0), or fetch them first.",
             "perceptual_weight")
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # only with LPIPS (start-up time)
 
     net = LearnedPerceptualImagePatchSimilarity(net_type="vgg").net.to(device).eval()
     return net.requires_grad_(False)

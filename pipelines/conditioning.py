@@ -159,6 +159,7 @@ def build_tokenizer(captions: Sequence[str], vocab_size: int = 600) -> PreTraine
     Byte-level BPE encodes any prompt (no unknown token) and decodes it back exactly; words
     seen in the captions become single tokens once the vocabulary is large enough.
     """
+    # imported here: only text-conditional training builds a tokenizer, and start-up need not pay for it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     texts = [c for c in captions if c]

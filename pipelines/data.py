@@ -37,8 +37,8 @@ FASHION_MNIST_CLASSES = (
 UTK_RACES = ("White", "Black", "Asian", "Indian", "Other")
 # UTKFace's classes (the class condition, the domain classifier, stratified draws): race x gender, 'Asian woman'
 UTK_CLASSES = tuple(f"{race} {gender}" for race in UTK_RACES for gender in ("man", "woman"))
-# Folders have no official split: 11 % held out for FID / reconstruction (10 % until the first-stage
-# study, which needs 1,000 held-out UTKFace faces for rFID; the older split held 993).
+# Folders have no official split: 11 % held out for FID / reconstruction, so that UTKFace keeps
+# 1,000 held-out faces for the first-stage study's rFID.
 HELD_OUT_SHARE = 0.11
 
 
@@ -155,7 +155,7 @@ def load_fashion_mnist(resolution: int, channels: int, split: Split) -> ImageDat
         images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
     else:  # pragma: no cover - needs the internet
-        from torchvision.datasets import FashionMNIST
+        from torchvision.datasets import FashionMNIST  # only for the download: it slows every start-up
 
         root = Path(os.environ.get("LDM_LAB_CACHE", Path.home() / ".cache" / "ldm_lab"))
         try:

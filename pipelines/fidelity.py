@@ -13,7 +13,7 @@ import torch
 
 from .errors import InputError
 
-# torchmetrics is imported where it is used: it costs ~2 s of a cold start, and the web demo
+# torchmetrics is imported where it is used: it slows a cold start noticeably, and the web demo
 # should answer its first request before anyone asks for a reconstruction.
 
 SSIM_KERNEL = 11  # the standard Gaussian window; shrunk for images smaller than it
@@ -30,7 +30,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 def psnr(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
     """Mean per-image PSNR in dB of float images in [0, 1]; inf when all pairs are identical."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # on first use (start-up time, above)
 
     _check_pair(a, b)
     values = [
@@ -43,7 +43,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
     """Mean per-image SSIM of float images in [0, 1] (Gaussian 11x11 window, smaller for tiny images)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    from torchmetrics.functional.image import structural_similarity_index_measure  # on first use (start-up time)
 
     _check_pair(a, b)
     side = min(a.shape[-2:])

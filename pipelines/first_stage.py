@@ -48,15 +48,23 @@ class FirstStageError(InputError):
     """A first stage that cannot be built or trusted (bad factor, bad latent scale...)."""
 
 
-def check_factor(factor: int, resolution: int | None = None) -> None:
-    """Raise a clear error for an unknown factor or one that does not divide the image."""
+def check_factor(factor: int, resolution: int | None = None, *, autoencoder: bool = False) -> None:
+    """The one check of the factor rule: a known factor that divides the image, and -- for an
+    autoencoder's latent (``autoencoder``, f > 1) -- a latent of at least MIN_LATENT_SIDE per side."""
     if factor not in FACTORS:
         raise FirstStageError(f"Unknown downsampling factor {factor}; choose one of {list(FACTORS)}.", "factor")
-    if resolution is not None and resolution % factor != 0:
+    if resolution is None:
+        return
+    if resolution % factor != 0:
         raise FirstStageError(
             f"Factor {factor} does not divide the resolution {resolution}: "
             f"the latent would not have an integer size. Pick a resolution divisible by {factor}.", "resolution"
         )
+    side = resolution // factor
+    if autoencoder and factor > 1 and side < MIN_LATENT_SIDE:
+        raise FirstStageError(
+            f"Factor {factor} at {resolution} px leaves a {side}x{side} latent; it must be at least "
+            f"{MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}. Use a smaller factor or a larger resolution.", "factor")
 
 
 @dataclass
@@ -81,17 +89,12 @@ class AutoencoderSpec:
 
     def validate(self) -> None:
         """Clear errors for a first stage that cannot be built (before anything is written)."""
-        check_factor(self.factor, self.resolution)
+        check_factor(self.factor, self.resolution, autoencoder=True)
         if self.factor == 1:
             raise FirstStageError("f = 1 is pixel space: it has no autoencoder (the first stage is the identity).",
                                   "factor")
         if self.kind not in AUTOENCODER_KINDS:
             raise FirstStageError(f"Unknown autoencoder kind {self.kind!r}; choose 'kl' or 'vq'.", "kind")
-        side = self.resolution // self.factor
-        if side < MIN_LATENT_SIDE:
-            raise FirstStageError(
-                f"Factor {self.factor} at {self.resolution} px leaves a {side}x{side} latent; it must be at least "
-                f"{MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}. Use a smaller factor or a larger resolution.", "factor")
         if self.kind == "vq" and self.codebook_size < 2:
             raise FirstStageError(f"A VQ codebook needs at least 2 codes (got {self.codebook_size}).", "codebook_size")
         if not 1 <= self.base_width <= 4096 or self.base_width % 4:

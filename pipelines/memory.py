@@ -59,8 +59,7 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             # CUDA runs the block's kernels after Python has queued them: its time ends when they end. (Read
-            # before this synchronize, a time budget missed the kernels' own time: on an H100 shared by ten
-            # training processes, 110 budgeted seconds took 150 to 170 s of wall time.)
+            # before this synchronize, a time budget would miss the kernels' own time and overrun.)
             torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - self._tic
             peak = torch.cuda.max_memory_allocated(self.device) / 2**20

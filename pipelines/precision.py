@@ -1,7 +1,7 @@
 """Reduced precision only where it pays: measured on this device, never assumed.
 
 bf16 is fast on CPUs with native bf16 instructions and on GPUs, and many times *slower*
-than fp32 on CPUs without them (an AVX2-only CPU ran bf16 convolutions about 9x slower).
+than fp32 on CPUs without them (AVX2-only CPUs, say).
 CPU flags do not tell reliably which, so :func:`bf16_speedup` times a small convolution in
 both precisions, interleaved, once per process and device.
 """

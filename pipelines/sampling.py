@@ -5,8 +5,8 @@ image's own generator (:func:`pipelines.pipeline.image_generators`), so the nois
 depends on the batch size: ``sample --batch-size 16`` and ``--batch-size 64``, the harness's
 timed sampling and the demo's Generate all start image i from the same noise and give the
 same image for the same model, seed, steps and condition -- up to float round-off, because
-CPU kernels pick their algorithm by batch size (measured: about 1e-6 apart, so a PNG pixel
-can land one level apart; same batch size is bit-identical).
+CPU kernels pick their algorithm by batch size (a PNG pixel can land one level apart; the
+same batch size is bit-identical).
 """
 from __future__ import annotations
 

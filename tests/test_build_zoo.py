@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, run_cli
 from safetensors.torch import load_file
 
-from pipelines.pipeline import load_pipeline
+from pipelines.loading import load_pipeline
 
 SMOKE_MODELS = ["fmnist16-dm-f1", "fmnist16-ldm-kl-f4", "fmnist16-ldm-kl-f4-class"]
 
@@ -107,7 +107,8 @@ def test_build_zoo_budgets_replace_every_parts_own() -> None:
 def test_build_zoo_trains_cells_side_by_side(tmp_path: Path) -> None:
     """--jobs: a part's cells in worker processes through the sweeps' own executor, every record written once
     by the driver to one results log that reads back whole; a shared autoencoder is trained once."""
-    from pipelines.results import AutoencoderRecord, TrainingRecord, read_results
+    from pipelines.records import AutoencoderRecord, TrainingRecord
+    from pipelines.results_log import read_results
 
     assert _build(tmp_path, "--jobs", "3", "--train-budget", "4", "--ae-budget", "5") == 0
     runs, models = tmp_path / "runs", tmp_path / "models"

@@ -7,14 +7,14 @@ import pytest
 from conftest import run_cli
 
 from ldm_eval.reporting.tables import COND_COLUMNS
-from pipelines.results import (
+from pipelines.records import (
     ClassifierRecord,
     ConditioningRecord,
     FidRecord,
     SamplingRecord,
     TrainingRecord,
-    read_results,
 )
+from pipelines.results_log import read_results
 
 
 def test_cond_smoke_sweep_measures_accuracy_and_per_class_fid_then_resumes(tmp_path: Path,

@@ -19,8 +19,9 @@ from pipelines.conditioning import (
     tokenize,
 )
 from pipelines.data import FASHION_MNIST_CLASSES, ImageDataset, load_dataset
-from pipelines.pipeline import PipelineLoadError, image_generators, load_pipeline
-from pipelines.training import drop_conditions
+from pipelines.diffusion_training import drop_conditions
+from pipelines.loading import PipelineLoadError, load_pipeline
+from pipelines.pipeline import image_generators
 
 
 def test_captions_come_from_the_labels() -> None:

@@ -12,7 +12,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from demo.screenshots import CHROMIUM_ARGS
-from pipelines.results import ResultsLog
+from pipelines.results_log import ResultsLog
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -375,7 +375,7 @@ def test_bad_inputs_get_clear_messages(client, server, tmp_path: Path) -> None:
 
 
 def _environment(resolution: int):
-    from pipelines.results import EnvironmentRecord
+    from pipelines.records import EnvironmentRecord
 
     return EnvironmentRecord(started="2026-01-01T00:00:00+00:00", python="3.11", platform="linux", torch="2",
                              diffusers="0", accelerate="1", torchmetrics="1", clean_fid="0", device="cpu",
@@ -384,7 +384,7 @@ def _environment(resolution: int):
 
 
 def _trained(kind: str, factor: int, resolution: int | None = None, condition: str = "none"):
-    from pipelines.results import TrainingRecord
+    from pipelines.records import TrainingRecord
 
     return TrainingRecord(kind=kind, factor=factor, latent_shape=[3, 4, 4], unet_params=1, ae_params=1, train_steps=1,
                           train_seconds=1.0, train_images_per_s=1.0, device="cpu", device_name="CPU", batch_size=1,
@@ -394,7 +394,7 @@ def _trained(kind: str, factor: int, resolution: int | None = None, condition: s
 
 def _fid(kind: str, factor: int, steps: int, fid: float, backend: str = "domain", n: int = 100,
          condition: str = "none"):
-    from pipelines.results import FidRecord
+    from pipelines.records import FidRecord
 
     return FidRecord(kind=kind, factor=factor, ddim_steps=steps, fid=fid, kid=None, kid_std=None, fid_backend=backend,
                      fid_samples=n, reference_samples=n, device="cpu", condition=condition)
@@ -404,7 +404,7 @@ def test_fid_lookup_shows_the_interval_when_the_run_measured_one(tmp_path: Path)
     from dataclasses import replace
 
     from demo.zoo import ModelEntry, model_fid
-    from pipelines.results import Results
+    from pipelines.results_log import Results
 
     entry = ModelEntry(name="m", path=tmp_path, factor=4, kind="kl", dataset="fashion-mnist", resolution=16)
     with_ci = replace(_fid("kl", 4, 50, 12.34), fid_ci_low=11.02, fid_ci_high=13.91)
@@ -419,7 +419,8 @@ def test_fid_lookup_reads_the_runs_records(tmp_path: Path) -> None:
     import os
 
     from demo.zoo import ModelEntry, latest_results, model_fid, sweep_results
-    from pipelines.results import ConditioningRecord, ResultsLog
+    from pipelines.records import ConditioningRecord
+    from pipelines.results_log import ResultsLog
 
     def run(folder: Path, age: int, *records) -> None:
         log = ResultsLog(folder)

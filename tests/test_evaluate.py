@@ -12,13 +12,8 @@ from ldm_eval.reporting.page import read_run
 from pipelines.data import load_dataset
 from pipelines.denoiser import DenoiserSpec, build_denoiser
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder
-from pipelines.results import (
-    FidRecord,
-    ModelRecord,
-    ReferenceRecord,
-    SamplingRecord,
-    read_results,
-)
+from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord
+from pipelines.results_log import read_results
 
 N = 20
 
@@ -104,7 +99,7 @@ def test_a_measurement_goes_on_the_card_of_the_weights_it_measured(public_models
     import shutil
 
     from ldm_eval.zoo.export import EVALUATED_HEADING, add_evaluation_sections
-    from pipelines.pipeline import weights_digest
+    from pipelines.loading import weights_digest
 
     ddpm, _ = public_models
     zoo = tmp_path / "zoo"
@@ -153,7 +148,7 @@ def test_bad_input_is_refused_before_any_work(public_models, reference_folder, t
 
 
 def test_hub_ids_are_recognised_and_local_folders_win(tmp_path, monkeypatch) -> None:
-    from pipelines.pipeline import PipelineLoadError, load_model
+    from pipelines.loading import PipelineLoadError, load_model
 
     with pytest.raises(PipelineLoadError, match="CompVis/ldm-celebahq-256.*HF_HUB_OFFLINE"):
         load_model("CompVis/ldm-celebahq-256")

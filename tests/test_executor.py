@@ -16,7 +16,8 @@ import pytest
 from conftest import run_cli
 
 from pipelines.checkpoint import latest_checkpoint
-from pipelines.results import TrainingSummary, read_results
+from pipelines.results_log import read_results
+from pipelines.training_summary import TrainingSummary
 
 SMOKE = ["sweep", "--preset", "smoke", "--factors", "1,4", "--inception-samples", "0"]
 # what differs between two runs of the same cell: clocks and memory, never the measurements

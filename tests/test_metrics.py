@@ -406,7 +406,7 @@ def test_reconstructions_set_a_latent_models_ceiling(classifier, fmnist_test, ti
     """The ceiling is the judge's share on the autoencoder's output for real images; pixel space has none."""
     from ldm_eval.metrics.recognisability import recognisability, reconstructions
     from pipelines.first_stage import FirstStage
-    from pipelines.pipeline import load_pipeline
+    from pipelines.loading import load_pipeline
 
     real = fmnist_test.images[:300]
     assert reconstructions(FirstStage(None, 1), real) is None

@@ -7,17 +7,13 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline
 
 from pipelines.denoiser import DenoiserSpec, build_denoiser
+from pipelines.diffusion_training import build_diffusion_pipeline
 from pipelines.errors import InputError
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder
 from pipelines.images import unit_to_uint8
-from pipelines.pipeline import (
-    LatentDiffusionPipeline,
-    PipelineLoadError,
-    image_generators,
-    load_pipeline,
-)
+from pipelines.loading import PipelineLoadError, load_pipeline
+from pipelines.pipeline import LatentDiffusionPipeline, image_generators
 from pipelines.sampling import sample_batches, timed_sampling
-from pipelines.training import build_diffusion_pipeline
 
 
 def _pipe(factor: int, kind: str = "kl") -> LatentDiffusionPipeline:

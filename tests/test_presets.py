@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ldm_eval.presets import COMPRESSION_PRESETS, CONDITIONING_PRESETS, FIRST_STAGE_PRESETS, ZOO_PRESETS
+from ldm_eval.presets import (
+    COMPRESSION_PRESETS,
+    CONDITIONING_PRESETS,
+    FIRST_STAGE_PRESETS,
+    ZOO_PRESETS,
+)
 from ldm_eval.sweeps.run_folder import first_stage_config
 from ldm_eval.sweeps.settings import RunSettings
 from pipelines.autoencoder_training import AutoencoderTrainConfig

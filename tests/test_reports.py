@@ -23,17 +23,15 @@ from ldm_eval.reporting.tables import (
     partner,
     tidy_table,
 )
-from pipelines.results import (
+from pipelines.records import (
     AutoencoderRecord,
     ConditioningRecord,
     FidRecord,
     RecordError,
-    Results,
-    ResultsLog,
     SamplingRecord,
     TrainingRecord,
-    read_results,
 )
+from pipelines.results_log import Results, ResultsLog, read_results
 
 REPORTS = ROOT / "reports"
 COMPRESSION_RUNS = ["quick", "standard", "standard-replaced"]  # the last one in the first layout

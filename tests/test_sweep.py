@@ -14,12 +14,8 @@ from conftest import ROOT, run_cli
 from ldm_eval.metrics.uncertainty import MIN_IMAGES_FOR_INTERVALS
 from ldm_eval.presets import FACTORS_32PX as FACTORS
 from ldm_eval.reporting.tables import TABLE_COLUMNS
-from pipelines.results import (
-    ProgressRecord,
-    RecognisabilityRecord,
-    TrainingRecord,
-    read_results,
-)
+from pipelines.records import ProgressRecord, RecognisabilityRecord, TrainingRecord
+from pipelines.results_log import read_results
 
 SMOKE = [sys.executable, "-m", "ldm_eval", "sweep", "--preset", "smoke"]
 NOT_APPLICABLE_TO_PIXELS = {"rfid", "psnr", "ssim"}

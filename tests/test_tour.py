@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
-from pipelines.results import FidRecord, ModelRecord, RecognisabilityRecord, SamplingRecord, read_results
+from pipelines.records import (
+    FidRecord,
+    ModelRecord,
+    RecognisabilityRecord,
+    SamplingRecord,
+)
+from pipelines.results_log import read_results
 
 SMALL = ["--sets", "fmnist32", "--n", "20", "--ddim-steps", "2", "--classifier-steps", "20",
          "--bootstrap-resamples", "20"]

@@ -12,13 +12,9 @@ from conftest import ROOT, run_cli
 from safetensors.torch import load_file
 
 from pipelines.checkpoint import latest_checkpoint
-from pipelines.pipeline import load_pipeline
-from pipelines.training import (
-    DiffusionTrainConfig,
-    Milestones,
-    Snapshot,
-    train_diffusion,
-)
+from pipelines.diffusion_training import DiffusionTrainConfig, train_diffusion
+from pipelines.loading import load_pipeline
+from pipelines.training import Milestones, Snapshot
 
 
 def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:
@@ -38,8 +34,9 @@ def test_min_snr_weighting_scales_each_samples_error_by_min_snr_gamma_over_snr()
     """``snr_gamma``: diffusers' ``compute_snr`` per sampled timestep, weights min(SNR, gamma) / SNR."""
     from diffusers.training_utils import compute_snr
 
+    from pipelines.diffusion_training import diffusion_loss
     from pipelines.pipeline import default_train_scheduler
-    from pipelines.training import TrainingError, diffusion_loss
+    from pipelines.training import TrainingError
 
     class Zero(torch.nn.Module):  # predicts no noise: the loss is then each sample's noise power, weighted
         def forward(self, x, t):

@@ -17,8 +17,9 @@ from ldm_eval.zoo.export import (
     export_zoo,
 )
 from pipelines.errors import InputError
-from pipelines.pipeline import load_pipeline
-from pipelines.results import RecordError, TrainingSummary
+from pipelines.loading import load_pipeline
+from pipelines.records import RecordError
+from pipelines.training_summary import TrainingSummary
 
 ZOO = ROOT / "models"
 MAX_BYTES = 120_000_000

@@ -16,20 +16,17 @@ import torch
 
 from pipelines.atomic import atomic_path, write_text_atomic
 from pipelines.data import load_dataset
+from pipelines.diffusion_training import (
+    build_diffusion_pipeline,
+    diffusion_loss,
+    sample_cached_batch,
+)
 from pipelines.first_stage import AutoencoderSpec, build_autoencoder, set_scaling_factor
 from pipelines.images import uint8_to_signed
 from pipelines.latent_cache import encode_dataset
 from pipelines.memory import PeakMemory
 from pipelines.pipeline import resolve_device
-from pipelines.training import (
-    TrainConfig,
-    build_diffusion_pipeline,
-    device_name,
-    diffusion_loss,
-    make_accelerator,
-    run_training,
-    sample_cached_batch,
-)
+from pipelines.training import TrainConfig, device_name, make_accelerator, run_training
 
 WARMUP_STEPS = 2
 

@@ -27,7 +27,8 @@ from pipelines.atomic import write_json_atomic
 from pipelines.data import FASHION_MNIST, STRATIFY_KEYS, load_dataset
 from pipelines.first_stage import FirstStage
 from pipelines.images import signed_to_uint8, uint8_to_signed, unit_nhwc_to_uint8_nchw
-from pipelines.pipeline import load_pipeline, resolve_device
+from pipelines.loading import load_pipeline
+from pipelines.pipeline import resolve_device
 from pipelines.sampling import timed_sampling
 
 CONFIDENCE = 0.9  # a sample is recognisable when one class gets at least this probability

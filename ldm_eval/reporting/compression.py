@@ -1,6 +1,6 @@
 """Render a run folder's results as ``results.csv``, ``report.md`` and a self-contained ``report.html``.
 
-Everything here is derived from ``results.jsonl`` (read through :func:`pipelines.results.read_results`):
+Everything here is derived from ``results.jsonl`` (read through :func:`pipelines.results_log.read_results`):
 ``python -m ldm_eval report RUN_DIR`` re-renders it at any time without measuring anything again.
 The helpers below the compression report (reading a run, saving figures, writing the page)
 are shared with :mod:`ldm_eval.conditional_report`.
@@ -36,12 +36,8 @@ from ldm_eval.reporting.page import (
 from ldm_eval.reporting.tables import (  # noqa: E402
     tidy_table,
 )
-from pipelines.results import (  # noqa: E402
-    AutoencoderRecord,
-    ProgressRecord,
-    Results,
-    TrainingRecord,
-)
+from pipelines.records import AutoencoderRecord, ProgressRecord, TrainingRecord  # noqa: E402
+from pipelines.results_log import Results  # noqa: E402
 
 # The paper's numbers (Rombach et al., CVPR 2022), shown beside ours and labelled as the paper's.
 PAPER_AUTOENCODERS = pd.DataFrame(

@@ -1,6 +1,6 @@
 """The conditioning sweep's report: quality against faithfulness across factors and guidance.
 
-Derived only from ``results.jsonl`` through :func:`pipelines.results.read_results`
+Derived only from ``results.jsonl`` through :func:`pipelines.results_log.read_results`
 (``python -m ldm_eval report RUN_DIR`` re-renders it); the page machinery is shared with
 the compression report in :mod:`ldm_eval.reporting.page`.
 """
@@ -29,7 +29,7 @@ from ldm_eval.reporting.tables import (  # noqa: E402
     conditional_table,
     per_class_table,
 )
-from pipelines.results import ClassifierRecord, ConditioningRecord  # noqa: E402
+from pipelines.records import ClassifierRecord, ConditioningRecord  # noqa: E402
 
 SUMMARY_COLUMNS = ["condition", "factor", "guidance", "accuracy", "fid", "mean_class_fid", "n", "samples_per_s",
                    "train_steps"]

@@ -20,7 +20,7 @@ from ldm_eval.reporting.first_stage import (
     render_first_stage_report,
 )
 from ldm_eval.reporting.page import read_run
-from pipelines.results import (  # noqa: E402
+from pipelines.records import (  # noqa: E402
     AutoencoderRecord,
     ConditioningRecord,
     ModelRecord,

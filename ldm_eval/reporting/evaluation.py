@@ -27,13 +27,8 @@ from ldm_eval.reporting.page import (
     write_report,
 )
 from ldm_eval.reporting.tables import partner  # noqa: E402
-from pipelines.results import (  # noqa: E402
-    FidRecord,
-    ModelRecord,
-    ReferenceRecord,
-    Results,
-    SamplingRecord,
-)
+from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord  # noqa: E402
+from pipelines.results_log import Results  # noqa: E402
 
 COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "ddim_steps",
            "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",

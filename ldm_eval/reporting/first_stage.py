@@ -28,7 +28,8 @@ from ldm_eval.reporting.page import (
     save_figure,
     write_report,
 )
-from pipelines.results import AutoencoderRecord, Results  # noqa: E402
+from pipelines.records import AutoencoderRecord  # noqa: E402
+from pipelines.results_log import Results  # noqa: E402
 
 # The columns of results.csv, in order (the Tab. 8 layout plus what tells rows apart).
 COLUMNS = ["kind", "factor", "variant", "latent_shape", "codebook_size", "codebook_usage", "perplexity", "ae_params",

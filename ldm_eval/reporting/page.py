@@ -25,16 +25,15 @@ from ldm_eval.reporting.tables import (
     write_table,  # noqa: E402
 )
 from pipelines.atomic import atomic_path, write_text_atomic  # noqa: E402
-from pipelines.results import (  # noqa: E402
+from pipelines.records import (  # noqa: E402
     AutoencoderRecord,
     ClassifierRecord,
     EnvironmentRecord,
     RecognisabilityRecord,
     Record,
-    Results,
     TrainingRecord,
-    read_results,
 )
+from pipelines.results_log import Results, read_results  # noqa: E402
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
          "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")

@@ -1,6 +1,6 @@
 """The run's tidy tables (``results.csv``), joined from the typed records of ``results.jsonl``.
 
-The records and their one reader live in :mod:`pipelines.results`; this module only joins
+The records and their one reader live in :mod:`pipelines.records` and :mod:`pipelines.results_log`; this module only joins
 them into one row per measurement for the reports, the CSV and the demo. A partner record
 that is not there yet (a sweep still running) leaves its cells empty, but a field name that
 no record type has is an error: see :class:`Absent`.
@@ -14,15 +14,15 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from pipelines.atomic import atomic_path
-from pipelines.results import (
+from pipelines.records import (
     AutoencoderRecord,
     ConditioningRecord,
     FidRecord,
     Record,
-    Results,
     SamplingRecord,
     TrainingRecord,
 )
+from pipelines.results_log import Results
 
 TABLE_COLUMNS = [
     "factor", "kind", "resolution", "latent_shape", "unet_params", "ae_params", "train_steps", "train_seconds",

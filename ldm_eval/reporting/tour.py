@@ -19,13 +19,13 @@ from ldm_eval.reporting.page import (
     write_report,
 )
 from ldm_eval.reporting.tables import partner, write_table
-from pipelines.results import (
+from pipelines.records import (
     FidRecord,
     ModelRecord,
     RecognisabilityRecord,
-    Results,
     SamplingRecord,
 )
+from pipelines.results_log import Results
 
 COLUMNS = ["model", "factor", "latent_shape", "unet_params", "inception_fid", "inception_ci_low", "inception_ci_high",
            "domain_fid", "domain_ci_low", "domain_ci_high", "recognised", "sec_per_image", "peak_mem_sample_mb",

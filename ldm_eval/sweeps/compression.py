@@ -35,17 +35,15 @@ from ldm_eval.sweeps.settings import (
     check_ddim_steps,
     help_text,
 )
+from pipelines.diffusion_training import DiffusionTrainConfig, train_diffusion
 from pipelines.first_stage import FACTORS
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
-from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
-from pipelines.results import ProgressRecord, Results, SamplingRecord, TrainingRecord
+from pipelines.loading import load_pipeline
+from pipelines.pipeline import LatentDiffusionPipeline
+from pipelines.records import ProgressRecord, SamplingRecord, TrainingRecord
+from pipelines.results_log import Results
 from pipelines.sampling import timed_sampling, warm_up
-from pipelines.training import (
-    DiffusionTrainConfig,
-    Milestones,
-    Snapshot,
-    train_diffusion,
-)
+from pipelines.training import Milestones, Snapshot
 
 
 @dataclass

@@ -40,17 +40,18 @@ from ldm_eval.sweeps.settings import (
     help_text,
 )
 from pipelines.conditioning import class_caption, validate_guidance
+from pipelines.diffusion_training import DiffusionTrainConfig, train_diffusion
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
-from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
-from pipelines.results import (
+from pipelines.loading import load_pipeline
+from pipelines.pipeline import LatentDiffusionPipeline
+from pipelines.records import (
     ClassifierRecord,
     ConditioningRecord,
-    Results,
     SamplingRecord,
     TrainingRecord,
 )
+from pipelines.results_log import Results
 from pipelines.sampling import timed_sampling, warm_up
-from pipelines.training import DiffusionTrainConfig, train_diffusion
 
 
 @dataclass

@@ -46,21 +46,11 @@ from pipelines.data import (
 )
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
-from pipelines.pipeline import (
-    LatentDiffusionPipeline,
-    load_model,
-    resolve_device,
-    weights_digest,
-)
+from pipelines.loading import load_model, weights_digest
+from pipelines.pipeline import LatentDiffusionPipeline, resolve_device
 from pipelines.precision import sampling_dtype
-from pipelines.results import (
-    FidRecord,
-    ModelRecord,
-    ReferenceRecord,
-    Results,
-    ResultsLog,
-    SamplingRecord,
-)
+from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord
+from pipelines.results_log import Results, ResultsLog
 from pipelines.sampling import timed_sampling, warm_up
 
 log = logging.getLogger(__name__)

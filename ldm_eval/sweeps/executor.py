@@ -13,7 +13,7 @@ trains, and a retried cell resumes from them, on whichever node Ray picks. Only 
 node reads makes that possible (the object store returns a task's output only when it ends), so
 ``--out`` must be on storage all nodes mount (NFS, a Kubernetes volume, a SLURM job's shared file
 system). What does go back to the driver is small: the records a cell measured. The driver alone
-appends them to ``results.jsonl`` (:class:`~pipelines.results.RecordingLog`), so the log stays one
+appends them to ``results.jsonl`` (:class:`~pipelines.results_log.RecordingLog`), so the log stays one
 ordered file and ``--resume`` works the same whichever executor ran the cells.
 
 Every cell gets the same numbers whichever executor runs it: its seeds come from the run's seed and
@@ -40,7 +40,7 @@ import pipelines
 from ldm_eval.sweeps.run_folder import RunContext, open_run
 from ldm_eval.sweeps.settings import RunSettings, SweepError
 from pipelines.atomic import write_json_atomic, write_text_atomic
-from pipelines.results import (
+from pipelines.results_log import (
     RecordingLog,
     Results,
     ResultsLog,

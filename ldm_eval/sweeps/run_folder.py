@@ -39,18 +39,17 @@ from pipelines.data import (
 from pipelines.first_stage import FirstStage
 from pipelines.images import save_grid, signed_to_uint8
 from pipelines.pipeline import resolve_device
-from pipelines.results import (
+from pipelines.records import (
     AutoencoderRecord,
     ClassifierRecord,
     EnvironmentRecord,
     FidRecord,
     RecognisabilityRecord,
-    Results,
-    ResultsLog,
     TrainingRecord,
-    TrainingSummary,
 )
+from pipelines.results_log import Results, ResultsLog
 from pipelines.training import device_name
+from pipelines.training_summary import TrainingSummary
 
 KID_SUBSETS = 50
 KID_SUBSET_SIZE = 1000

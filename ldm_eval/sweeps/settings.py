@@ -7,9 +7,10 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from ldm_eval.metrics.uncertainty import BOOTSTRAP_RESAMPLES
 from pipelines.autoencoder_training import AutoencoderTrainConfig
+from pipelines.diffusion_training import snr_gamma_problem
 from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import MIN_LATENT_SIDE, check_factor
-from pipelines.training import MAX_STEPS, snr_gamma_problem
+from pipelines.training import MAX_STEPS
 
 _AE = AutoencoderTrainConfig  # where the autoencoders' defaults live
 

@@ -33,14 +33,15 @@ from ldm_eval.sweeps.settings import (
 )
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
-from pipelines.pipeline import LatentDiffusionPipeline, load_pipeline
-from pipelines.results import (
+from pipelines.loading import load_pipeline
+from pipelines.pipeline import LatentDiffusionPipeline
+from pipelines.records import (
     FidRecord,
     ModelRecord,
     RecognisabilityRecord,
-    Results,
     SamplingRecord,
 )
+from pipelines.results_log import Results
 from pipelines.sampling import timed_sampling, warm_up
 
 

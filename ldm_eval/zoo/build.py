@@ -38,7 +38,8 @@ from ldm_eval.zoo.export import (
     export_zoo,
     model_rows,
 )
-from pipelines.results import TrainingSummary, read_results
+from pipelines.results_log import read_results
+from pipelines.training_summary import TrainingSummary
 
 MB = 1024 * 1024
 

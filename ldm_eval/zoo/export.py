@@ -2,7 +2,7 @@
 
 The card states what produced the weights (data, resolution, steps, time, hardware) and
 the model's own measurements from the same run's ``results.jsonl``, read through
-:func:`pipelines.results.read_results` like every other consumer.
+:func:`pipelines.results_log.read_results` like every other consumer.
 """
 from __future__ import annotations
 
@@ -20,18 +20,17 @@ from ldm_eval.reporting.tables import domain_fid
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.errors import InputError
 from pipelines.first_stage import load_autoencoder
-from pipelines.pipeline import load_pipeline, weights_digest
-from pipelines.results import (
+from pipelines.loading import load_pipeline, weights_digest
+from pipelines.records import (
     AutoencoderRecord,
     ConditioningRecord,
     EnvironmentRecord,
     FidRecord,
     ModelRecord,
     RecognisabilityRecord,
-    Results,
-    TrainingSummary,
-    read_results,
 )
+from pipelines.results_log import Results, read_results
+from pipelines.training_summary import TrainingSummary
 
 UTKFACE_LICENCE = ("Trained on UTKFace (Zhang, Song, Qi, CVPR 2017), released for non-commercial research only; "
                    "these weights inherit that licence: non-commercial research use only.")
