@@ -23,7 +23,7 @@ from ldm_eval.sweeps.run_folder import (
     open_run,
 )
 from ldm_eval.sweeps.settings import Sweep, SweepError, help_text
-from pipelines.first_stage import AUTOENCODER_KINDS, MIN_LATENT_SIDE
+from pipelines.first_stage import AUTOENCODER_KINDS
 
 
 @dataclass
@@ -31,7 +31,7 @@ class FirstStageSettings:
     """Which autoencoders the study trains and how it measures them."""
 
     factors: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32],
-                               metadata=help_text("downsampling factors (those leaving a latent under 2x2 are skipped)"))
+                               metadata=help_text("downsampling factors (each must leave a latent of at least 2x2)"))
     kinds: list[str] = field(default_factory=lambda: list(AUTOENCODER_KINDS),
                              metadata=help_text("autoencoder kinds: kl and/or vq"))
     no_gan_factors: list[int] = field(default_factory=lambda: [4, 8], metadata=help_text(
@@ -64,8 +64,8 @@ FirstStageSweep = Sweep[FirstStageSettings]
 
 
 def cells(cfg: FirstStageSweep) -> list[tuple[str, int, str]]:
-    """(kind, factor, variant) of every model the study trains, in order; skips latents under 2x2."""
-    fits = [f for f in cfg.sweep.factors if cfg.run.resolution // f >= MIN_LATENT_SIDE]
+    """(kind, factor, variant) of every model the study trains, in order (the factors are checked: Sweep.validate)."""
+    fits = cfg.sweep.factors
     out = [(kind, f, "") for f in fits for kind in cfg.sweep.kinds]
     out += [(kind, f, NO_GAN) for f in fits if f in cfg.sweep.no_gan_factors for kind in cfg.sweep.no_gan_kinds]
     out += [(kind, f, gan_variant(share)) for share in cfg.sweep.gan_start_shares for f in fits
@@ -91,9 +91,6 @@ def run_first_stage_sweep(cfg: FirstStageSweep) -> Path:
     """Run (or resume) the first-stage study; returns the run folder."""
     cfg.validate()
     todo = cells(cfg)
-    if not todo:
-        raise SweepError(f"No factor leaves a latent of at least {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE} at "
-                         f"{cfg.run.resolution} px.", "factors")
     if cfg.run.ae_disc_weight == 0 and any(v == NO_GAN for *_, v in todo):
         raise SweepError("The adversarial term is already off (--ae-disc-weight 0): there is nothing to compare "
                          "the no-GAN models with. Give no --no-gan-factors or a positive weight.", "ae_disc_weight")

@@ -9,7 +9,7 @@ from ldm_eval.metrics.uncertainty import BOOTSTRAP_RESAMPLES
 from pipelines.autoencoder_training import AutoencoderTrainConfig
 from pipelines.diffusion_training import snr_gamma_problem
 from pipelines.errors import InputError, whole_number
-from pipelines.first_stage import MIN_LATENT_SIDE, check_factor
+from pipelines.first_stage import check_factor
 from pipelines.training import MAX_STEPS
 
 _AE = AutoencoderTrainConfig  # where the autoencoders' defaults live
@@ -132,17 +132,15 @@ class RunSettings(ExecutorFlags):
 
 
 def check_factors(factors: list[int], resolution: int) -> None:
+    """Every factor by the core's one rule (known, divides the image, an autoencoder's latent at least 2x2),
+    its message naming the sweep's flag."""
     if not factors:
         raise SweepError("Give at least one factor.", "factors")
     for f in factors:
         try:
-            check_factor(f, resolution)
+            check_factor(f, resolution, autoencoder=True)
         except InputError as err:
             raise SweepError(str(err), "factors" if err.field == "factor" else err.field) from None
-        if f > 1 and resolution // f < MIN_LATENT_SIDE:
-            raise SweepError(f"Factor {f} at {resolution} px leaves a {resolution // f}x{resolution // f} latent; an "
-                             f"autoencoder's latent must be at least {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}. Drop it from "
-                             "the factors or use a larger resolution.", "factors")
 
 
 def check_ddim_steps(steps: list[int], field_name: str) -> None:
