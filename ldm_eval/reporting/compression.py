@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 from ldm_eval.reporting.page import (
     budget_sentence,
     classifier_sentence,
+    data_label,
     error_bars,
     grid_lines,
     image_lines,
@@ -117,7 +118,7 @@ def render_report(run_dir: Path) -> Path:
              "**Finding** (FID rankings; `<`: the 95 % intervals separate the two, `~`: they overlap, so the order "
              "could flip with another draw of samples):", "", *(reading or ["(no ranking: fewer than two models)"]), ""]
     lines += [
-        f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px; factors "
+        f"Preset `{cfg.get('preset')}` on `{data_label(cfg.get('dataset'))}` at {cfg.get('resolution')} px; factors "
         f"{cfg.get('factors')}; autoencoders {cfg.get('kinds')}; UNets matched at about {cfg.get('param_budget')} "
         "parameters.",
         "",

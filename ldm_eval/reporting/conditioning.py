@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 from ldm_eval.reporting.page import (
     budget_sentence,
+    data_label,
     grid_lines,
     image_lines,
     md_table,
@@ -78,7 +79,7 @@ def render_conditional_report(run_dir: Path) -> Path:
     plots = _plots(table, run_dir / "plots", 1 / n_classes if n_classes else None)
     lines = [
         f"# LDM Lab conditioning report: {run_dir.name}", "",
-        f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px; factors "
+        f"Preset `{cfg.get('preset')}` on `{data_label(cfg.get('dataset'))}` at {cfg.get('resolution')} px; factors "
         f"{cfg.get('factors')}; conditions {cfg.get('conditions')}; guidance scales {cfg.get('guidance')}. Each "
         f"cross-attention denoiser trained for {cfg.get('train_budget')} {cfg.get('budget')} (UNet about "
         f"{cfg.get('param_budget')} parameters, batch {cfg.get('batch_size')}, condition dropout "

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ldm_eval.reporting.page import (
+    data_label,
     error_bars,
     grid_lines,
     image_lines,
@@ -97,7 +98,7 @@ def render_evaluation_report(run_dir: Path) -> Path:
     run_dir, results, table, env, cfg = run.run_dir, run.results, run.table, run.env, run.cfg
     split = cfg.get("reference_split", "auto")
     ref_n = cfg.get("reference_n") or cfg.get("n")
-    reference = f"`{cfg.get('reference')}`" + (f" ({split} split)" if split != "auto" else "") + f", {ref_n} images"
+    reference = f"`{data_label(cfg.get('reference'))}`" + (f" ({split} split)" if split != "auto" else "") + f", {ref_n} images"
     reading = ranking_reading(table)
     lines = [
         f"# LDM Lab evaluation: {run_dir.name}", "",

@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from ldm_eval.reporting.compression import PAPER_AUTOENCODERS  # noqa: E402
 from ldm_eval.reporting.page import (
     budget_sentence,
+    data_label,
     error_bars,
     grid_lines,
     image_lines,
@@ -132,7 +133,7 @@ def render_first_stage_report(run_dir: Path) -> Path:
     n = int(table["rfid_samples"].max()) if len(table) else 0
     lines = [
         f"# LDM Lab first-stage study: {run_dir.name}", "",
-        f"Preset `{cfg.get('preset')}` on `{cfg.get('dataset')}` at {cfg.get('resolution')} px. Every autoencoder "
+        f"Preset `{cfg.get('preset')}` on `{data_label(cfg.get('dataset'))}` at {cfg.get('resolution')} px. Every autoencoder "
         f"trained for the same budget ({cfg.get('ae_budget')} {cfg.get('budget')}, batch {cfg.get('ae_batch_size')}, "
         f"base width {cfg.get('ae_base_width')}, learning rate {cfg.get('ae_learning_rate')}); the column `losses` "
         "says which terms trained each model. Rows marked `no-gan` are the same model trained without the "

@@ -268,3 +268,15 @@ def open_report(run_dir: str | Path, table_of: Callable[[Results], pd.DataFrame]
     write_table(run_dir, table)
     env, cfg = environment(results)
     return OpenedRun(run_dir, results, table, env, cfg)
+
+
+def data_label(spec: object) -> str:
+    """A data set as a report names it: a registered name as it is, a folder by its path from the checkout's
+    parent (``../shared/data/utkface``) when it lies there, else by its own name -- never a machine's path."""
+    text = str(spec)
+    if not text.startswith("/"):
+        return text
+    parts = Path(text).parts
+    if "shared" in parts:
+        return "../" + "/".join(parts[parts.index("shared"):])
+    return Path(text).name
