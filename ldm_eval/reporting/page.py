@@ -233,7 +233,8 @@ def write_report(run_dir: Path, lines: list[str]) -> Path:
     return md_path
 
 
-_LOCAL_IMAGE = re.compile(r'src="((?:plots|grids)/[^"]+)"')
+# a PNG inside the run folder: plots/, grids/, or a sub-run's grids (the tour's SET/grids/)
+_LOCAL_IMAGE = re.compile(r'src="((?:(?!\.\./)[\w.-]+/)*(?:plots|grids)/[^"/]+\.png)"')
 
 
 def to_html(markdown_text: str, run_dir: Path) -> str:

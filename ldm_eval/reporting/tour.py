@@ -122,10 +122,12 @@ def render_tour_report(out: Path, prefixes: list[str]) -> Path:
         sections += [f"## {prefix}", "", md_table(display_table(table)), "",
                      f"Measured on {where}; memory: {table['memory_method'].iloc[0] if len(table) else ''}.", "",
                      f'<img src="plots/{plot.name}" width="520">', "",
-                     "Samples (the first 64 of each model, same seeds):", ""]
-        sections += [f'<img src="{prefix}/grids/samples-{m}.png" width="180" title="{m}">' for m in table["model"]]
-        sections += [""]
-    lines = ["# LDM Lab: the shipped models, measured", "", *findings, "",
+                     "Samples (the first 64 of each model, the same seeds for every model):", ""]
+        sections += ["| " + " | ".join(f"f = {f}" for f in table["factor"]) + " |",
+                     "|" + "---|" * len(table),
+                     "| " + " | ".join(f'<img src="{prefix}/grids/samples-{m}.png" width="170" title="{m}">'
+                                      for m in table["model"]) + " |", ""]
+    lines = ["# LDM Lab: the shipped models, measured", "", *[f"- {line}" for line in findings], "",
              "Every number here was measured by this run on this machine: N samples per model at one DDIM step "
              "count, Inception FID (clean-fid features) and domain FID (a small classifier trained on the data "
              "set) against as many held-out real images, each with a bootstrap 95 % interval; `recognised` is "
