@@ -9,6 +9,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
+from ldm_eval.metrics.uncertainty import BOOTSTRAP_RESAMPLES
 from ldm_eval.sweeps.settings import RunSettings, Sweep, help_text
 
 # --- the small commands' settings ----------------------------------------------------------
@@ -41,6 +42,8 @@ class FidSettings:
     intervals: bool = field(default=True, metadata=help_text(
         "bootstrap 95 % interval and FID-infinity for the second folder (--intervals false skips them)"))
     classifier: Path | None = field(default=None, metadata=help_text("domain classifier folder (a sweep's domain_classifier/)"))
+    bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata=help_text(
+        "bootstrap resamples behind the 95 % interval (0 skips the interval, FID-infinity is still given)"))
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
 
 

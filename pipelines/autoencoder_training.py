@@ -19,7 +19,12 @@ from torch import nn
 
 from .checkpoint import TrainState
 from .codebook import CodebookKeeper, nearest_codes
-from .discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss, patch_layers
+from .discriminator import (
+    PatchDiscriminator,
+    adaptive_weight,
+    hinge_discriminator_loss,
+    patch_layers,
+)
 from .first_stage import (
     Autoencoder,
     AutoencoderSpec,
@@ -143,7 +148,9 @@ def lpips_loss(device: torch.device) -> nn.Module:
             f"The perceptual (LPIPS) term needs the VGG16 weights at '{cached}', which this machine does not have "
             "(they are downloaded once online). Train without it (perceptual weight 0), or fetch them first.",
             "perceptual_weight")
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # only with LPIPS (start-up time)
+    from torchmetrics.image.lpip import (
+        LearnedPerceptualImagePatchSimilarity,  # only with LPIPS (start-up time)
+    )
 
     net = LearnedPerceptualImagePatchSimilarity(net_type="vgg").net.to(device).eval()
     return net.requires_grad_(False)

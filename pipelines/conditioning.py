@@ -160,7 +160,14 @@ def build_tokenizer(captions: Sequence[str], vocab_size: int = 600) -> PreTraine
     seen in the captions become single tokens once the vocabulary is large enough.
     """
     # imported here: only text-conditional training builds a tokenizer, and start-up need not pay for it
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     texts = [c for c in captions if c]
     if not texts:

@@ -155,7 +155,9 @@ def load_fashion_mnist(resolution: int, channels: int, split: Split) -> ImageDat
         images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
     else:  # pragma: no cover - needs the internet
-        from torchvision.datasets import FashionMNIST  # only for the download: it slows every start-up
+        from torchvision.datasets import (
+            FashionMNIST,  # only for the download: it slows every start-up
+        )
 
         root = Path(os.environ.get("LDM_LAB_CACHE", Path.home() / ".cache" / "ldm_lab"))
         try:

@@ -18,7 +18,13 @@ from diffusers.training_utils import compute_snr
 from transformers import PreTrainedTokenizerFast
 
 from .checkpoint import TrainState
-from .conditioning import CONDITION_KINDS, ConditionEncoder, ConditionKind, build_condition_encoder, encode_condition
+from .conditioning import (
+    CONDITION_KINDS,
+    ConditionEncoder,
+    ConditionKind,
+    build_condition_encoder,
+    encode_condition,
+)
 from .denoiser import DenoiserSpec, build_denoiser
 from .first_stage import Autoencoder, FirstStage, check_factor, load_autoencoder
 from .latent_cache import LatentCache, cached_latents

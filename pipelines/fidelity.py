@@ -30,7 +30,9 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 def psnr(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
     """Mean per-image PSNR in dB of float images in [0, 1]; inf when all pairs are identical."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio  # on first use (start-up time, above)
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,  # on first use (start-up time, above)
+    )
 
     _check_pair(a, b)
     values = [
@@ -43,7 +45,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, batch_size: int = 256) -> float:
     """Mean per-image SSIM of float images in [0, 1] (Gaussian 11x11 window, smaller for tiny images)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure  # on first use (start-up time)
+    from torchmetrics.functional.image import (
+        structural_similarity_index_measure,  # on first use (start-up time)
+    )
 
     _check_pair(a, b)
     side = min(a.shape[-2:])

@@ -116,7 +116,9 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, n: int = 64, nrow: int = 8) -> Path:
     """The first ``n`` float NHWC images in [0, 1] as one PNG grid (white 1 px gaps)."""
-    from torchvision.utils import make_grid  # here, not at the top: torchvision slows every start-up
+    from torchvision.utils import (
+        make_grid,  # here, not at the top: torchvision slows every start-up
+    )
 
     grid = make_grid(torch.from_numpy(np.asarray(images[:n])).permute(0, 3, 1, 2), nrow=nrow, padding=1, pad_value=1.0)
     return save_png(grid.permute(1, 2, 0).numpy(), path)

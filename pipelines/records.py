@@ -181,6 +181,7 @@ class SamplingRecord(SampleSetRecord):
     memory_method: str
     sample_batch: int | None  # None: not recorded (first-layout conditioning runs)
     scheduler: str
+    eta: float | None = None  # DDIM's eta (None: DDPM, or not recorded)
 
     @property
     def key(self) -> str:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .records import RECORD_TYPES, SCHEMA_VERSION, EnvironmentRecord, Record, RecordError
+from .records import (
+    RECORD_TYPES,
+    SCHEMA_VERSION,
+    EnvironmentRecord,
+    Record,
+    RecordError,
+)
 
 RESULTS = "results.jsonl"
 R = TypeVar("R", bound=Record)

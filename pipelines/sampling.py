@@ -17,7 +17,13 @@ import numpy as np
 
 from .errors import InputError, whole_number
 from .memory import PeakMemory
-from .pipeline import MAX_BATCH, LatentDiffusionPipeline, SampleOutput, SampleRequest, image_generators
+from .pipeline import (
+    MAX_BATCH,
+    LatentDiffusionPipeline,
+    SampleOutput,
+    SampleRequest,
+    image_generators,
+)
 
 Condition = Sequence[int | str] | int | str | None
 MAX_IMAGES = 10_000_000  # per request; each batch is at most MAX_BATCH
@@ -85,6 +91,7 @@ def sample_batches(
     prompt: Condition = None,
     guidance_scale: float = 1.0,
     return_trajectory: bool = False,
+    eta: float = 0.0,
 ) -> Iterator[tuple[int, SampleOutput]]:
     """Yield ``(first image index, output)`` per batch; the whole request is checked before any work.
 
@@ -98,6 +105,7 @@ def sample_batches(
             num_images=n, num_inference_steps=request.steps, scheduler=request.scheduler,
             generator=image_generators(request.seed, range(start, start + n)), return_trajectory=return_trajectory,
             labels=_slice(labels, start, n), prompt=_slice(prompt, start, n), guidance_scale=guidance_scale,
+            eta=eta,
         )
 
 
@@ -112,6 +120,7 @@ def timed_sampling(
     labels: Condition = None,
     prompt: Condition = None,
     guidance_scale: float = 1.0,
+    eta: float = 0.0,
 ) -> TimedSamples:
     """All batches of :func:`sample_batches` under :class:`PeakMemory`.
 
@@ -121,7 +130,7 @@ def timed_sampling(
     chunks, xts, x0s, timesteps = [], [], [], None
     with PeakMemory(pipe.device) as mem:
         for _, out in sample_batches(pipe, num_images, steps, scheduler, seed, batch_size, labels, prompt,
-                                     guidance_scale, return_trajectory):
+                                     guidance_scale, return_trajectory, eta):
             chunks.append(out.images)
             timesteps = out.timesteps
             if return_trajectory:

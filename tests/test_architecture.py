@@ -26,7 +26,7 @@ ALLOWED = {
     "ldm_eval.presets": {"ldm_eval.sweeps", "pipelines"},
     "ldm_eval.zoo": {"ldm_eval.zoo", "ldm_eval.presets", "ldm_eval.sweeps", "ldm_eval.metrics", "ldm_eval.reporting",
                      "pipelines"},
-    "ldm_eval.arguments": {"ldm_eval.sweeps", "pipelines"},
+    "ldm_eval.arguments": {"ldm_eval.sweeps", "ldm_eval.metrics", "pipelines"},
     "ldm_eval.cli": {"ldm_eval", "pipelines"},  # the top: any room, lazily inside its command functions
     "ldm_eval.__main__": {"ldm_eval.cli"},
     "ldm_eval": set(),  # the package's own __init__

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import run_cli, write_pngs
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline
@@ -210,3 +211,30 @@ def test_the_demo_lists_a_users_models_beside_the_zoo_and_compares_them(public_m
             app.main(["--models", str(ddpm), "--models", bad])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and "error: --models:" in err and message in err, err
+
+
+def test_a_stock_ddpm_folder_is_scored_with_its_own_sampler_in_a_new_folder_each_run(
+        public_models, reference_folder, tmp_path, monkeypatch, capsys) -> None:
+    """--scheduler ddpm samples ancestrally and says so in every row; without --out every run gets its own folder."""
+    ddpm, _ = public_models
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the second run of the same command neither collides nor resumes the first
+        assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--n", N, "--ddim-steps", 3,
+                       "--scheduler", "ddpm", "--bootstrap-resamples", 10) == 0
+    runs = sorted((tmp_path / "runs" / "evaluate").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        table = pd.read_csv(run / "results.csv")
+        assert list(table["scheduler"]) == ["ddpm"] and table["eta"].isna().all()
+        assert "DDPM (ancestral)" in (run / "report.md").read_text()
+    # DDPM and DDIM draw different images from the same seed
+    assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--n", N, "--ddim-steps", 3,
+                   "--out", tmp_path / "ddim", "--bootstrap-resamples", 10) == 0
+    ddim = pd.read_csv(tmp_path / "ddim" / "results.csv")
+    assert list(ddim["scheduler"]) == ["ddim"] and list(ddim["eta"]) == [0.0]
+    assert ddim["fid"].iloc[0] != pd.read_csv(runs[0] / "results.csv")["fid"].iloc[0]
+    capsys.readouterr()
+    assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--scheduler", "ddpm", "--eta", 0.5) == 2
+    assert "only for --scheduler ddim" in capsys.readouterr().err
+    assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--resume") == 2
+    assert "--resume needs --out" in capsys.readouterr().err

@@ -31,11 +31,18 @@ from ldm_eval.reporting.tables import partner  # noqa: E402
 from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord  # noqa: E402
 from pipelines.results_log import Results  # noqa: E402
 
-COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "ddim_steps",
+COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "scheduler", "eta", "ddim_steps",
            "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",
            "kid", "kid_std", "kid_subset_size", "fid_backend", "fid_samples", "reference_samples", "device", "dtype"]
-SUMMARY_COLUMNS = ["model", "kind", "factor", "ddim_steps", "sec_per_image", "fid", "fid_ci_low", "fid_ci_high",
+SUMMARY_COLUMNS = ["model", "kind", "factor", "scheduler", "ddim_steps", "sec_per_image", "fid", "fid_ci_low", "fid_ci_high",
                    "fid_inf", "fid_samples", "fid_backend"]
+
+
+def _sampler(cfg: dict) -> str:
+    """The sampler as the run's settings name it (runs from before --scheduler sampled with DDIM at eta 0)."""
+    if cfg.get("scheduler", "ddim") == "ddpm":
+        return "DDPM (ancestral)"
+    return f"DDIM, eta {cfg.get('eta', 0.0):g}"
 
 
 def evaluation_table(results: Results) -> pd.DataFrame:
@@ -47,7 +54,8 @@ def evaluation_table(results: Results) -> pd.DataFrame:
         rows.append({
             "model": r.model, "layout": m.layout, "kind": r.kind, "factor": r.factor,
             "latent_shape": "x".join(map(str, m.latent_shape or [])), "unet_params": params.get("unet"),
-            "ae_params": params.get("vae"), "ddim_steps": r.ddim_steps, "sec_per_image": g.sec_per_image,
+            "ae_params": params.get("vae"), "scheduler": g.scheduler, "eta": g.eta, "ddim_steps": r.ddim_steps,
+            "sec_per_image": g.sec_per_image,
             "samples_per_s": g.samples_per_s, "peak_mem_sample_mb": g.peak_mem_sample_mb, "fid": r.fid,
             "fid_ci_low": r.fid_ci_low, "fid_ci_high": r.fid_ci_high, "fid_inf": r.fid_inf, "kid": r.kid,
             "kid_std": r.kid_std, "kid_subset_size": r.kid_subset_size, "fid_backend": r.fid_backend,
@@ -105,7 +113,7 @@ def render_evaluation_report(run_dir: Path) -> Path:
         *(["**Finding** (FID ranking; `<`: the 95 % intervals separate the two, `~`: they overlap):", "", *reading, ""]
           if reading else []),
         f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference {reference}; "
-        f"N = {cfg.get('n')} samples per model and step count (DDIM, eta 0, seed {cfg.get('seed')}), "
+        f"N = {cfg.get('n')} samples per model and step count ({_sampler(cfg)}, seed {cfg.get('seed')}), "
         f"{cfg.get('backend')} features, precision {cfg.get('mixed_precision')}.", "",
         measured_on(env, cfg), "",
         "Speed is measured after a warm-up, over all N samples, at the batch size given. FID is biased at small N: "

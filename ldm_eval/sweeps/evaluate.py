@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -47,7 +48,7 @@ from pipelines.data import (
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
 from pipelines.loading import load_model, weights_digest
-from pipelines.pipeline import LatentDiffusionPipeline, resolve_device
+from pipelines.pipeline import SAMPLERS, LatentDiffusionPipeline, resolve_device
 from pipelines.precision import sampling_dtype
 from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord
 from pipelines.results_log import Results, ResultsLog
@@ -72,8 +73,14 @@ class EvaluateSettings(ExecutorFlags):
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text(
         "sampling precision (fp16 on GPUs; bf16 where the device runs it fast)"))
-    out: Path = field(default=Path("runs/evaluate"), metadata=help_text("run folder"))
-    resume: bool = field(default=False, metadata=help_text("continue a killed evaluation; measured cells are kept"))
+    scheduler: Literal["ddim", "ddpm"] = field(default="ddim", metadata=help_text(
+        "sampler: ddim (deterministic at eta 0) or ddpm (ancestral, as DDPM-trained models sample); "
+        "--ddim-steps then counts its steps"))
+    eta: float = field(default=0.0, metadata=help_text("DDIM's eta: 0 deterministic, 1 as noisy as DDPM (ddim only)"))
+    out: Path | None = field(default=None, metadata=help_text(
+        "run folder (default: a new runs/evaluate/DATE-TIME for every run)"))
+    resume: bool = field(default=False, metadata=help_text(
+        "continue a killed evaluation in --out; measured cells are kept"))
     seed: int = field(default=0, metadata=help_text("seed of sampling"))
     bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata=help_text(
         "bootstrap resamples behind each FID's 95 % interval (0 skips it)"))
@@ -98,7 +105,24 @@ class EvaluateSettings(ExecutorFlags):
         whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
         whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
         whole_number(self.classifier_steps, "classifier_steps", "Classifier steps", 1, 10**6)
+        if self.scheduler not in SAMPLERS:
+            raise SweepError(f"Unknown sampler {self.scheduler!r}; choose {' or '.join(SAMPLERS)}.", "scheduler")
+        if not 0 <= self.eta <= 1 or (self.eta and self.scheduler != "ddim"):
+            raise SweepError(f"eta is DDIM's noise, from 0 to 1, and only for --scheduler ddim (got {self.eta} "
+                             f"with {self.scheduler}).", "eta")
+        if self.resume and self.out is None:
+            raise SweepError("Name the evaluation to continue: --resume needs --out FOLDER.", "resume")
         self.validate_executor()
+
+    def with_run_folder(self) -> "EvaluateSettings":
+        """These settings with a run folder: the one given, else a new one under runs/evaluate."""
+        if self.out is not None:
+            return self
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out, i = Path("runs/evaluate") / stamp, 2
+        while out.exists():  # two evaluations started within the same second
+            out, i = Path("runs/evaluate") / f"{stamp}-{i}", i + 1
+        return replace(self, out=out)
 
 
 def model_names(models: list[str]) -> list[str]:
@@ -213,15 +237,16 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
         if not warmed:
             warm_up(pipe)
             warmed = True
-        timed = timed_sampling(pipe, cfg.n, steps, "ddim", seed=cfg.seed, batch_size=cfg.batch_size)
-        save_grid(timed.images[:64], cfg.out / "grids" / f"samples-{name}-ddim{steps}.png")
+        timed = timed_sampling(pipe, cfg.n, steps, cfg.scheduler, seed=cfg.seed, batch_size=cfg.batch_size,
+                               eta=cfg.eta)
+        save_grid(timed.images[:64], cfg.out / "grids" / f"samples-{name}-{cfg.scheduler}{steps}.png")
         feats = compute_features(unit_nhwc_to_uint8_nchw(timed.images), cfg.backend, device, classifier=classifier)
         results.append(fid_record(reference, feats, cfg.backend, device, cfg.bootstrap_resamples, cfg.seed, **cell))
         results.append(SamplingRecord(
             **cell, device=str(device), n=len(timed.images), seconds=timed.seconds,
             samples_per_s=timed.samples_per_s, sec_per_image=timed.sec_per_image,
             peak_mem_sample_mb=timed.peak_mb, memory_method=timed.memory_method, sample_batch=cfg.batch_size,
-            scheduler="ddim"))
+            scheduler=cfg.scheduler, eta=cfg.eta if cfg.scheduler == "ddim" else None))
 
 
 def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
@@ -231,6 +256,7 @@ def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
     by side on a cluster, the reference features and the domain classifier coming from this driver.
     """
     cfg.validate(models)
+    cfg = cfg.with_run_folder()
     prepare_executor(cfg)  # Ray installed, its cluster reachable, the asks possible: before any work
     device = resolve_device(cfg.device)
     dtype = sampling_dtype(cfg.mixed_precision, device)
