@@ -11,8 +11,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from ldm_eval.reporting.page import (
     data_label,
@@ -79,11 +81,31 @@ def _plots(table: pd.DataFrame, out: Path) -> dict[str, Path]:
             ax.annotate(f"{int(row['ddim_steps'])}", (row["sec_per_image"], row["fid"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.1, not 10^-1
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis collide
     ax.set_xlabel("seconds per image (log; labels: DDIM steps)")
     ax.set_ylabel(f"FID ({table['fid_backend'].iloc[0]}, N = {int(table['fid_samples'].min())}; bars: 95 % CI)")
     ax.set_title("Quality against sampling cost")
     ax.legend(fontsize=8)
     return {"FID against seconds per image": save_figure(fig, out / "fid_vs_speed.png")}
+
+
+def timing_notes(table: pd.DataFrame, ratio: float = 3.0) -> list[str]:
+    """Timings out of line: a model that sampled over ``ratio`` times slower than one with a larger latent at the
+    same steps and image size (a smaller latent is less work, so the machine was probably busy then)."""
+    notes = []
+    rows = table.assign(elements=[np.prod([int(v) for v in s.split("x")]) if s else np.nan
+                                  for s in table["latent_shape"].fillna("")])
+    for _, row in rows.iterrows():
+        larger = rows[(rows["ddim_steps"] == row["ddim_steps"]) & (rows["elements"] > row["elements"])
+                      & (rows["sec_per_image"] * ratio < row["sec_per_image"])]
+        if len(larger):
+            other = larger.sort_values("sec_per_image").iloc[0]
+            notes.append(f"- **Timing out of line:** `{row['model']}` took {row['sec_per_image']:.3g} s/image at "
+                         f"{int(row['ddim_steps'])} steps, over {ratio:g}x `{other['model']}` "
+                         f"({other['sec_per_image']:.3g} s), whose latent is larger; the machine was probably busy "
+                         "while it was timed. Time it again before citing it.")
+    return notes
 
 
 def _reference_lines(results: Results) -> list[str]:
@@ -121,6 +143,7 @@ def render_evaluation_report(run_dir: Path) -> Path:
         f"{cfg.get('bootstrap_resamples')} times), `fid_inf` the FID extrapolated to infinitely many samples "
         "(Chong & Forsyth, CVPR 2020); KID ± `kid_std` is over subsets of `kid_subset_size` images.", "",
         "## Results", "", md_table(table), "",
+        *timing_notes(table), "",
         "## Reference features", "", *_reference_lines(results), "",
     ]
     lines += image_lines(_plots(table, run_dir / "plots"))
