@@ -31,8 +31,10 @@ class PipelineLoadError(InputError):
 
 _FOREIGN_LAYOUTS = {"DDPMPipeline", "LDMPipeline", "DDIMPipeline"}
 # the class embedder as a model folder names it: its own copy (condition_encoder/class_embedder.py, the hub's
-# convention for a custom component), or, in folders exported before that, this package's module
-_CLASS_EMBEDDERS = {("class_embedder", "ClassEmbedder"), ("pipelines.conditioning", "ClassEmbedder")}
+# convention for a custom component), this package's module (what save_pretrained writes in a training run),
+# or, in folders saved before it had its own module, pipelines.conditioning
+_CLASS_EMBEDDERS = {("class_embedder", "ClassEmbedder"), ("pipelines.class_embedder", "ClassEmbedder"),
+                    ("pipelines.conditioning", "ClassEmbedder")}
 _CONDITION_ENCODERS = {(None, None), ("transformers", "CLIPTextModel"), *_CLASS_EMBEDDERS}
 # the pipeline a folder names: ours, or the standalone copy it carries for plain diffusers (pipelines.hub_pipeline)
 HUB_PIPELINE = ["pipeline", "LDMLabPipeline"]
