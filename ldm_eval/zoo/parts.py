@@ -35,12 +35,13 @@ def part_models(part: ZooPart) -> list[ZooModel]:
 def source_part(name: str, device: str) -> tuple[str, ZooPart] | None:
     """(preset, part) of the ``build-zoo`` run that made the zoo model ``name`` (``fmnist32-ldm-kl-f4``).
 
-    A model trained on a GPU came from the gpu preset, any other from the cpu preset; None when no part
-    of that preset makes a model of that name.
+    The presets are tried in order, the one of the model's hardware first (a model trained on a GPU: gpu,
+    otherwise cpu); None when no part of any preset makes a model of that name.
     """
-    preset = "gpu" if device.startswith("cuda") else "cpu"
-    for part in ZOO_PRESETS[preset]:
-        if name.startswith(f"{part.prefix}-") and any(m.model == name.removeprefix(f"{part.prefix}-")
-                                                       for m in part_models(part)):
-            return preset, part
+    first = "gpu" if device.startswith("cuda") else "cpu"
+    for preset in sorted(ZOO_PRESETS, key=lambda p: p != first):
+        for part in ZOO_PRESETS[preset]:
+            if name.startswith(f"{part.prefix}-") and any(m.model == name.removeprefix(f"{part.prefix}-")
+                                                           for m in part_models(part)):
+                return preset, part
     return None
