@@ -4,7 +4,8 @@ The paper's conditional LDMs map a condition y through a domain encoder tau_thet
 sequence of tokens that every attention block of the UNet attends to (cross-attention).
 Two encoders, both trained jointly with the UNet from scratch:
 
-- ``class``: :class:`ClassEmbedder`, one learned token per label;
+- ``class``: :class:`~pipelines.class_embedder.ClassEmbedder`, one learned token per label (a
+  self-contained module: model folders carry a copy of it as their custom component);
 - ``text``: a small CLIP-style transformer (``transformers.CLIPTextModel``) reading a
   byte-level BPE tokenizer trained offline on the captions with ``tokenizers``.
 
@@ -17,11 +18,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from .class_embedder import ClassEmbedder, UnknownLabelError
 from .data import FASHION_MNIST_CLASSES, UTK_CLASSES, UTK_RACES, ImageDataset
 from .errors import InputError, quote, real_number
 
@@ -33,45 +33,6 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
 class ConditionError(InputError):
     """A condition the model cannot take: unknown label, empty prompt, wrong kind..."""
-
-
-class ClassEmbedder(ModelMixin, ConfigMixin):
-    """One learned cross-attention token per class, plus one for "no condition".
-
-    Written by hand because diffusers has no stand-alone class-token encoder that saves as
-    a pipeline component (``UNet2DConditionModel``'s class embedding is added to the time
-    embedding, which is not the paper's cross-attention conditioning).
-    """
-
-    @register_to_config
-    def __init__(self, class_names: Sequence[str] = ("class 0",), embed_dim: int = 64):
-        super().__init__()
-        if len(class_names) < 1:
-            raise ConditionError("A class-conditional model needs at least one class name.")
-        self.embedding = nn.Embedding(len(class_names) + 1, embed_dim)
-
-    @property
-    def null_id(self) -> int:
-        return len(self.config.class_names)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Label ids (B,) to tokens (B, 1, embed_dim)."""
-        return self.embedding(ids).unsqueeze(1)
-
-    def label_id(self, label: int | str) -> int:
-        """A class index or name (case-insensitive) to its id; unknown ones are a clear error."""
-        names = list(self.config.class_names)
-        if isinstance(label, (int,)) and not isinstance(label, bool):
-            if 0 <= label < len(names):
-                return int(label)
-            raise ConditionError(f"Label {label} is out of range: this model knows labels 0 to {len(names) - 1}.", "labels")
-        text = str(label).strip()
-        if text.isdigit():
-            return self.label_id(int(text))
-        lowered = [n.lower() for n in names]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
-        raise ConditionError(f"Unknown label {quote(text)}; this model knows: {', '.join(names)}.", "labels")
 
 
 ConditionEncoder = ClassEmbedder | CLIPTextModel
@@ -222,6 +183,8 @@ def build_condition_encoder(
     """The encoder for ``kind``, its tokenizer, per-image condition ids and the null ids."""
     if kind == "class":
         names, labels = dataset_classes(data)
+        if not names:
+            raise ConditionError("A class-conditional model needs at least one class name.")
         encoder = ClassEmbedder(class_names=list(names), embed_dim=width)
         ids = torch.where(labels >= 0, labels, torch.full_like(labels, encoder.null_id))
         return encoder, None, ids, torch.tensor(encoder.null_id)
@@ -243,6 +206,13 @@ def _broadcast(values: Sequence | str | int, n: int, what: str, field: str) -> l
     if len(items) != n:
         raise ConditionError(f"Give one {what} or one per image ({n}); got {len(items)}.", field)
     return items
+
+
+def _label_id(encoder: ClassEmbedder, label: int | str) -> int:
+    try:
+        return encoder.label_id(label)
+    except UnknownLabelError as err:
+        raise ConditionError(str(err), "labels") from None
 
 
 def condition_ids(
@@ -268,8 +238,8 @@ def condition_ids(
         null = torch.full((num_images,), encoder.null_id, dtype=torch.long)
         if labels is None:
             return null, null
-        ids = torch.tensor([encoder.label_id(v) for v in _broadcast(labels, num_images, "label", "labels")], dtype=torch.long)
-        return ids, null
+        return torch.tensor([_label_id(encoder, v) for v in _broadcast(labels, num_images, "label", "labels")],
+                            dtype=torch.long), null
     if labels is not None:
         first = labels if isinstance(labels, (str, int)) else next(iter(labels), "")
         example = class_caption(first) if isinstance(first, str) and first.strip() and not first.isdigit() else \

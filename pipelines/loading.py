@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel, VQModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
+from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
+from .class_embedder import ClassEmbedder
 from .errors import InputError
 from .first_stage import Autoencoder
 from .pipeline import LatentDiffusionPipeline
@@ -28,7 +30,15 @@ class PipelineLoadError(InputError):
 
 
 _FOREIGN_LAYOUTS = {"DDPMPipeline", "LDMPipeline", "DDIMPipeline"}
-_CONDITION_ENCODERS = {(None, None), ("pipelines.conditioning", "ClassEmbedder"), ("transformers", "CLIPTextModel")}
+# the class embedder as a model folder names it: its own copy (condition_encoder/class_embedder.py, the hub's
+# convention for a custom component), this package's module (what save_pretrained writes in a training run),
+# or, in folders saved before it had its own module, pipelines.conditioning
+_CLASS_EMBEDDERS = {("class_embedder", "ClassEmbedder"), ("pipelines.class_embedder", "ClassEmbedder"),
+                    ("pipelines.conditioning", "ClassEmbedder")}
+_CONDITION_ENCODERS = {(None, None), ("transformers", "CLIPTextModel"), *_CLASS_EMBEDDERS}
+# the pipeline a folder names: ours, or the standalone copy it carries for plain diffusers (pipelines.hub_pipeline)
+HUB_PIPELINE = ["pipeline", "LDMLabPipeline"]
+_OUR_LAYOUTS = (LatentDiffusionPipeline.__name__, HUB_PIPELINE)
 
 
 def load_pipeline(
@@ -51,13 +61,14 @@ def load_pipeline(
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PipelineLoadError(f"'{index_file}' is corrupt: {err}") from err
     class_name = index.get("_class_name")
+    class_name = class_name if isinstance(class_name, str) else list(class_name or [])
     encoder_entry = tuple(index.get("condition_encoder") or (None, None))
     if encoder_entry not in _CONDITION_ENCODERS:
         # model_index.json names the module to import: only our two encoders are accepted.
         raise PipelineLoadError(f"'{root}' names an unknown condition encoder {list(encoder_entry)}.")
     try:
-        if class_name == LatentDiffusionPipeline.__name__:
-            pipe = LatentDiffusionPipeline.from_pretrained(root, use_safetensors=True, local_files_only=True)
+        if class_name in _OUR_LAYOUTS:
+            pipe = _load_ours(root, index, encoder_entry)
         elif class_name in _FOREIGN_LAYOUTS:
             pipe = _load_foreign(root, index)
         else:
@@ -68,7 +79,8 @@ def load_pipeline(
         raise PipelineLoadError(f"Could not load the model in '{root}': {err}") from err
     if device is not None or dtype is not None:
         pipe = pipe.to(device=device, dtype=dtype)
-    pipe.loaded_from = str(class_name)  # the layout it was saved in, for reports
+    # the layout it was saved in, for reports (a folder carrying its hub pipeline holds our layout)
+    pipe.loaded_from = LatentDiffusionPipeline.__name__ if class_name in _OUR_LAYOUTS else str(class_name)
     return pipe
 
 
@@ -103,6 +115,40 @@ def load_model(
     except Exception as err:  # network, auth, unknown repo: one clear line, never a traceback
         raise PipelineLoadError(f"Could not fetch '{name}' from the Hugging Face hub: {err}") from err
     return load_pipeline(root, device, dtype)
+
+
+_UNETS = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+_VAES = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
+
+
+def _load_ours(root: Path, index: dict, encoder_entry: tuple) -> LatentDiffusionPipeline:
+    """Our own folder, component by component from the classes model_index.json may name.
+
+    Not ``from_pretrained`` on the folder: diffusers would run the copy of the pipeline the folder carries
+    for plain diffusers (pipeline.py), and the class embedder always comes from this package.
+    """
+    opts = dict(use_safetensors=True)
+
+    def entry(name: str, known: dict) -> type | None:
+        cls = (index.get(name) or [None, None])[1]
+        if cls is None:
+            return None
+        if cls not in known:
+            raise PipelineLoadError(f"'{root}' names an unknown {name} class {cls!r}.")
+        return known[cls]
+
+    unet = entry("unet", _UNETS).from_pretrained(root / "unet", **opts)
+    vae_cls = entry("vae", _VAES)
+    vae = vae_cls.from_pretrained(root / "vae", **opts) if vae_cls else None
+    encoder = tokenizer = None
+    if encoder_entry in _CLASS_EMBEDDERS:
+        encoder = ClassEmbedder.from_pretrained(root / "condition_encoder", **opts)
+    elif encoder_entry[0] is not None:
+        encoder = CLIPTextModel.from_pretrained(root / "condition_encoder", **opts)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(root / "tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
+    return LatentDiffusionPipeline(unet=unet, scheduler=scheduler, vae=vae, condition_encoder=encoder,
+                                   tokenizer=tokenizer)
 
 
 def _load_foreign(root: Path, index: dict) -> LatentDiffusionPipeline:

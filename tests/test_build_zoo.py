@@ -59,7 +59,7 @@ def test_build_zoo_survives_a_kill_and_resumes_without_retraining(tmp_path: Path
         weights = load_file(models / name / "unet" / "diffusion_pytorch_model.safetensors")
         assert {t.dtype for t in weights.values()} == {torch.float16}  # fp16 on disk
     card = (models / "fmnist16-ldm-kl-f4" / "README.md").read_text()
-    assert "build-zoo (zoo part fmnist16)" in card and "images seen in training: 48" in card
+    assert "build-zoo --preset smoke --parts fmnist16`" in card and "(48 images)" in card
     assert "- recognisable: " in card and "by a classifier trained on the real training images" in card
     assert "class" in (models / "fmnist16-ldm-kl-f4-class" / "README.md").read_text()
     # the conditioning part used the compression part's autoencoder and classifier instead of training its own

@@ -9,21 +9,15 @@ import pytest
 from conftest import ROOT
 
 from demo.zoo import discover_models, model_fid
-from ldm_eval.zoo.export import (
-    BEFORE_HEADING,
-    EVALUATED_HEADING,
-    add_before_sections,
-    add_evaluation_sections,
-    export_zoo,
-)
-from pipelines.errors import InputError
+from ldm_eval.zoo.cards import finish_folder, zoo_facts
+from ldm_eval.zoo.export import export_zoo
+from pipelines.results_log import read_results
 from pipelines.loading import load_pipeline
 from pipelines.records import RecordError
 from pipelines.training_summary import TrainingSummary
 
 ZOO = ROOT / "models"
 MAX_BYTES = 120_000_000
-BEFORE = ROOT / "reports" / "zoo-before.json"
 
 
 def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
@@ -40,27 +34,11 @@ def test_zoo_fits_the_cap_and_every_model_has_a_card() -> None:
         assert facts["train_steps"] > 0 and facts["device_name"]
 
 
-def test_rebuilt_cards_show_the_model_before(tmp_path: Path) -> None:
-    """The bar's models carry their predecessor's measurement; writing it twice changes nothing."""
-    for name in json.loads(BEFORE.read_text())["models"]:
-        card = (ZOO / name / "README.md").read_text()
-        assert card.count(BEFORE_HEADING) == 1 and card.index(BEFORE_HEADING) < card.index("## Licence"), name
-    # the bar's UTKFace model also shows its Inception FID against 1,000 held-out faces (reports/zoo-evaluate)
+def test_the_bar_model_card_shows_what_evaluate_measured() -> None:
+    """The bar's UTKFace model shows its Inception FID against 1,000 held-out faces (reports/zoo-evaluate)."""
     bar = (ZOO / "utk64-ldm-kl-f4" / "README.md").read_text()
-    assert EVALUATED_HEADING in bar and "against 1,000 reference images, DDIM 50" in bar
-    zoo = tmp_path / "zoo"
-    (zoo / "fmnist32-ldm-kl-f4").mkdir(parents=True)
-    card = zoo / "fmnist32-ldm-kl-f4" / "README.md"
-    card.write_text("# fmnist32-ldm-kl-f4\n\n- FID 1.0\n\n## Licence\n\nMIT\n")
-    assert add_before_sections(zoo, BEFORE) == [card]
-    once = card.read_text()
-    assert "recognisable: 27% of 500 samples" in once and once.endswith("## Licence\n\nMIT\n")
-    assert add_before_sections(zoo, BEFORE) == [] and card.read_text() == once
-    broken = tmp_path / "before.json"
-    broken.write_text("{\"model\": 1}")
-    with pytest.raises(InputError, match="is not a before-file"):
-        add_before_sections(zoo, broken)
-    assert add_before_sections(zoo, tmp_path / "absent.json") == []  # no file: no sections
+    assert "## Measured with evaluate" in bar and "Inception, N = 500 samples against 1,000 reference images" in bar
+    assert "95 % interval [91.43, 100.61]" in bar
 
 
 @pytest.mark.parametrize("name,condition,kwargs", [
@@ -96,14 +74,16 @@ def test_export_reproduces_the_shipped_card_from_the_run(tmp_path: Path, name: s
     shutil.copy(ROOT / "reports" / run / "results.jsonl", run_dir)
     [out] = export_zoo(run_dir, tmp_path / "zoo", prefix)
     assert out.name == name and not list((tmp_path / "zoo").glob(".tmp-*"))
-    add_before_sections(tmp_path / "zoo", BEFORE)  # as build-zoo does after exporting, with its defaults
-    monkeypatch.chdir(ROOT)
-    add_evaluation_sections(tmp_path / "zoo", [Path("reports/zoo-evaluate")])
+    monkeypatch.chdir(ROOT)  # as build-zoo does after exporting, with its defaults, in the shipped zoo's company
+    finish_folder(out, {Path("reports/zoo-evaluate"): read_results(Path("reports/zoo-evaluate"))}, zoo_facts(ZOO))
     assert (out / "README.md").read_text() == (ZOO / name / "README.md").read_text()
+    for code in ("pipeline.py", "condition_encoder/class_embedder.py", "model_index.json"):
+        assert (out / code).is_file() == (ZOO / name / code).is_file(), code
     assert json.loads((out / "training.json").read_text()) == json.loads((ZOO / name / "training.json").read_text())
     rows = json.loads((out / "metrics.json").read_text())["rows"]
-    assert rows and all(list(r) == ["fid", "kid", "fid_backend", "fid_samples", "ddim_steps", "accuracy", "guidance"]
-                        for r in rows)
+    assert rows and all(list(r) == ["fid", "kid", "fid_backend", "fid_samples", "ddim_steps", "accuracy", "guidance",
+                                     "reference_samples", "fid_ci_low", "fid_ci_high", "sec_per_image",
+                                     "sampling_device"] for r in rows)
     shipped = ZOO / name / "metrics.json"
     if shipped.is_file():
         assert rows == json.loads(shipped.read_text())["rows"]

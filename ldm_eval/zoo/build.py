@@ -4,7 +4,7 @@ A zoo is a list of parts, and each part is an ordinary sweep (compression or con
 on one data set: the zoo's models are trained, measured and logged exactly as the harness
 trains and measures everything else, and within a part every model gets the same budget.
 The trained pipelines are then exported as fp16 safetensors with model cards
-(``export.export_zoo``) under the part's prefix, keeping today's folder names
+(``export.export_zoo``; ``cards.finish_folder`` adds the code plain diffusers loads) under the part's prefix, keeping today's folder names
 (``fmnist32-ldm-kl-f4``, ``utk64-dm-f1``, ``fmnist32-ldm-kl-f8-class``...).
 
 Killed at any point, the command resumes: every part's sweep resumes from its results log
@@ -32,12 +32,9 @@ from ldm_eval.sweeps.settings import (
     SweepError,
     help_text,
 )
-from ldm_eval.zoo.export import (
-    add_before_sections,
-    add_evaluation_sections,
-    export_zoo,
-    model_rows,
-)
+from ldm_eval.zoo.cards import render_zoo
+from ldm_eval.zoo.export import export_zoo, model_rows
+from ldm_eval.zoo.parts import ZooModel, part_models
 from pipelines.results_log import read_results
 from pipelines.training_summary import TrainingSummary
 
@@ -54,8 +51,6 @@ class ZooBuildSettings(ExecutorFlags):
     runs: Path | None = field(default=None, metadata=help_text("where the parts' sweeps run (default runs/zoo-PRESET)"))
     models: Path = field(default=Path("models"), metadata=help_text("the zoo folder the demo reads"))
     max_model_mb: float = field(default=30.0, metadata=help_text("size budget of one exported model folder (MB)"))
-    before: Path = field(default=Path("reports/zoo-before.json"), metadata=help_text(
-        "measurements of the models the zoo held before, copied into those folders' cards (if the file exists)"))
     evaluations: list[str] = field(default_factory=lambda: ["reports/zoo-evaluate"], metadata=help_text(
         "evaluate runs whose measurements of the zoo's models (matched by their weights) go into the cards"))
     max_total_mb: float = field(default=120.0, metadata=help_text("size budget of the whole zoo folder (MB)"))
@@ -153,31 +148,6 @@ def open_part(part: ZooPart, runs: Path) -> Path:
 
 # --- cells: one model each, for training several side by side ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class ZooModel:
-    """One model of a part, as ``--cells PART:MODEL`` names it."""
-
-    part: str
-    model: str  # the model's folder name in the part's run, as exported: ldm-kl-f4, dm-f1, ldm-kl-f8-class
-    kind: str  # kl, vq or pixel
-    factor: int
-    condition: str | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.part}:{self.model}"
-
-
-def part_models(part: ZooPart) -> list[ZooModel]:
-    """The part's models in its own order."""
-    s = part.settings
-    if isinstance(s, CompressionSettings):
-        pairs = list(dict.fromkeys(("pixel", 1) if f == 1 else (k, f) for k in s.kinds for f in s.factors))
-        return [ZooModel(part.name, "dm-f1" if k == "pixel" else f"ldm-{k}-f{f}", k, f) for k, f in pairs]
-    return [ZooModel(part.name, f"dm-f1-{c}" if f == 1 else f"ldm-{s.kind}-f{f}-{c}", "pixel" if f == 1 else s.kind,
-                     f, c) for f in s.factors for c in s.conditions]
-
-
 def restrict(part: ZooPart, model: ZooModel) -> ZooPart:
     """The part with only this model to train (same run folder, same settings otherwise)."""
     if isinstance(part.settings, CompressionSettings):
@@ -226,10 +196,8 @@ def build_zoo(cfg: ZooBuildSettings) -> list[Path]:
             print(f"exported {path} ({folder_mb(path):.1f} MB)", flush=True)
     if cfg.open_only or cfg.no_export:
         return []
-    for card in add_before_sections(cfg.models, cfg.before):
-        print(f"card {card}: the model before the rebuild, from {cfg.before}", flush=True)
-    for card in add_evaluation_sections(cfg.models, [Path(run) for run in cfg.evaluations]):
-        print(f"card {card}: measured with evaluate ({', '.join(cfg.evaluations)})", flush=True)
+    for card in render_zoo(cfg.models, [Path(run) for run in cfg.evaluations]):  # budgets and evaluate lines
+        print(f"card {card} rendered (evaluate runs: {', '.join(cfg.evaluations)})", flush=True)
     zoo = sorted(p for p in cfg.models.glob("*") if (p / "model_index.json").is_file())
     total = folder_mb(cfg.models) if cfg.models.is_dir() else 0.0
     if total > cfg.max_total_mb:

@@ -1,13 +1,14 @@
-"""Export a sweep's trained models as a small model zoo: fp16 safetensors plus a model card.
+"""Export a sweep's trained models as a small model zoo: fp16 safetensors, metrics, code and a model card.
 
-The card states what produced the weights (data, resolution, steps, time, hardware) and
-the model's own measurements from the same run's ``results.jsonl``, read through
-:func:`pipelines.results_log.read_results` like every other consumer.
+``metrics.json`` keeps the model's own measurements from the same run's ``results.jsonl`` (read
+through :func:`pipelines.results_log.read_results` like every other consumer): every FID with its
+backend, N, reference N, interval and the sampling speed of that run, and the autoencoder's
+reconstruction scores. The card and the code plain diffusers loads come from
+:func:`ldm_eval.zoo.cards.finish_folder`, from what the folder holds.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ldm_eval.metrics.recognisability import Recognisability
 from ldm_eval.reporting.tables import domain_fid
+from ldm_eval.zoo.cards import FASHION_LICENCE, UTKFACE_LICENCE, finish_folder, write_hub_files
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.errors import InputError
 from pipelines.first_stage import load_autoencoder
@@ -28,13 +29,10 @@ from pipelines.records import (
     FidRecord,
     ModelRecord,
     RecognisabilityRecord,
+    SamplingRecord,
 )
 from pipelines.results_log import Results, read_results
 from pipelines.training_summary import TrainingSummary
-
-UTKFACE_LICENCE = ("Trained on UTKFace (Zhang, Song, Qi, CVPR 2017), released for non-commercial research only; "
-                   "these weights inherit that licence: non-commercial research use only.")
-FASHION_LICENCE = "Trained on Fashion-MNIST (Zalando Research, MIT licence)."
 
 
 @dataclass
@@ -48,70 +46,44 @@ class MetricRow:
     ddim_steps: int
     accuracy: float | None = None  # conditional models only
     guidance: float | None = None  # conditional models only
+    reference_samples: int | None = None
+    fid_ci_low: float | None = None  # the 95 % bootstrap interval; None: not measured
+    fid_ci_high: float | None = None
+    sec_per_image: float | None = None  # the run's sampling speed for this sample set; None: not measured
+    sampling_device: str | None = None
 
-    def card_line(self) -> str:
-        accuracy = f"conditioning accuracy {self.accuracy:.3f}, " if self.accuracy is not None else ""
-        fid = f"FID {self.fid:.2f}" if self.fid is not None else "FID not measured"
-        kid = f", KID {self.kid:.4f}" if self.kid is not None else ""
-        guidance = f", guidance {self.guidance:g}" if self.guidance is not None else ""
-        return (f"- {accuracy}{fid}{kid} ({self.fid_backend} features, N={self.fid_samples}, "
-                f"DDIM {self.ddim_steps} steps{guidance})")
+
+def _row(results: Results, f: FidRecord, ddim_steps: int, accuracy: float | None = None,
+         guidance: float | None = None) -> MetricRow:
+    speed = results.one(SamplingRecord, kind=f.kind, factor=f.factor, condition=f.condition, guidance=f.guidance,
+                        ddim_steps=f.ddim_steps)
+    env = results.environment
+    device = (env.device_name if env and env.device == speed.device else speed.device) if speed else None
+    return MetricRow(f.fid, f.kid, f.fid_backend, f.fid_samples, ddim_steps, accuracy, guidance, f.reference_samples,
+                     f.fid_ci_low, f.fid_ci_high, speed.sec_per_image if speed else None, device)
 
 
 def model_rows(results: Results, facts: TrainingSummary) -> list[MetricRow]:
     """The model's FID rows, or for a conditional model its accuracy and domain FID per guidance."""
     if facts.condition == "none":
         kind = "pixel" if facts.factor == 1 else facts.kind
-        return [MetricRow(f.fid, f.kid, f.fid_backend, f.fid_samples, f.ddim_steps)
+        return [_row(results, f, f.ddim_steps)
                 for f in results.of(FidRecord, kind=kind, factor=facts.factor, condition="none")]
     rows = []
     for c in results.of(ConditioningRecord, condition=facts.condition, factor=facts.factor):
-        f = domain_fid(results, c)
-        rows.append(MetricRow(f.fid, f.kid, f.fid_backend, f.fid_samples, c.ddim_steps, c.accuracy, c.guidance))
+        rows.append(_row(results, domain_fid(results, c), c.ddim_steps, c.accuracy, c.guidance))
     return rows
 
 
-def recognisability_line(r: RecognisabilityRecord) -> str:
-    """A card's line: how many samples a real-data classifier is sure of, with real images for scale."""
-    measured = Recognisability(n=r.n, confidence=r.confidence, confident_share=r.confident_share,
-                               class_shares=r.class_shares, real_confident_share=r.real_confident_share,
-                               reconstructed_confident_share=r.reconstructed_confident_share)
-    return "- recognisable: " + measured.sentence("a classifier trained on the real training images", r.ddim_steps)
+AE_FIELDS = ("psnr", "ssim", "recon_samples", "rfid", "rfid_samples", "rfid_ci_low", "rfid_ci_high")
 
 
-def _card(name: str, facts: TrainingSummary, env: EnvironmentRecord | None, rows: list[MetricRow],
-          ae: AutoencoderRecord | None, recognised: list[RecognisabilityRecord] = ()) -> str:
-    licence = FASHION_LICENCE if facts.dataset == "fashion-mnist" else UTKFACE_LICENCE
-    command = "cond-sweep" if facts.condition != "none" else "sweep"
-    preset = env.config.get("preset") if env else None
-    made_by = (f"python -m ldm_eval build-zoo (zoo part {preset.removeprefix('zoo-')})"
-               if preset and preset.startswith("zoo-") else f"python -m ldm_eval {command} --preset {preset}")
-    lines = [
-        f"# {name}", "",
-        f"LDM Lab {'pixel-space DDPM' if facts.factor == 1 else 'latent diffusion model'}, factor f = {facts.factor} "
-        f"({facts.kind}), latent {'x'.join(map(str, facts.latent_shape))}.", "",
-        f"- data: `{facts.dataset}` at {facts.resolution} px (train split)",
-        f"- training: {facts.train_steps} steps, batch {facts.batch_size}, {facts.train_seconds:.0f} s on "
-        f"{facts.device_name} ({facts.train_images_per_s:.0f} images/s), seed {facts.seed}",
-        f"- parameters: UNet {facts.unet_params:,}, autoencoder {facts.ae_params:,}",
-        f"- images seen in training: {facts.train_images:,}",
-        f"- produced by `{made_by}` "
-        f"(torch {env.torch if env else None}, diffusers {env.diffusers if env else None}); weights stored in fp16",
-    ]
-    if facts.condition != "none":
-        encoder = ("a learned token per class" if facts.condition == "class"
-                   else "a text transformer trained from scratch with its own BPE tokenizer")
-        lines[4:4] = [f"Conditioned through cross-attention on **{facts.condition}** ({encoder}), condition dropout "
-                      f"{facts.condition_dropout}, so classifier-free guidance works; condition encoder "
-                      f"{facts.condition_params:,} parameters.", ""]
-    lines += ["", "## Measured by the harness in the same run", ""]
-    lines += [row.card_line() for row in rows]
-    lines += [recognisability_line(r) for r in recognised]
-    if ae:
-        rfid = f", rFID {ae.rfid:.1f} (Inception, N={ae.rfid_samples})" if ae.rfid is not None else ""
-        lines.append(f"- autoencoder: PSNR {ae.psnr:.2f} dB, SSIM {ae.ssim:.3f} (N={ae.recon_samples}){rfid}")
-    lines += ["", "## Licence", "", licence, ""]
-    return "\n".join(lines)
+def metrics_json(run: str, rows: list[MetricRow], recognised: list[RecognisabilityRecord],
+                 ae: AutoencoderRecord | None) -> dict[str, Any]:
+    """What ``metrics.json`` holds: the run, the FID rows, recognisability and the autoencoder's scores."""
+    return {"run": run, "rows": [dataclasses.asdict(r) for r in rows],
+            "recognisability": [dataclasses.asdict(r) for r in recognised],
+            "autoencoder": {k: getattr(ae, k) for k in AE_FIELDS} if ae else None}
 
 
 def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = None,
@@ -143,16 +115,14 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
             pipe = load_pipeline(folder, device="cpu")
             pipe.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
             shutil.copy2(folder / "training.json", tmp / "training.json")  # verbatim, whatever its generation
-            rows_json = {"run": str(run_dir), "rows": [dataclasses.asdict(r) for r in rows],
-                         "recognisability": [dataclasses.asdict(r) for r in recognised]}
-            write_json_atomic(tmp / "metrics.json", rows_json)
-            write_text_atomic(tmp / "README.md", _card(name, facts, results.environment, rows, ae, recognised))
+            write_json_atomic(tmp / "metrics.json", metrics_json(str(run_dir), rows, recognised, ae))
+            write_hub_files(tmp)
             _check_size(tmp, name, max_mb)
+        finish_folder(target)  # the card, from what the folder now holds (build-zoo re-renders the zoo's at the end)
         written.append(target)
     return written
 
 
-BEFORE_HEADING = "## Before the rebuild"
 EVALUATED_HEADING = "## Measured with evaluate"
 
 
@@ -170,17 +140,6 @@ def with_section(card: str, heading: str, lines: list[str]) -> str:
     section = "\n".join([heading, "", *lines, "", ""])
     at = card.find("## Licence")
     return card[:at] + section + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + section
-
-
-def with_before(card: str, entry: dict[str, Any]) -> str:
-    """``card`` with a section on the model its folder held before (replacing an older such section).
-
-    ``entry`` is one model of a before-file (``reports/zoo-before.json``): what the earlier model was,
-    how it was measured, and the measured lines.
-    """
-    return with_section(card, BEFORE_HEADING, [
-        f"This folder held another model before: {entry['model']}. Measured by {entry['source']}:", "",
-        *(f"- {line}" for line in entry["measured"])])
 
 
 def evaluation_lines(run_dir: Path, results: Results, digest: str | None) -> list[str]:
@@ -204,7 +163,10 @@ def evaluation_lines(run_dir: Path, results: Results, digest: str | None) -> lis
 
 
 def add_evaluation_sections(models: Path, evaluations: list[Path]) -> list[Path]:
-    """Write what ``evaluate`` runs measured of each zoo model into its card; returns the cards changed.
+    """Write what ``evaluate`` runs measured of each model into its card; returns the cards changed.
+
+    For folders whose card LDM Lab does not render (a public model's, a hand-written one); the zoo's own
+    cards are rendered whole, measurements of ``evaluate`` included, by :func:`ldm_eval.zoo.cards.render_zoo`.
 
     A run's measurement goes on the card of the folder holding the very weights it measured (matched by
     :func:`weights_digest`, whatever the folder was called then), so a retrained model loses it.
@@ -222,27 +184,6 @@ def add_evaluation_sections(models: Path, evaluations: list[Path]) -> list[Path]
             lines += (["", *found] if lines and found else found)
         card = card_path.read_text()
         new = with_section(card, EVALUATED_HEADING, lines)
-        if new != card:
-            write_text_atomic(card_path, new)
-            changed.append(card_path)
-    return changed
-
-
-def add_before_sections(models: Path, before_file: Path) -> list[Path]:
-    """Write the before-file's lines into the cards of the zoo's folders it names; returns the cards changed."""
-    if not before_file.is_file():
-        return []
-    try:
-        entries = json.loads(before_file.read_text())["models"]
-    except (ValueError, KeyError) as err:
-        raise InputError(f"'{before_file}' is not a before-file ({{\"models\": {{NAME: ...}}}}): {err}", "before") from err
-    changed = []
-    for name, entry in entries.items():
-        card_path = models / name / "README.md"
-        if not card_path.is_file():
-            continue
-        card = card_path.read_text()
-        new = with_before(card, entry)
         if new != card:
             write_text_atomic(card_path, new)
             changed.append(card_path)
