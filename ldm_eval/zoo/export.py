@@ -17,7 +17,12 @@ from typing import Any
 import torch
 
 from ldm_eval.reporting.tables import domain_fid
-from ldm_eval.zoo.cards import FASHION_LICENCE, UTKFACE_LICENCE, finish_folder, write_hub_files
+from ldm_eval.zoo.cards import (
+    FASHION_LICENCE,
+    UTKFACE_LICENCE,
+    finish_folder,
+    write_hub_files,
+)
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.errors import InputError
 from pipelines.first_stage import load_autoencoder
