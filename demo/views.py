@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -140,8 +141,8 @@ def compare_chart(rows: Sequence[ComparedModel]) -> Figure:
     import matplotlib.pyplot as plt
 
     groups = _groups(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    labels, seconds, fids, colours, backends = [], [], [], [], []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    labels, seconds, fids, colours, backends, memory = [], [], [], [], [], []
     palette = plt.get_cmap("tab10")
     for i, (title, group) in enumerate(groups.items()):
         for row in group:
@@ -150,6 +151,7 @@ def compare_chart(rows: Sequence[ComparedModel]) -> Figure:
             fid = headline_fid(row)
             fids.append(np.nan if fid is None else fid.fid)
             backends.append("" if fid is None else f"{fid.backend}, N={fid.n}")
+            memory.append(np.nan if row.timing.peak_memory_mb is None else row.timing.peak_memory_mb)
             colours.append(palette(i % 10))
     x = np.arange(len(labels))
     axes[0].bar(x, seconds, color=colours)
@@ -160,11 +162,24 @@ def compare_chart(rows: Sequence[ComparedModel]) -> Figure:
                          else value), ha="center", va="bottom", fontsize=7)
     axes[1].set(ylabel="FID (lower is better)", title="Quality (FID of the model's own report)")
     axes[1].set_ylim(top=max([f for f in fids if not np.isnan(f)], default=1.0) * 1.2)  # room for the labels
+    _memory_panel(axes[2], x, memory, colours, rows)
     for ax in axes:
         ax.set_xticks(x, labels, fontsize=8)
     fig.tight_layout()
     plt.close(fig)  # Gradio draws it; pyplot must not keep every figure of a long-running server
     return fig
+
+
+def _memory_panel(ax, x: np.ndarray, memory: list[float], colours: list, rows: Sequence[ComparedModel]) -> None:
+    """Peak sampling memory per model from zero, the way it was measured written beside it."""
+    ax.bar(x, np.nan_to_num(memory), color=colours)
+    for xi, value in zip(x, memory):
+        if np.isnan(value):
+            ax.annotate("not measured", (xi, 0), ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(bottom=0)
+    methods = sorted({r.timing.memory_method for r in rows})
+    ax.set(ylabel="peak sampling memory (MB)", title="Memory (lower is smaller)")
+    ax.set_xlabel(textwrap.fill("measured as: " + "; ".join(methods), 70), fontsize=7)
 
 
 def readable(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

@@ -1,59 +1,109 @@
-"""Peak memory of a block of work: CUDA allocator peak on a GPU, process peak RSS on a CPU.
+"""Peak memory of a block of work: what the block's own tensors need above the level before it.
 
-On Linux the process's RSS high-water mark can be reset (``/proc/self/clear_refs`` = 5),
-so several measurements in one process each see only their own peak; no library exposes
-that, hence the few lines here.
+* CUDA: the caching allocator's ``max_memory_allocated`` minus ``memory_allocated`` at the
+  block's start (peak statistics reset at entry), so the weights, already resident, are not counted.
+* Any other device (CPU, MPS): a :class:`TorchDispatchMode` active during the block sees every
+  aten operator -- the forward pass, and autograd's backward, which runs the same dispatcher
+  (with the mode's thread-local state) -- and counts the bytes of every *new* tensor storage an
+  operator returns (deduplicated by the storage's data pointer; outputs that alias an input, views
+  and in-place results, are no new memory). A ``weakref.finalize`` on the storage subtracts it
+  when it is freed, and the reading is the peak of the live bytes. Why this and not the
+  process's peak RSS: RSS is the whole process (Python, libraries, the dataset, freed heap the
+  allocator keeps), the same ~GB for every model, so it cannot tell models apart. Why not the
+  profiler's memory accounting: it records every allocation event into a trace, much heavier
+  than a counter. What this does not see: scratch buffers a kernel allocates and frees inside
+  itself (e.g. a convolution's workspace) -- it is the peak of the tensors, a lower bound on the
+  allocator's.
+
+The dispatch mode costs Python work per operator; :func:`pipelines.sampling.timed_sampling`
+therefore times and measures memory in separate passes on a CPU, so timings carry no overhead.
 """
 from __future__ import annotations
 
-import re
+import threading
 import time
+import weakref
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def _rss_field(name: str) -> float | None:
-    try:
-        match = re.search(rf"{name}:\s+(\d+) kB", _STATUS.read_text())
-    except OSError:
-        return None
-    return int(match.group(1)) / 1024 if match else None
+CUDA_METHOD = "tensor peak above the block's start (CUDA, max_memory_allocated minus the level at entry)"
+TENSOR_METHOD = "tensor peak above the block's start ({device}, dispatch-mode storage accounting)"
+UNAVAILABLE = "unavailable"
+MB = 2**20
 
 
 @dataclass
 class MemoryReading:
-    peak_mb: float | None  # CUDA: max allocated; CPU: peak RSS of the whole process
-    increase_mb: float | None  # peak above the level at the start of the block
-    method: str
-    seconds: float = 0.0
+    peak_mb: float | None  # the block's tensor peak above its start; None when unavailable
+    method: str  # what peak_mb is, or "unavailable: <reason>"
+    seconds: float = 0.0  # wall time of the block (including the accounting's own cost, if any)
+
+
+class StorageAccounting(TorchDispatchMode):
+    """Live and peak bytes of the tensor storages created while the mode is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._finalizers: dict[int, weakref.finalize] = {}
+        self._lock = threading.Lock()  # a storage can be freed (its finalizer run) on another thread
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        with self._lock:
+            if self._finalizers.pop(key, None) is not None:
+                self.live -= nbytes
+
+    def _count(self, tensor: torch.Tensor, inputs: set[int]) -> None:
+        storage = tensor.untyped_storage()
+        key, nbytes = storage.data_ptr(), storage.nbytes()
+        if nbytes == 0 or key in inputs:
+            return
+        with self._lock:
+            if key in self._finalizers:
+                return
+            self._finalizers[key] = weakref.finalize(storage, self._freed, key, nbytes)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and not t.is_meta}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
+                self._count(tensor, inputs)
+        return out
+
+    def __exit__(self, *exc: object):
+        result = super().__exit__(*exc)
+        with self._lock:  # storages that outlive the block need no more accounting
+            for finalizer in self._finalizers.values():
+                finalizer.detach()
+            self._finalizers.clear()
+        return result
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as m: ...`` then ``m.reading`` (peak memory and wall time of the block)."""
+    """``with PeakMemory(device) as m: ...`` then ``m.reading`` (the block's peak memory and wall time)."""
 
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
-        self.reading = MemoryReading(None, None, "unavailable")
+        self.reading = MemoryReading(None, UNAVAILABLE)
+        self._accounting: StorageAccounting | None = None
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # earlier work is not this block's
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device) / 2**20
-            self._tic = time.perf_counter()
+            self._start = torch.cuda.memory_allocated(self.device)
         else:
-            self._tic = time.perf_counter()
-            try:
-                _CLEAR_REFS.write_text("5")  # reset the RSS high-water mark
-                self._resettable = True
-            except OSError:
-                self._resettable = False
-            self._start = _rss_field("VmRSS")
+            self._accounting = StorageAccounting()
+            self._accounting.__enter__()
+        self._tic = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -62,13 +112,38 @@ class PeakMemory:
             # before this synchronize, a time budget would miss the kernels' own time and overrun.)
             torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - self._tic
-            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
-            self.reading = MemoryReading(peak, peak - self._start, "cuda max_memory_allocated", seconds)
+            peak = (torch.cuda.max_memory_allocated(self.device) - self._start) / MB
+            self.reading = MemoryReading(max(0.0, peak), CUDA_METHOD, seconds)
             return
         seconds = time.perf_counter() - self._tic
-        peak = _rss_field("VmHWM")
-        if peak is None or self._start is None:
-            self.reading = MemoryReading(None, None, "unavailable", seconds)
-            return
-        method = "process peak RSS (VmHWM, reset per block)" if self._resettable else "process peak RSS (since start)"
-        self.reading = MemoryReading(peak, max(0.0, peak - self._start), method, seconds)
+        self._accounting.__exit__(*exc)
+        self.reading = MemoryReading(self._accounting.peak / MB,
+                                     TENSOR_METHOD.format(device=self.device.type.upper()), seconds)
+
+
+class Stopwatch:
+    """``with Stopwatch(device) as w: ...``: :class:`PeakMemory`'s timing alone (``w.reading`` has no memory)."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.reading = MemoryReading(None, "not measured (timed only)")
+
+    @property
+    def seconds(self) -> float:
+        return self.reading.seconds
+
+    def __enter__(self) -> "Stopwatch":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._tic = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.reading = MemoryReading(None, "not measured (timed only)", time.perf_counter() - self._tic)
+
+
+def measures_without_overhead(device: torch.device | str) -> bool:
+    """Whether :class:`PeakMemory` leaves the block's speed alone (CUDA's counters do; the dispatch mode does not)."""
+    return torch.device(device).type == "cuda"

@@ -206,6 +206,13 @@ class FidRecord(SampleSetRecord):
     fid_inf: float | None = None
     fid_resamples: int | None = None
     kid_subset_size: int | None = None
+    # fidelity and diversity apart, on the same features (Inception backend; None for others and older runs):
+    # precision and recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al. 2020), k neighbours
+    precision: float | None = None
+    recall: float | None = None
+    density: float | None = None
+    coverage: float | None = None
+    prdc_k: int | None = None
 
     @property
     def key(self) -> str:

@@ -38,13 +38,14 @@ from .checkpoint import (
 )
 from .data import ImageDataset, load_dataset
 from .errors import InputError
-from .memory import MemoryReading, PeakMemory
+from .memory import MemoryReading, PeakMemory, Stopwatch, measures_without_overhead
 from .training_summary import TrainingSummary
 
 log = logging.getLogger(__name__)
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 MAX_STEPS = 10_000_000
+MEMORY_STEPS = 2  # off CUDA, memory is measured on the first steps only: the accounting slows the steps it watches
 
 
 class TrainingError(InputError):
@@ -244,9 +245,9 @@ def _budget_spent(cfg: TrainConfig, state: TrainState, recent: list[float], acce
 
 def _optimizer_step(wrapped: torch.nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
                     peak_rates: list[float], ema: EMAModel | None, cfg: TrainConfig, state: TrainState,
-                    accelerator: Accelerator) -> tuple[torch.Tensor, MemoryReading]:
-    """One step on this rank: its loss and its time and peak memory."""
-    with PeakMemory(accelerator.device) as memory:
+                    accelerator: Accelerator, measure_memory: bool) -> tuple[torch.Tensor, MemoryReading]:
+    """One step on this rank: its loss and its time (and its peak memory if ``measure_memory``)."""
+    with (PeakMemory if measure_memory else Stopwatch)(accelerator.device) as memory:
         generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
         scale = learning_rate_scale(cfg, state)
         for group, peak_rate in zip(optimizer.param_groups, peak_rates):
@@ -327,7 +328,8 @@ def run_training(
     smooth = None
     peak: MemoryReading | None = None
     while not _budget_spent(cfg, state, recent_step_times(), accelerator):
-        loss, reading = _optimizer_step(wrapped, loss_fn, optimizer, peak_rates, ema, cfg, state, accelerator)
+        measure = measures_without_overhead(accelerator.device) or len(step_seconds) < MEMORY_STEPS
+        loss, reading = _optimizer_step(wrapped, loss_fn, optimizer, peak_rates, ema, cfg, state, accelerator, measure)
         if reading.peak_mb is not None and (peak is None or reading.peak_mb > peak.peak_mb):
             peak = reading
         value = float(accelerator.reduce(loss.detach(), reduction="mean").item())
@@ -378,9 +380,15 @@ def summarize(result: TrainResult, cfg: TrainConfig, **facts: Any) -> TrainingSu
         mixed_precision=cfg.mixed_precision, seed=cfg.seed,
         budget={"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
         peak_mem_train_mb=None if peak is None else round(peak.peak_mb, 1),
-        memory_method="unavailable" if peak is None else f"{peak.method}, largest training step",
+        memory_method="unavailable" if peak is None else f"{peak.method}, {_memory_scope(result.device)}",
         resumed_at_step=result.resumed_at_step,
     )
+
+
+def _memory_scope(device: str) -> str:
+    if measures_without_overhead(device):
+        return "largest training step"
+    return f"largest training step of the first {MEMORY_STEPS} (the others run without the accounting's overhead)"
 
 
 def device_name(device: str) -> str:

@@ -39,11 +39,16 @@ def test_the_tour_measures_every_shipped_model_and_resumes(zoo: Path, tmp_path: 
         assert {r.fid_backend for r in results.of(FidRecord, model=name)} == {"inception", "domain"}
         fid = results.of(FidRecord, model=name, fid_backend="inception")[0]
         assert fid.fid_samples == 20 and fid.fid_ci_low is not None and fid.fid_ci_low <= fid.fid <= fid.fid_ci_high
+        assert fid.prdc_k == 3 and all(0 <= v <= 1 for v in (fid.precision, fid.recall, fid.coverage))
+        assert fid.density >= 0
+        assert results.of(FidRecord, model=name, fid_backend="domain")[0].precision is None  # Inception's only
+        assert "dispatch-mode storage accounting" in results.of(SamplingRecord, model=name)[0].memory_method
         assert results.of(SamplingRecord, model=name)[0].sec_per_image > 0
         assert len(results.of(RecognisabilityRecord, model=name)) == 1
         assert (out / "fmnist32" / "grids" / f"samples-{name}.png").is_file()
     report = (out / "report.md").read_text()
     assert "**fmnist32**:" in report.splitlines()[2]  # the finding opens the report
+    assert "precision / recall" in report and "density / coverage" in report
     assert "fmnist32-ldm-kl-f4" in printed and "Report:" in printed
     # run again: nothing is measured a second time, the report is written again
     lines = (out / "fmnist32" / "results.jsonl").read_text().count("\n")

@@ -7,6 +7,7 @@ are shared with :mod:`ldm_eval.conditional_report`.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -102,6 +103,10 @@ def make_plots(results: Results, table: pd.DataFrame, out: Path) -> dict[str, Pa
             ax.set(xlabel="downsampling factor f", ylabel=ylabel)
             ax.legend(fontsize=8)
         axes[0].set_yscale("log")
+        axes[1].set_ylim(bottom=0)  # memory from zero: the values compare as ratios
+        methods = "; ".join(sorted(set(train["memory_method"].dropna().astype(str))))
+        axes[1].set_xlabel("downsampling factor f\n" + textwrap.fill(f"memory: {methods or 'unavailable'}", 60),
+                           fontsize=7)
         plots["speed_memory"] = save_figure(fig, out / "speed_memory.png")
     return plots
 

@@ -27,7 +27,8 @@ from pipelines.results_log import Results
 TABLE_COLUMNS = [
     "factor", "kind", "resolution", "latent_shape", "unet_params", "ae_params", "train_steps", "train_seconds",
     "train_images_per_s", "ddim_steps", "samples_per_s", "sec_per_image", "peak_mem_train_mb", "peak_mem_sample_mb",
-    "fid", "fid_ci_low", "fid_ci_high", "fid_inf", "kid", "kid_std", "fid_backend", "fid_samples", "rfid", "psnr",
+    "fid", "fid_ci_low", "fid_ci_high", "fid_inf", "kid", "kid_std", "precision", "recall", "density", "coverage",
+    "fid_backend", "fid_samples", "rfid", "psnr",
     "ssim", "device", "degenerate", "notes",
 ]
 COND_COLUMNS = [
@@ -111,7 +112,8 @@ def tidy_table(results: Results) -> pd.DataFrame:
             "samples_per_s": g.samples_per_s, "sec_per_image": g.sec_per_image,
             "peak_mem_train_mb": t.peak_mem_train_mb, "peak_mem_sample_mb": g.peak_mem_sample_mb,
             "fid": r.fid, "fid_ci_low": r.fid_ci_low, "fid_ci_high": r.fid_ci_high, "fid_inf": r.fid_inf, "kid": r.kid,
-            "kid_std": r.kid_std, "fid_backend": r.fid_backend, "fid_samples": r.fid_samples,
+            "kid_std": r.kid_std, "precision": r.precision, "recall": r.recall, "density": r.density,
+            "coverage": r.coverage, "fid_backend": r.fid_backend, "fid_samples": r.fid_samples,
             "rfid": a.rfid, "psnr": a.psnr, "ssim": a.ssim, "device": t.device, "degenerate": bool(t.degenerate),
             "notes": "; ".join(notes),
         })

@@ -28,7 +28,7 @@ from pipelines.records import (
 from pipelines.results_log import Results
 
 COLUMNS = ["model", "factor", "latent_shape", "unet_params", "inception_fid", "inception_ci_low", "inception_ci_high",
-           "domain_fid", "domain_ci_low", "domain_ci_high", "recognised", "sec_per_image", "peak_mem_sample_mb",
+           "domain_fid", "domain_ci_low", "domain_ci_high", "precision", "recall", "density", "coverage", "recognised", "sec_per_image", "peak_mem_sample_mb",
            "memory_method", "n", "ddim_steps"]
 
 
@@ -43,6 +43,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     for backend in ("inception", "domain"):
         shown[f"{backend} FID [95 %]"] = [f"{row[f'{backend}_fid']:.1f} {_ci(row, backend)}"
                                           if pd.notna(row[f"{backend}_fid"]) else "" for _, row in table.iterrows()]
+    for pair in (("precision", "recall"), ("density", "coverage")):
+        shown[" / ".join(pair)] = [f"{row[pair[0]]:.2f} / {row[pair[1]]:.2f}" if pd.notna(row[pair[0]]) else ""
+                                   for _, row in table.iterrows()]
     shown["recognised"] = [f"{v:.0%}" if pd.notna(v) else "" for v in table["recognised"]]
     shown["s/image"] = table["sec_per_image"].round(4)
     shown["peak MB"] = table["peak_mem_sample_mb"].round(0)
@@ -62,6 +65,7 @@ def tour_table(results: Results) -> pd.DataFrame:
             "unet_params": m.params.get("unet"),
             **{f"{name}_{key}": getattr(r, field) if r else None for name, r in (("inception", inc), ("domain", dom))
                for key, field in (("fid", "fid"), ("ci_low", "fid_ci_low"), ("ci_high", "fid_ci_high"))},
+            **{key: getattr(inc, key) if inc else None for key in ("precision", "recall", "density", "coverage")},
             "recognised": rec.confident_share, "sec_per_image": g.sec_per_image,
             "peak_mem_sample_mb": g.peak_mem_sample_mb, "memory_method": g.memory_method,
             "n": inc.fid_samples if inc else None, "ddim_steps": g.ddim_steps,
@@ -130,7 +134,9 @@ def render_tour_report(out: Path, prefixes: list[str]) -> Path:
     lines = ["# LDM Lab: the shipped models, measured", "", *[f"- {line}" for line in findings], "",
              "Every number here was measured by this run on this machine: N samples per model at one DDIM step "
              "count, Inception FID (clean-fid features) and domain FID (a small classifier trained on the data "
-             "set) against as many held-out real images, each with a bootstrap 95 % interval; `recognised` is "
+             "set) against as many held-out real images, each with a bootstrap 95 % interval; precision / recall "
+             "(Kynkäänniemi et al. 2019) and density / coverage (Naeem et al. 2020), k = 3, on the Inception "
+             "features, tell fidelity (precision, density) from diversity (recall, coverage); `recognised` is "
              "the share of samples a real-data classifier is sure of (Fashion-MNIST classes, UTKFace race x "
              "gender). Small N makes FID high and intervals wide: compare models only within a table.", "",
              *sections]

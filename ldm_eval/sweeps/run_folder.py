@@ -21,6 +21,7 @@ import torch
 from ldm_eval.metrics.domain_classifier import DomainClassifier, train_domain_classifier
 from ldm_eval.metrics.features import backend_label, compute_features
 from ldm_eval.metrics.frechet import kid_from_features, kid_subset_for
+from ldm_eval.metrics.prdc import PRDC_K, prdc
 from ldm_eval.metrics.recognisability import recognisability, reconstructions
 from ldm_eval.metrics.reconstruction import reconstruction_metrics
 from ldm_eval.metrics.reference_cache import CACHEABLE_BACKENDS, reference_features
@@ -166,14 +167,18 @@ def open_run(settings: RunSettings, config: dict[str, Any], n_needed: int, label
 
 def fid_record(reference: np.ndarray, features: np.ndarray, backend: str, device: torch.device,
                resamples: int, seed: int, **cell: Any) -> FidRecord:
-    """One sample set's FID (exact), its bootstrap 95 % interval, FID-infinity and KID, as a record."""
+    """One sample set's FID (exact), its bootstrap 95 % interval, FID-infinity and KID, as a record; for the
+    Inception backend also precision, recall, density and coverage (k = 3) on the same features."""
     n = len(features)
     kid, kid_std = kid_from_features(reference, features, KID_SUBSETS, KID_SUBSET_SIZE)
     est = fid_with_uncertainty(reference, features, resamples, seed=seed)
+    pr = prdc(reference, features, PRDC_K) if backend == "inception" and min(n, len(reference)) > PRDC_K else None
     return FidRecord(**cell, fid=est.fid, kid=kid, kid_std=kid_std, fid_backend=backend, fid_samples=n,
                      reference_samples=len(reference), device=str(device), fid_ci_low=est.ci_low,
                      fid_ci_high=est.ci_high, fid_inf=est.fid_inf, fid_resamples=est.resamples,
-                     kid_subset_size=kid_subset_for(len(reference), n, KID_SUBSET_SIZE))
+                     kid_subset_size=kid_subset_for(len(reference), n, KID_SUBSET_SIZE),
+                     **({} if pr is None else {"precision": pr.precision, "recall": pr.recall, "density": pr.density,
+                                               "coverage": pr.coverage, "prdc_k": pr.k}))
 
 
 def fid_records(ctx: RunContext, samples_uint8: torch.Tensor, backends: list[tuple[str, int]],
