@@ -14,7 +14,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def take(url: str, out: Path, photo: Path | None = None, executable: str = "/usr/bin/chromium") -> list[Path]:
-    from playwright.sync_api import sync_playwright  # on use: tests import this module without playwright
+    from playwright.sync_api import (
+        sync_playwright,  # on use: tests import this module without playwright
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     shots = []

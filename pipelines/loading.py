@@ -14,7 +14,14 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    UNet2DConditionModel,
+    UNet2DModel,
+    VQModel,
+)
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from .class_embedder import ClassEmbedder

@@ -17,7 +17,13 @@ import numpy as np
 
 from .errors import InputError, whole_number
 from .memory import MemoryReading, PeakMemory, Stopwatch, measures_without_overhead
-from .pipeline import MAX_BATCH, LatentDiffusionPipeline, SampleOutput, SampleRequest, image_generators
+from .pipeline import (
+    MAX_BATCH,
+    LatentDiffusionPipeline,
+    SampleOutput,
+    SampleRequest,
+    image_generators,
+)
 
 Condition = Sequence[int | str] | int | str | None
 MAX_IMAGES = 10_000_000  # per request; each batch is at most MAX_BATCH

@@ -25,7 +25,13 @@ from pipelines.first_stage import AutoencoderSpec, build_autoencoder, set_scalin
 from pipelines.images import uint8_to_signed
 from pipelines.latent_cache import encode_dataset
 from pipelines.pipeline import resolve_device
-from pipelines.training import MEMORY_STEPS, TrainConfig, device_name, make_accelerator, run_training
+from pipelines.training import (
+    MEMORY_STEPS,
+    TrainConfig,
+    device_name,
+    make_accelerator,
+    run_training,
+)
 
 WARMUP_STEPS = MEMORY_STEPS  # untimed: warm-up costs, and off CUDA the memory accounting's
 
