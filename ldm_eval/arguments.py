@@ -44,6 +44,8 @@ class FidSettings:
     classifier: Path | None = field(default=None, metadata=help_text("domain classifier folder (a sweep's domain_classifier/)"))
     bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata=help_text(
         "bootstrap resamples behind the 95 % interval (0 skips the interval, FID-infinity is still given)"))
+    resample_reference: bool = field(default=False, metadata=help_text(
+        "resample the first folder too, so the interval holds its draw's own variance (default: it is held fixed)"))
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
 
 

@@ -164,12 +164,13 @@ def cmd_fid(argv: list[str]) -> int:
     result = fid_between_folders(args.dir_a, args.dir_b, backend=cfg.backend, kid=cfg.kid,
                                  device=resolve_device(cfg.device), classifier_path=cfg.classifier,
                                  intervals=cfg.intervals, resamples=whole_number(
-                                     cfg.bootstrap_resamples, "bootstrap_resamples", "Bootstrap resamples", 0, 100_000))
+                                     cfg.bootstrap_resamples, "bootstrap_resamples", "Bootstrap resamples", 0, 100_000),
+                                 resample_reference=cfg.resample_reference)
     print(f"FID {result.fid:.4f} ({result.backend}, N = {result.n_a} vs {result.n_b}, {result.device})")
     if result.fid_ci is not None:
         print(f"  95 % interval {result.fid_ci[0]:.4f} to {result.fid_ci[1]:.4f} ({result.resamples} bootstrap "
-              "resamples of the second folder; the first folder is held fixed, so its own draw's variance is not in "
-              "the interval)")
+              + ("resamples of both folders)" if cfg.resample_reference else "resamples of the second folder; the "
+                 "first is held fixed, so its own draw's variance is not in the interval: --resample-reference adds it)"))
     if result.fid_inf is not None:
         print(f"  FID-infinity {result.fid_inf:.4f} (Chong & Forsyth 2020: FID against 1/N, read at 1/N = 0)")
     if result.interval_note:

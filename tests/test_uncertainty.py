@@ -89,3 +89,27 @@ def test_kid_std_needs_subsets_smaller_than_n(pixel_sets) -> None:
     assert std is not None and std > 0
     kid, std = kid_from_features(ref[:3], gen[:3], subsets=20)  # too few images for two different subsets
     assert std is None
+
+
+def test_a_resample_on_its_distinct_rows_is_the_exact_fid_of_the_resample() -> None:
+    """The weighted distinct-row shortcut and the both-sides path give the FID of the resampled sets themselves."""
+    from ldm_eval.metrics.frechet import fid_from_features
+    from ldm_eval.metrics.uncertainty import FidAgainst
+
+    rng = np.random.default_rng(3)
+    ref, gen = rng.standard_normal((120, 40)), rng.standard_normal((90, 40)) * 1.3 + 0.1
+    against = FidAgainst(ref, gen)
+    ia, ib = rng.integers(0, 120, 120), rng.integers(0, 90, 90)
+    assert against.fid_of(ib) == pytest.approx(fid_from_features(ref, gen[ib]), rel=1e-6)
+    assert against.fid_of_both(ia, ib) == pytest.approx(fid_from_features(ref[ia], gen[ib]), rel=1e-6)
+    assert against.fid_of_both(np.arange(120), ib) == pytest.approx(against.fid_of(ib), rel=1e-6)
+
+
+def test_resampling_the_reference_too_widens_the_interval() -> None:
+    from ldm_eval.metrics.uncertainty import fid_with_uncertainty
+
+    rng = np.random.default_rng(4)
+    ref, gen = rng.standard_normal((200, 16)), rng.standard_normal((200, 16)) * 1.2 + 0.2
+    one = fid_with_uncertainty(ref, gen, 200, seed=0)
+    both = fid_with_uncertainty(ref, gen, 200, seed=0, resample_reference=True)
+    assert both.fid == one.fid and both.ci_high - both.ci_low > one.ci_high - one.ci_low

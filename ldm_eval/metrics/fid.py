@@ -101,7 +101,7 @@ log = logging.getLogger(__name__)
 def _result_from_features(
     fa: np.ndarray, fb: np.ndarray, backend: str, kid: bool, device: torch.device,
     classifier: DomainClassifier | None, kid_subsets: int, kid_subset_size: int, intervals: bool = False,
-    resamples: int = BOOTSTRAP_RESAMPLES,
+    resamples: int = BOOTSTRAP_RESAMPLES, resample_reference: bool = False,
 ) -> FIDResult:
     extractor, resize = describe_backend(backend, classifier)
     kid_mean = kid_std = None
@@ -116,7 +116,7 @@ def _result_from_features(
     )
     if intervals:
 
-        est = fid_with_uncertainty(fa, fb, resamples)
+        est = fid_with_uncertainty(fa, fb, resamples, resample_reference=resample_reference)
         result.fid_ci = None if est.ci_low is None else (est.ci_low, est.ci_high)
         result.fid_inf, result.resamples, result.interval_note = est.fid_inf, est.resamples, est.note
     return result
@@ -281,6 +281,7 @@ def fid_between_folders(
     kid_subset_size: int = 1000,
     intervals: bool = False,
     resamples: int = BOOTSTRAP_RESAMPLES,
+    resample_reference: bool = False,
 ) -> FIDResult:
     """FID (and KID) between two folders of images (searched recursively).
 
@@ -309,7 +310,7 @@ def fid_between_folders(
         b = FolderFeatures(classifier.features(xb) if len(xb) else np.zeros((0, 1)), skip_b)
     fa, fb = _readable(a.features, a.skipped, Path(dir_a)), _readable(b.features, b.skipped, Path(dir_b))
     result = _result_from_features(fa, fb, backend, kid, dev, classifier, kid_subsets, kid_subset_size, intervals,
-                                    resamples)
+                                    resamples, resample_reference)
     result.skipped_a, result.skipped_b = a.skipped, b.skipped
     for folder, skipped in ((dir_a, a.skipped), (dir_b, b.skipped)):
         if skipped:

@@ -90,8 +90,18 @@ class FidAgainst:
         diff = self.mu_ref - mu
         return float(diff @ diff + self.tr_ref + tr_gen - 2.0 * trace_sqrt)
 
-    def bootstrap(self, resamples: int, seed: int, fid: float) -> tuple[float, float]:
-        """95 % interval of the FID from resampling the generated set, re-centred on the FID itself.
+    def fid_of_both(self, ref_index: np.ndarray, gen_index: np.ndarray) -> float:
+        """FID of resampled rows of both sets (repeats allowed), each set's distinct rows weighted by their counts."""
+        stats = [_weighted(features, index) for features, index in ((self.reference, ref_index),
+                                                                      (self.generated, gen_index))]
+        (centred_a, mu_a, tr_a, m_a), (centred_b, mu_b, tr_b, m_b) = stats
+        trace_sqrt = nuclear_norm(centred_a @ centred_b.T) / np.sqrt((m_a - 1) * (m_b - 1))
+        diff = mu_a - mu_b
+        return float(diff @ diff + tr_a + tr_b - 2.0 * trace_sqrt)
+
+    def bootstrap(self, resamples: int, seed: int, fid: float, both: bool = False) -> tuple[float, float]:
+        """95 % interval of the FID from resampling the generated set (``both``: and the reference set, so the
+        reference draw's own variance is in it too), re-centred on the FID itself.
 
         Resampling with replacement leaves ~63 % distinct images, so every resampled FID carries
         a larger small-N bias than the FID itself and the resamples sit well above it (often
@@ -102,7 +112,11 @@ class FidAgainst:
         """
         rng = np.random.default_rng(seed)
         n = self.generated.shape[0]
-        values = np.array([self.fid_of(rng.integers(0, n, n)) for _ in range(resamples)])
+        if both:
+            values = np.array([self.fid_of_both(rng.integers(0, self.n_ref, self.n_ref), rng.integers(0, n, n))
+                               for _ in range(resamples)])
+        else:
+            values = np.array([self.fid_of(rng.integers(0, n, n)) for _ in range(resamples)])
         alpha = (1 - CONFIDENCE) / 2
         q_low, q_high = np.quantile(values, [alpha, 1 - alpha]) - values.mean()
         return max(0.0, fid + float(q_low)), fid + float(q_high)
@@ -122,11 +136,21 @@ class FidAgainst:
         return float(intercept), float(slope), sizes
 
 
+def _weighted(features: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, np.ndarray, float, int]:
+    """A resample's distinct rows, centred on its mean and scaled by sqrt(count); the mean, Tr(cov) and size."""
+    rows, counts = np.unique(index, return_counts=True)
+    weights, x, m = counts.astype(np.float64), features[rows].astype(np.float64), len(index)
+    mu = weights @ x / m
+    tr = (float(weights @ np.einsum("ij,ij->i", x, x)) - m * float(mu @ mu)) / (m - 1)
+    return torch.from_numpy((x - mu) * np.sqrt(weights)[:, None]), mu, tr, m
+
+
 def fid_with_uncertainty(reference: np.ndarray, generated: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                         seed: int = 0) -> FidWithUncertainty:
+                         seed: int = 0, resample_reference: bool = False) -> FidWithUncertainty:
     """FID (exact), its bootstrap 95 % interval and FID-infinity, for generated features against a reference.
 
-    Below ``MIN_IMAGES_FOR_INTERVALS`` generated images neither interval nor extrapolation
+    The interval resamples the generated set (the reference held fixed, as a sweep compares models against one
+    draw of real images); ``resample_reference`` resamples both, adding the reference draw's own variance. Below ``MIN_IMAGES_FOR_INTERVALS`` generated images neither interval nor extrapolation
     means anything; they are left None and ``note`` says why.
     """
     if resamples < 0:
@@ -139,7 +163,7 @@ def fid_with_uncertainty(reference: np.ndarray, generated: np.ndarray, resamples
         return out
     against = FidAgainst(reference, generated)
     if resamples:
-        out.ci_low, out.ci_high = against.bootstrap(resamples, seed, fid)
+        out.ci_low, out.ci_high = against.bootstrap(resamples, seed, fid, both=resample_reference)
         out.resamples = resamples
     out.fid_inf, out.fid_inf_slope, out.fid_inf_sizes = against.extrapolate(seed)
     return out

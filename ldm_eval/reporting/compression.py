@@ -133,7 +133,8 @@ def render_report(run_dir: Path) -> Path:
         "",
         "FID backends: `inception` is the headline quality number: standard InceptionV3 features with clean-fid's "
         "'clean' resize, which rise clearly under blur and compression artefacts. FID is biased upward at small N, so "
-        "read it with its 95 % interval, `fid_inf` (extrapolated to infinite N) and KID beside it, and compare only "
+        "read it with its 95 % interval (a bootstrap over the samples; the held-out images are held fixed, so "
+        "their own draw's variance is not in it), `fid_inf` (extrapolated to infinite N) and KID beside it, and compare only "
         "at equal N. `domain` is a *semantic* measure: the features of a small classifier trained on this data set "
         "(cheap, so larger N): what that classifier learned to tell apart, not comparable across data sets or with "
         "published numbers. "

@@ -140,7 +140,8 @@ def render_evaluation_report(run_dir: Path) -> Path:
         measured_on(env, cfg), "",
         "Speed is measured after a warm-up, over all N samples, at the batch size given. FID is biased at small N: "
         "`fid_ci_low`-`fid_ci_high` is a bootstrap 95 % interval (resampling the samples "
-        f"{cfg.get('bootstrap_resamples')} times), `fid_inf` the FID extrapolated to infinitely many samples "
+        f"{cfg.get('bootstrap_resamples')} times; the reference images are held fixed, so their own draw's variance "
+        "is not in it), `fid_inf` the FID extrapolated to infinitely many samples "
         "(Chong & Forsyth, CVPR 2020); KID ± `kid_std` is over subsets of `kid_subset_size` images.", "",
         "## Results", "", md_table(table), "",
         *timing_notes(table), "",
