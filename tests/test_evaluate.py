@@ -64,7 +64,8 @@ def test_evaluates_both_public_layouts_and_reuses_the_reference(public_models, r
     table = evaluation_table(read_run(out))
     assert len(table) == 4 and table["fid_ci_high"].notna().all()
     report = (out / "report.md").read_text()
-    assert "## Reading" in report and "DDIM 2:" in report and "tiny-ddpm" in report
+    assert "**Finding**" in "\n".join(report.splitlines()[:5])  # the ranking opens the report
+    assert "DDIM 2:" in report and "tiny-ddpm" in report
     assert "Reference and evaluation images: a random draw (seed 0)." in report  # a folder: no labels to stratify by
     assert "resized to the model's 16 px" in report
     assert (out / "grids" / "samples-tiny-ldm-vq-ddim3.png").is_file()
