@@ -146,7 +146,10 @@ def render_report(run_dir: Path) -> Path:
         *[f"- `{b}` FID/KID: N={int(g['fid_samples'].iloc[0])} generated images against as many held-out real images."
           for b, g in table.groupby("fid_backend")],
         "",
-        md_table(table.drop(columns=["notes"])),
+        md_table(report_columns(table)),
+        "",
+        "The columns a reader needs; every measured column (training time, KID spread, memory, SSIM...) is in "
+        "`results.csv` beside this report.",
         "",
     ]
     degenerate = table.loc[table["degenerate"], "factor"].unique().tolist()
@@ -161,6 +164,17 @@ def render_report(run_dir: Path) -> Path:
               "First stages, trained on OpenImages, evaluated on ImageNet val (paper Tab. 8):", "",
               md_table(PAPER_AUTOENCODERS), ""] + [f"- {n}" for n in PAPER_NOTES] + [""]
     return write_report(run_dir, lines)
+
+
+REPORT_COLUMNS = ["factor", "kind", "latent_shape", "train_steps", "ddim_steps", "fid_backend", "fid_samples", "fid",
+                  "fid_ci_low", "fid_ci_high", "precision", "recall", "sec_per_image", "peak_mem_sample_mb", "psnr",
+                  "rfid", "notes"]
+
+
+def report_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """The report's own table: the columns a reader needs, those measured in this run (results.csv keeps all)."""
+    shown = table[[c for c in REPORT_COLUMNS if c in table.columns]]
+    return shown.loc[:, [c for c in shown.columns if shown[c].notna().any() and (shown[c] != "").any()]]
 
 
 def summary_table(run_dir: Path) -> str:
