@@ -69,6 +69,8 @@ def load_pipeline(
         raise PipelineLoadError(f"'{index_file}' is corrupt: {err}") from err
     class_name = index.get("_class_name")
     class_name = class_name if isinstance(class_name, str) else list(class_name or [])
+    if isinstance(class_name, list) and class_name not in _OUR_LAYOUTS:
+        raise PipelineLoadError(f"'{root}' holds a custom {class_name!r} pipeline, which LDM Lab cannot run.")
     encoder_entry = tuple(index.get("condition_encoder") or (None, None))
     if encoder_entry not in _CONDITION_ENCODERS:
         # model_index.json names the module to import: only our two encoders are accepted.

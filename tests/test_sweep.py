@@ -20,6 +20,7 @@ from pipelines.results_log import read_results
 SMOKE = [sys.executable, "-m", "ldm_eval", "sweep", "--preset", "smoke"]
 NOT_APPLICABLE_TO_PIXELS = {"rfid", "psnr", "ssim"}
 INTERVAL_COLUMNS = {"fid_ci_low", "fid_ci_high", "fid_inf"}  # need MIN_IMAGES_FOR_INTERVALS samples
+PRDC_COLUMNS = {"precision", "recall", "density", "coverage"}  # on the Inception features only
 
 
 def _keys(run: Path) -> list[str]:
@@ -63,6 +64,8 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
                 continue
             if row["factor"] == 1 and column in NOT_APPLICABLE_TO_PIXELS:
                 assert pd.isna(row[column]) and "do not apply" in row["notes"]
+            elif column in PRDC_COLUMNS and row["fid_backend"] != "inception":
+                assert pd.isna(row[column]), (column, row.to_dict())
             elif column in INTERVAL_COLUMNS and row["fid_samples"] < MIN_IMAGES_FOR_INTERVALS:
                 assert pd.isna(row[column]), (column, row.to_dict())  # too few samples: left out, not faked
             else:
