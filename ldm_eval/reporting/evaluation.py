@@ -35,9 +35,16 @@ from pipelines.results_log import Results  # noqa: E402
 
 COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "scheduler", "eta", "ddim_steps",
            "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",
-           "kid", "kid_std", "kid_subset_size", "fid_backend", "fid_samples", "reference_samples", "device", "dtype"]
+           "precision", "recall", "density", "coverage", "kid", "kid_std", "kid_subset_size", "fid_backend", "fid_samples",
+           "reference_samples", "device", "dtype"]
 SUMMARY_COLUMNS = ["model", "kind", "factor", "scheduler", "ddim_steps", "sec_per_image", "fid", "fid_ci_low", "fid_ci_high",
-                   "fid_inf", "fid_samples", "fid_backend"]
+                   "fid_inf", "precision", "recall", "fid_samples", "fid_backend"]
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The report's own table: the summary's columns and memory, those this run measured."""
+    shown = table[[*SUMMARY_COLUMNS[:-2], "peak_mem_sample_mb", *SUMMARY_COLUMNS[-2:]]]
+    return shown.loc[:, [c for c in shown.columns if shown[c].notna().any()]]
 
 
 def _sampler(cfg: dict) -> str:
@@ -59,7 +66,8 @@ def evaluation_table(results: Results) -> pd.DataFrame:
             "ae_params": params.get("vae"), "scheduler": g.scheduler, "eta": g.eta, "ddim_steps": r.ddim_steps,
             "sec_per_image": g.sec_per_image,
             "samples_per_s": g.samples_per_s, "peak_mem_sample_mb": g.peak_mem_sample_mb, "fid": r.fid,
-            "fid_ci_low": r.fid_ci_low, "fid_ci_high": r.fid_ci_high, "fid_inf": r.fid_inf, "kid": r.kid,
+            "fid_ci_low": r.fid_ci_low, "fid_ci_high": r.fid_ci_high, "fid_inf": r.fid_inf,
+            "precision": r.precision, "recall": r.recall, "density": r.density, "coverage": r.coverage, "kid": r.kid,
             "kid_std": r.kid_std, "kid_subset_size": r.kid_subset_size, "fid_backend": r.fid_backend,
             "fid_samples": r.fid_samples, "reference_samples": r.reference_samples, "device": r.device,
             "dtype": m.dtype,
@@ -143,7 +151,8 @@ def render_evaluation_report(run_dir: Path) -> Path:
         f"{cfg.get('bootstrap_resamples')} times; the reference images are held fixed, so their own draw's variance "
         "is not in it), `fid_inf` the FID extrapolated to infinitely many samples "
         "(Chong & Forsyth, CVPR 2020); KID ± `kid_std` is over subsets of `kid_subset_size` images.", "",
-        "## Results", "", md_table(table), "",
+        "## Results", "", md_table(_shown(table)), "",
+        "The columns a reader needs; every measured column is in `results.csv` beside this report.", "",
         *timing_notes(table), "",
         "## Reference features", "", *_reference_lines(results), "",
     ]
