@@ -35,9 +35,9 @@ def pipes() -> dict:
     return {f: _pipeline(f) for f in (1, 4, 8)}
 
 
-def _sampling_peak(pipe, batch: int) -> float:
+def _sampling_peak(pipe, batch: int, steps: int = 1) -> float:
     with PeakMemory(pipe.device) as mem:
-        pipe(num_images=batch, num_inference_steps=1, seed=0)
+        pipe(num_images=batch, num_inference_steps=steps, seed=0)
     return mem.reading.peak_mb
 
 
@@ -99,6 +99,9 @@ def test_timed_sampling_times_without_the_accounting(pipes: dict) -> None:
     assert timed.images.shape[0] == 6 and timed.seconds > 0
     assert timed.peak_mb == pytest.approx(_sampling_peak(pipes[8], 4), rel=0.01)
     assert "untimed pass" in timed.memory_method
+    # the pass watches at most 2 steps: one step's peak is every step's, so more steps measure the same
+    longer = timed_sampling(pipes[8], num_images=4, steps=6, batch_size=4)
+    assert longer.peak_mb == pytest.approx(_sampling_peak(pipes[8], 4, steps=6), rel=0.01)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
