@@ -91,8 +91,8 @@ def test_kid_std_needs_subsets_smaller_than_n(pixel_sets) -> None:
     assert std is None
 
 
-def test_a_resample_on_its_distinct_rows_is_the_exact_fid_of_the_resample() -> None:
-    """The weighted distinct-row shortcut and the both-sides path give the FID of the resampled sets themselves."""
+def test_a_resample_is_the_exact_fid_of_the_resampled_sets() -> None:
+    """A resample (and the both-sides path, on weighted distinct rows) gives the FID of the resampled sets themselves."""
     from ldm_eval.metrics.frechet import fid_from_features
     from ldm_eval.metrics.uncertainty import FidAgainst
 
