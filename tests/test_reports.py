@@ -54,7 +54,7 @@ def _fid_line(**where: object) -> float:
 def test_committed_run_loads_and_renders_self_contained(run: str, tmp_path: Path) -> None:
     run_dir = shutil.copytree(RUN_DIRS.get(run, REPORTS / run), tmp_path / run, ignore=shutil.ignore_patterns("domain_classifier"))
     for stale in ("report.md", "report.html", "results.csv"):
-        (run_dir / stale).unlink()
+        (run_dir / stale).unlink(missing_ok=True)
     results = read_results(run_dir)
     assert results.environment is not None
 
