@@ -6,3 +6,6 @@ whatever a folder holds (``dispatch``). Nothing here measures; everything re-ren
 
 May import: ``pipelines`` only.
 """
+import matplotlib
+
+matplotlib.use("Agg")  # once for every report module: they draw to files, never to a screen

@@ -10,11 +10,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 from ldm_eval.reporting.page import (
     budget_sentence,
@@ -35,11 +32,11 @@ from ldm_eval.reporting.page import (
     series_style,
     write_report,
 )
-from ldm_eval.reporting.tables import (  # noqa: E402
+from ldm_eval.reporting.tables import (
     tidy_table,
 )
-from pipelines.records import AutoencoderRecord, ProgressRecord, TrainingRecord  # noqa: E402
-from pipelines.results_log import Results  # noqa: E402
+from pipelines.records import AutoencoderRecord, ProgressRecord, TrainingRecord
+from pipelines.results_log import Results
 
 # The paper's numbers (Rombach et al., CVPR 2022), shown beside ours and labelled as the paper's.
 PAPER_AUTOENCODERS = pd.DataFrame(

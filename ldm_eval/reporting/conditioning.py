@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 from ldm_eval.reporting.page import (
     budget_sentence,
@@ -21,16 +18,16 @@ from ldm_eval.reporting.page import (
     image_lines,
     md_table,
     measured_on,
-    open_report,  # noqa: E402
+    open_report,
     read_run,
     save_figure,
     write_report,
 )
-from ldm_eval.reporting.tables import (  # noqa: E402
+from ldm_eval.reporting.tables import (
     conditional_table,
     per_class_table,
 )
-from pipelines.records import ClassifierRecord, ConditioningRecord  # noqa: E402
+from pipelines.records import ClassifierRecord, ConditioningRecord
 
 SUMMARY_COLUMNS = ["condition", "factor", "guidance", "accuracy", "fid", "mean_class_fid", "n", "samples_per_s",
                    "train_steps"]

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 from ldm_eval.reporting.compression import render_report, summary_table
 from ldm_eval.reporting.conditioning import (
     conditional_summary,
@@ -20,7 +17,7 @@ from ldm_eval.reporting.first_stage import (
     render_first_stage_report,
 )
 from ldm_eval.reporting.page import read_run
-from pipelines.records import (  # noqa: E402
+from pipelines.records import (
     AutoencoderRecord,
     ConditioningRecord,
     ModelRecord,

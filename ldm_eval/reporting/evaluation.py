@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ldm_eval.reporting.page import (
     data_label,
@@ -23,15 +20,15 @@ from ldm_eval.reporting.page import (
     image_lines,
     md_table,
     measured_on,
-    open_report,  # noqa: E402
+    open_report,
     ranking_reading,
     read_run,
     save_figure,
     write_report,
 )
-from ldm_eval.reporting.tables import partner  # noqa: E402
-from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord  # noqa: E402
-from pipelines.results_log import Results  # noqa: E402
+from ldm_eval.reporting.tables import partner
+from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord
+from pipelines.results_log import Results
 
 COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "scheduler", "eta", "ddim_steps",
            "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",

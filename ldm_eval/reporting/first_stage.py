@@ -8,13 +8,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ldm_eval.reporting.compression import PAPER_AUTOENCODERS  # noqa: E402
+from ldm_eval.reporting.compression import PAPER_AUTOENCODERS
 from ldm_eval.reporting.page import (
     budget_sentence,
     data_label,
@@ -23,14 +20,14 @@ from ldm_eval.reporting.page import (
     image_lines,
     md_table,
     measured_on,
-    open_report,  # noqa: E402
+    open_report,
     read_run,
     records_frame,
     save_figure,
     write_report,
 )
-from pipelines.records import AutoencoderRecord  # noqa: E402
-from pipelines.results_log import Results  # noqa: E402
+from pipelines.records import AutoencoderRecord
+from pipelines.results_log import Results
 
 # The columns of results.csv, in order (the Tab. 8 layout plus what tells rows apart).
 COLUMNS = ["kind", "factor", "variant", "latent_shape", "codebook_size", "codebook_usage", "perplexity", "ae_params",

@@ -11,21 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import markdown
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
 from ldm_eval.reporting.tables import (
     FILE_ORDER_DRAW,
     MIN_TRAIN_STEPS,
     Absent,
-    write_table,  # noqa: E402
+    write_table,
 )
-from pipelines.atomic import atomic_path, write_text_atomic  # noqa: E402
-from pipelines.records import (  # noqa: E402
+from pipelines.atomic import atomic_path, write_text_atomic
+from pipelines.records import (
     AutoencoderRecord,
     ClassifierRecord,
     EnvironmentRecord,
@@ -33,7 +30,7 @@ from pipelines.records import (  # noqa: E402
     Record,
     TrainingRecord,
 )
-from pipelines.results_log import Results, read_results  # noqa: E402
+from pipelines.results_log import Results, read_results
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
          "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")
