@@ -72,12 +72,19 @@ class FidAgainst:
         self.sq_norms = np.einsum("ij,ij->i", gen.astype(np.float64), gen.astype(np.float64))
 
     def fid_of(self, index: np.ndarray) -> float:
-        """FID of the generated rows ``index`` (repeats allowed: a bootstrap resample)."""
+        """FID of the generated rows ``index`` (repeats allowed: a bootstrap resample).
+
+        A resample's repeated rows enter once, scaled by sqrt(count): the Gram matrix, and so the nuclear norm,
+        is unchanged, and it is ~63 % as wide (a third of the eigenvalue work at N = 1,000).
+        """
         m = len(index)
-        mu = self.generated[index].mean(axis=0)
-        tr_gen = (float(self.sq_norms[index].sum()) - m * float(mu @ mu)) / (m - 1)
-        cross = self.cross[:, torch.from_numpy(index)]
-        cross = cross - cross.mean(dim=1, keepdim=True)  # R (x_j - mu)
+        rows, counts = np.unique(index, return_counts=True)
+        weights = counts.astype(np.float64)
+        mu = weights @ self.generated[rows] / m
+        tr_gen = (float(weights @ self.sq_norms[rows]) - m * float(mu @ mu)) / (m - 1)
+        cross = self.cross[:, torch.from_numpy(rows)]
+        w = torch.from_numpy(weights)
+        cross = (cross - (cross @ w / m)[:, None]) * w.sqrt()  # R (x_j - mu), each distinct row once
         trace_sqrt = nuclear_norm(cross) / np.sqrt((self.n_ref - 1) * (m - 1))
         diff = self.mu_ref - mu
         return float(diff @ diff + self.tr_ref + tr_gen - 2.0 * trace_sqrt)
