@@ -120,6 +120,9 @@ class BenchFidSettings:
     sensitivity: int = field(default=0, metadata=help_text(
         "also measure what each FID backend sees: N real images against N others, blurred and JPEG-compressed "
         "(0 skips it)"))
+    interval_cost: int = field(default=0, metadata=help_text(
+        "also time the uncertainty work of an N vs N comparison (bootstrap interval, FID-infinity, KID) against "
+        "the Inception features it judges (0 skips it)"))
 
 
 @dataclass

@@ -285,7 +285,7 @@ def cmd_bench_train(argv: list[str]) -> int:
 
 
 def cmd_bench_fid(argv: list[str]) -> int:
-    from ldm_eval.bench.fid import run_fid_benchmark, run_sensitivity
+    from ldm_eval.bench.fid import run_fid_benchmark, run_interval_cost, run_sensitivity
     from pipelines.errors import whole_number
     from pipelines.pipeline import resolve_device
 
@@ -294,6 +294,7 @@ def cmd_bench_fid(argv: list[str]) -> int:
     whole_number(cfg.rounds, "rounds", "The number of rounds", 1, 1000)
     whole_number(cfg.batch_size, "batch_size", "Batch size", 1, 4096)
     whole_number(cfg.sensitivity, "sensitivity", "The sensitivity set size", 0, 100_000)
+    whole_number(cfg.interval_cost, "interval_cost", "The interval-cost set size", 0, 100_000)
     result = run_fid_benchmark(cfg.images, cfg.rounds, cfg.batch_size, cfg.dataset, cfg.resolution,
                                resolve_device(cfg.device), cfg.out)
     print(result.markdown())
@@ -303,6 +304,10 @@ def cmd_bench_fid(argv: list[str]) -> int:
         print(f"\nFID against {cfg.sensitivity} other real images, as they are and degraded "
               "(x_real: times the real-vs-real FID at this N):\n")
         print(table.to_markdown(index=False, floatfmt=".4g"))
+    if cfg.interval_cost:
+        out = None if cfg.out is None else cfg.out.with_name(cfg.out.stem + "-interval-cost.md")
+        print("\n" + run_interval_cost(cfg.dataset, cfg.resolution, cfg.interval_cost, resolve_device(cfg.device),
+                                       out=out))
     return 0
 
 

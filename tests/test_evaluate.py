@@ -97,35 +97,32 @@ def test_evaluates_both_public_layouts_and_reuses_the_reference(public_models, r
 
 
 def test_a_measurement_goes_on_the_card_of_the_weights_it_measured(public_models, reference_folder, tmp_path) -> None:
-    """build-zoo writes what evaluate measured into the card of the folder holding those very weights."""
+    """A zoo card lists what evaluate measured of the very weights its folder holds, whatever the folder's name."""
     import shutil
 
-    from ldm_eval.zoo.export import EVALUATED_HEADING, add_evaluation_sections
+    from ldm_eval.zoo.cards import evaluation_lines
     from pipelines.loading import weights_digest
 
     ddpm, _ = public_models
-    zoo = tmp_path / "zoo"
-    model = zoo / "renamed-ddpm"  # measured as tiny-ddpm, shipped under another name: the weights decide
+    model = tmp_path / "zoo" / "renamed-ddpm"  # measured as tiny-ddpm, shipped under another name: the weights decide
     shutil.copytree(ddpm, model)
-    card = model / "README.md"
-    card.write_text("# renamed-ddpm\n\n- FID 1.0\n\n## Licence\n\nMIT\n")
     out = tmp_path / "eval"
     assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--n", N, "--ddim-steps", 2,
                    "--bootstrap-resamples", 20, "--out", out) == 0
-    record = read_results(out).one(ModelRecord)
-    assert record.weights_sha256 == weights_digest(ddpm) == weights_digest(model)
-    (fid,) = read_results(out).of(FidRecord)
-    assert add_evaluation_sections(zoo, [out, tmp_path / "absent"]) == [card]
-    text = card.read_text()
-    assert text.count(EVALUATED_HEADING) == 1 and text.index(EVALUATED_HEADING) < text.index("## Licence")
-    assert f"Inception FID {fid.fid:.1f} [{fid.fid_ci_low:.1f}, {fid.fid_ci_high:.1f}]" in text
-    assert f"(N = {N} samples against {N} reference images, DDIM 2)" in text and str(reference_folder) in text
-    assert add_evaluation_sections(zoo, [out]) == [] and card.read_text() == text  # written once
-    # other weights in the folder (a retrained model): the measurement is not theirs, the section goes
+    results = read_results(out)
+    assert results.one(ModelRecord).weights_sha256 == weights_digest(ddpm) == weights_digest(model)
+    (fid,) = results.of(FidRecord)
+    (speed,) = results.of(SamplingRecord)
+    text = "\n".join(evaluation_lines(out, results, weights_digest(model)))
+    assert f"FID {fid.fid:.2f}, 95 % interval [{fid.fid_ci_low:.2f}, {fid.fid_ci_high:.2f}]" in text
+    assert f"precision {fid.precision:.3f}, recall {fid.recall:.3f}" in text
+    assert f"N = {N} samples against {N} reference images, DDIM 2 steps" in text
+    assert f"peak memory {speed.peak_mem_sample_mb:,.1f} MB at batch {speed.sample_batch} ({speed.memory_method})" \
+        in text
+    # other weights in the folder (a retrained model): the measurement is not theirs
     weights = next(model.rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
-    assert add_evaluation_sections(zoo, [out]) == [card] and EVALUATED_HEADING not in card.read_text()
-    assert card.read_text() == "# renamed-ddpm\n\n- FID 1.0\n\n## Licence\n\nMIT\n"
+    assert evaluation_lines(out, results, weights_digest(model)) == []
 
 
 def test_bad_input_is_refused_before_any_work(public_models, reference_folder, tmp_path, capsys) -> None:

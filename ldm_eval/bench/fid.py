@@ -25,8 +25,9 @@ from ldm_eval.metrics.features import (
     compute_features,
     load_inception,
 )
-from ldm_eval.metrics.frechet import fid_from_features
+from ldm_eval.metrics.frechet import fid_from_features, kid_from_features
 from ldm_eval.metrics.inception_onnx import onnx_runtime_installed
+from ldm_eval.metrics.uncertainty import BOOTSTRAP_RESAMPLES, fid_with_uncertainty
 from pipelines.atomic import write_text_atomic
 from pipelines.data import STRATIFY_KEYS, load_dataset, representative_order
 from pipelines.images import as_rgb
@@ -174,3 +175,33 @@ def run_sensitivity(dataset: str, resolution: int, n: int, device: torch.device,
     if out is not None:
         write_text_atomic(Path(out), table.to_markdown(index=False, floatfmt=".4g") + "\n")
     return table
+
+
+# --- what the uncertainty costs ----------------------------------------------------------------
+
+def run_interval_cost(dataset: str, resolution: int, n: int, device: torch.device, out: Path | None = None) -> str:
+    """Seconds of the features of N + N held-out images, then of everything ``fid --kid`` adds on them."""
+    images = load_dataset(dataset, resolution, split="test").images
+    if len(images) < 2 * n:
+        raise ValueError(f"'{dataset}' has {len(images)} held-out images; two sets of {n} need {2 * n}.")
+    start = time.perf_counter()
+    features = compute_features(images[: 2 * n], "inception", device)
+    feature_s = time.perf_counter() - start
+    a, b = features[:n], features[n:]
+    timings = {}
+    for name, work in (("bootstrap interval + FID-infinity", lambda: fid_with_uncertainty(a, b)),
+                       ("bootstrap of both sets + FID-infinity", lambda: fid_with_uncertainty(
+                           a, b, resample_reference=True)),
+                       ("KID (100 subsets)", lambda: kid_from_features(a, b))):
+        start = time.perf_counter()
+        work()
+        timings[name] = time.perf_counter() - start
+    rows = [{"work": "Inception features", "seconds": feature_s, "share_of_features": 1.0}]
+    rows += [{"work": k, "seconds": v, "share_of_features": v / feature_s} for k, v in timings.items()]
+    text = (f"The uncertainty of a {n} vs {n} comparison of '{dataset}' held-out images at {resolution} px against the "
+            f"features it judges, on {device_name(str(device))} ({BOOTSTRAP_RESAMPLES} bootstrap resamples; "
+            f"`fid --kid` does the first and the last row):\n\n"
+            + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g"))
+    if out is not None:
+        write_text_atomic(Path(out), text + "\n")
+    return text

@@ -104,14 +104,22 @@ def fid_text(row: dict) -> str:
     reference = row.get("reference_samples")
     against = f" against {reference:,} reference images" if reference else " (reference N not recorded)"
     kid = f", KID {row['kid']:.4f}" if row.get("kid") is not None else ""
-    return (f"FID {row['fid']:.2f}, {interval}{kid}; {backend}, N = {row.get('fid_samples')} samples{against}, "
+    prdc = ""
+    if row.get("precision") is not None:
+        prdc = (f", precision {row['precision']:.3f}, recall {row['recall']:.3f}, density {row['density']:.3f}, "
+                f"coverage {row['coverage']:.3f} (k = {row.get('prdc_k')})")
+    return (f"FID {row['fid']:.2f}, {interval}{kid}{prdc}; {backend}, N = {row.get('fid_samples')} samples{against}, "
             f"DDIM {row['ddim_steps']} steps")
 
 
 def speed_text(row: dict) -> str:
     if row.get("sec_per_image") is None:
         return "sampling speed not measured"
-    return f"{row['sec_per_image']:.4f} s per image on {row.get('sampling_device') or 'an unrecorded device'}"
+    speed = f"{row['sec_per_image']:.4f} s per image on {row.get('sampling_device') or 'an unrecorded device'}"
+    if row.get("peak_mem_sample_mb") is not None:
+        batch = f" at batch {row['sample_batch']}" if row.get("sample_batch") else ""
+        speed += f", peak memory {row['peak_mem_sample_mb']:,.1f} MB{batch} ({row.get('memory_method')})"
+    return speed
 
 
 def metric_lines(metrics: dict) -> list[str]:
@@ -153,8 +161,7 @@ def evaluation_lines(run_dir: Path, results: Results, digest: str | None) -> lis
              f"(split {cfg.get('reference_split', '?')}); results in `{run_dir.as_posix()}`:", ""]
     for f in sorted(scores, key=lambda f: (f.fid_backend, f.ddim_steps)):
         speed = results.one(SamplingRecord, model=f.model, ddim_steps=f.ddim_steps)
-        row = {**vars(f), "sec_per_image": speed.sec_per_image if speed else None,
-               "sampling_device": env.device_name if env and speed else None}
+        row = {**vars(f), **(vars(speed) if speed else {}), "sampling_device": env.device_name if env and speed else None}
         lines.append(f"- {fid_text(row)}; {speed_text(row)}")
     return lines
 

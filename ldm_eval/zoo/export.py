@@ -26,13 +26,12 @@ from ldm_eval.zoo.cards import (
 from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.errors import InputError
 from pipelines.first_stage import load_autoencoder
-from pipelines.loading import load_pipeline, weights_digest
+from pipelines.loading import load_pipeline
 from pipelines.records import (
     AutoencoderRecord,
     ConditioningRecord,
     EnvironmentRecord,
     FidRecord,
-    ModelRecord,
     RecognisabilityRecord,
     SamplingRecord,
 )
@@ -56,6 +55,14 @@ class MetricRow:
     fid_ci_high: float | None = None
     sec_per_image: float | None = None  # the run's sampling speed for this sample set; None: not measured
     sampling_device: str | None = None
+    precision: float | None = None  # precision, recall, density, coverage on the FID's features; None: not measured
+    recall: float | None = None
+    density: float | None = None
+    coverage: float | None = None
+    prdc_k: int | None = None
+    peak_mem_sample_mb: float | None = None  # the sampling run's peak memory, measured as memory_method says
+    memory_method: str | None = None
+    sample_batch: int | None = None
 
 
 def _row(results: Results, f: FidRecord, ddim_steps: int, accuracy: float | None = None,
@@ -65,7 +72,10 @@ def _row(results: Results, f: FidRecord, ddim_steps: int, accuracy: float | None
     env = results.environment
     device = (env.device_name if env and env.device == speed.device else speed.device) if speed else None
     return MetricRow(f.fid, f.kid, f.fid_backend, f.fid_samples, ddim_steps, accuracy, guidance, f.reference_samples,
-                     f.fid_ci_low, f.fid_ci_high, speed.sec_per_image if speed else None, device)
+                     f.fid_ci_low, f.fid_ci_high, speed.sec_per_image if speed else None, device,
+                     f.precision, f.recall, f.density, f.coverage, f.prdc_k,
+                     speed.peak_mem_sample_mb if speed else None, speed.memory_method if speed else None,
+                     speed.sample_batch if speed else None)
 
 
 def model_rows(results: Results, facts: TrainingSummary) -> list[MetricRow]:
@@ -126,73 +136,6 @@ def export_zoo(run_dir: Path, out: Path, prefix: str, only: list[str] | None = N
         finish_folder(target)  # the card, from what the folder now holds (build-zoo re-renders the zoo's at the end)
         written.append(target)
     return written
-
-
-EVALUATED_HEADING = "## Measured with evaluate"
-
-
-def with_section(card: str, heading: str, lines: list[str]) -> str:
-    """``card`` with the section ``heading`` holding ``lines`` (replacing an older one), above the licence.
-
-    No lines: the section goes (a measurement of weights the folder no longer holds).
-    """
-    head, _, rest = card.partition(heading)
-    if rest:  # drop the old section: everything up to the next heading
-        nxt = rest.find("\n## ")
-        card = head.rstrip("\n") + "\n\n" + (rest[nxt + 1:] if nxt >= 0 else "")
-    if not lines:
-        return card
-    section = "\n".join([heading, "", *lines, "", ""])
-    at = card.find("## Licence")
-    return card[:at] + section + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + section
-
-
-def evaluation_lines(run_dir: Path, results: Results, digest: str | None) -> list[str]:
-    """What the ``evaluate`` run in ``run_dir`` (its ``results``) measured of the weights with this digest."""
-    models = [m for m in results.of(ModelRecord) if digest and m.weights_sha256 == digest]
-    scores = [f for m in models for f in results.of(FidRecord, model=m.model)]
-    if not scores:
-        return []
-    env = results.environment
-    cfg = env.config if env else {}
-    where = f" on {env.device_name}, {env.started[:10]}" if env else ""
-    lines = [f"Measured by `python -m ldm_eval evaluate`{where}, against reference images from "
-             f"`{cfg.get('reference', '?')}` (split {cfg.get('reference_split', '?')}); results in `{run_dir}`:", ""]
-    for f in sorted(scores, key=lambda f: (f.fid_backend, f.ddim_steps)):
-        interval = f" [{f.fid_ci_low:.1f}, {f.fid_ci_high:.1f}]" if f.fid_ci_low is not None else ""
-        kid = f", KID {f.kid:.3f}" if f.kid is not None else ""
-        backend = "Inception" if f.fid_backend == "inception" else f.fid_backend
-        lines.append(f"- {backend} FID {f.fid:.1f}{interval}{kid} (N = {f.fid_samples} samples against "
-                     f"{f.reference_samples:,} reference images, DDIM {f.ddim_steps})")
-    return lines
-
-
-def add_evaluation_sections(models: Path, evaluations: list[Path]) -> list[Path]:
-    """Write what ``evaluate`` runs measured of each model into its card; returns the cards changed.
-
-    For folders whose card LDM Lab does not render (a public model's, a hand-written one); the zoo's own
-    cards are rendered whole, measurements of ``evaluate`` included, by :func:`ldm_eval.zoo.cards.render_zoo`.
-
-    A run's measurement goes on the card of the folder holding the very weights it measured (matched by
-    :func:`weights_digest`, whatever the folder was called then), so a retrained model loses it.
-    """
-    runs = {run: read_results(run) for run in evaluations if (run / "results.jsonl").is_file()}  # once each
-    changed = []
-    for folder in sorted(p.parent for p in models.glob("*/model_index.json")):
-        card_path = folder / "README.md"
-        if not card_path.is_file():
-            continue
-        digest = weights_digest(folder)
-        lines: list[str] = []
-        for run, results in runs.items():
-            found = evaluation_lines(run, results, digest)
-            lines += (["", *found] if lines and found else found)
-        card = card_path.read_text()
-        new = with_section(card, EVALUATED_HEADING, lines)
-        if new != card:
-            write_text_atomic(card_path, new)
-            changed.append(card_path)
-    return changed
 
 
 class ExportSizeError(InputError):
