@@ -91,18 +91,33 @@ def test_kid_std_needs_subsets_smaller_than_n(pixel_sets) -> None:
     assert std is None
 
 
-def test_a_resample_is_the_exact_fid_of_the_resampled_sets() -> None:
-    """A resample (and the both-sides path, on weighted distinct rows) gives the FID of the resampled sets themselves."""
+@pytest.mark.parametrize("n_ref, n_gen", [(120, 90), (36, 30)])  # wider than the features; the kernel path
+def test_a_resample_is_the_exact_fid_of_the_resampled_sets(n_ref: int, n_gen: int) -> None:
+    """A resample (and the both-sides path, on weighted distinct rows) gives the FID of the resampled sets themselves,
+    whether its Gram matrix comes from the reference's side or from the precomputed kernel of the generated side."""
     from ldm_eval.metrics.frechet import fid_from_features
     from ldm_eval.metrics.uncertainty import FidAgainst
 
     rng = np.random.default_rng(3)
-    ref, gen = rng.standard_normal((120, 40)), rng.standard_normal((90, 40)) * 1.3 + 0.1
+    ref, gen = rng.standard_normal((n_ref, 40)), rng.standard_normal((n_gen, 40)) * 1.3 + 0.1
     against = FidAgainst(ref, gen)
-    ia, ib = rng.integers(0, 120, 120), rng.integers(0, 90, 90)
+    assert (against.kernel is None) == (n_gen > 40)
+    ia, ib = rng.integers(0, n_ref, n_ref), rng.integers(0, n_gen, n_gen)
     assert against.fid_of(ib) == pytest.approx(fid_from_features(ref, gen[ib]), rel=1e-6)
     assert against.fid_of_both(ia, ib) == pytest.approx(fid_from_features(ref[ia], gen[ib]), rel=1e-6)
-    assert against.fid_of_both(np.arange(120), ib) == pytest.approx(against.fid_of(ib), rel=1e-6)
+    assert against.fid_of_both(np.arange(n_ref), ib) == pytest.approx(against.fid_of(ib), rel=1e-6)
+
+
+def test_kid_with_kernels_computed_once_equals_torchmetrics_per_subset(monkeypatch) -> None:
+    from ldm_eval.metrics import frechet
+
+    rng = np.random.default_rng(4)
+    fa, fb = rng.standard_normal((60, 16)), rng.standard_normal((50, 16)) + 0.2
+    once = frechet.kid_from_features(fa, fb, subsets=20, subset_size=30)
+    monkeypatch.setattr(frechet, "KID_KERNEL_ROWS", 0)  # every subset through torchmetrics' poly_mmd
+    per_subset = frechet.kid_from_features(fa, fb, subsets=20, subset_size=30)
+    assert once[0] == pytest.approx(per_subset[0], rel=1e-9) and once[1] == pytest.approx(per_subset[1], rel=1e-9)
+    assert once[1] > 0
 
 
 def test_resampling_the_reference_too_widens_the_interval() -> None:

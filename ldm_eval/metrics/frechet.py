@@ -1,6 +1,9 @@
 """The Fréchet distance and KID between two sets of features: the maths, no networks."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -43,20 +46,27 @@ def _trace_sqrt_product(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> flo
 
 def nuclear_norm(m: torch.Tensor) -> float:
     """The sum of a float64 matrix's singular values, through the eigenvalues of its smaller Gram matrix (torch's
-    eigvalsh: much faster than an SVD here).
+    eigvalsh: much faster than an SVD here)."""
+    return trace_sqrt_psd(m.T @ m if m.shape[1] <= m.shape[0] else m @ m.T)
 
-    The eigenvalues are computed on one thread: LAPACK's symmetric eigensolver gains little from a second core,
-    and when another process keeps the cores busy its threads wait on each other (a 632x632 problem took
-    0.04 s on one thread and 0.35-2.7 s on two, on 2 cores shared with a sampling run).
-    """
-    gram = m.T @ m if m.shape[1] <= m.shape[0] else m @ m.T
+
+def trace_sqrt_psd(gram: torch.Tensor) -> float:
+    """Tr sqrt(G) of a symmetric positive semi-definite float64 matrix: the sum of its eigenvalues' square roots."""
+    return float(torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().sum())
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run many small eigenproblems on one thread (set once around them: each change of the thread count
+    restarts the thread pool). LAPACK's symmetric eigensolver gains little from a second core (632x632:
+    21 ms on one thread, 19 ms on two, idle), and when another process keeps the cores busy its threads
+    wait on each other (0.35-2.7 s on two threads against 0.04 s on one)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        eigenvalues = torch.linalg.eigvalsh(gram)
+        yield
     finally:
         torch.set_num_threads(threads)
-    return float(eigenvalues.clamp_min(0).sqrt().sum())
 
 
 def fid_from_features(fa: np.ndarray, fb: np.ndarray) -> float:

@@ -29,6 +29,8 @@ from ldm_eval.metrics.frechet import (
     check_pair,
     fid_from_features,
     nuclear_norm,
+    one_torch_thread,
+    trace_sqrt_psd,
 )
 
 CONFIDENCE = 0.95
@@ -70,24 +72,36 @@ class FidAgainst:
         r = centred if self.n_ref <= centred.shape[1] else np.linalg.qr(centred, mode="r")
         self.cross = torch.from_numpy(np.asarray(r, dtype=np.float64) @ np.asarray(gen, dtype=np.float64).T)
         self.sq_norms = np.einsum("ij,ij->i", gen.astype(np.float64), gen.astype(np.float64))
+        # With no more generated images than R has rows, every resample's Gram matrix is read off C^T C (n x n,
+        # computed once) instead of multiplying out R's side each time: half of a resample's cost at N = 1,000.
+        self.kernel = self.cross.T @ self.cross if gen.shape[0] <= self.cross.shape[0] else None
 
     def fid_of(self, index: np.ndarray) -> float:
         """FID of the generated rows ``index`` (repeats allowed: a bootstrap resample).
 
-        A resample's repeated rows enter once, scaled by sqrt(count): the Gram matrix, and so the nuclear norm,
-        is unchanged, and it is ~63 % as wide (a third of the eigenvalue work at N = 1,000).
+        A resample's repeated rows enter once, weighted by their count: the Gram matrix, and so the nuclear
+        norm, is unchanged, and it is ~63 % as wide (a quarter of the eigenvalue work at N = 1,000).
         """
         m = len(index)
-        rows, counts = np.unique(index, return_counts=True)
-        weights = counts.astype(np.float64)
-        mu = weights @ self.generated[rows] / m
-        tr_gen = (float(weights @ self.sq_norms[rows]) - m * float(mu @ mu)) / (m - 1)
-        cross = self.cross[:, torch.from_numpy(rows)]
-        w = torch.from_numpy(weights)
-        cross = (cross - (cross @ w / m)[:, None]) * w.sqrt()  # R (x_j - mu), each distinct row once
-        trace_sqrt = nuclear_norm(cross) / np.sqrt((self.n_ref - 1) * (m - 1))
+        weights = np.bincount(index, minlength=self.generated.shape[0]).astype(np.float64)
+        mu = weights @ self.generated / m
+        tr_gen = (float(weights @ self.sq_norms) - m * float(mu @ mu)) / (m - 1)
+        trace_sqrt = self._trace_sqrt(weights, m) / np.sqrt((self.n_ref - 1) * (m - 1))
         diff = self.mu_ref - mu
         return float(diff @ diff + self.tr_ref + tr_gen - 2.0 * trace_sqrt)
+
+    def _trace_sqrt(self, weights: np.ndarray, m: int) -> float:
+        """The nuclear norm of R (x_j - mu) over the resample: each distinct row once, scaled by sqrt(count)."""
+        rows = np.flatnonzero(weights)
+        r, w = torch.from_numpy(rows), torch.from_numpy(weights[rows])
+        scale = w.sqrt()
+        if self.kernel is None:
+            cross = self.cross[:, r]
+            return nuclear_norm((cross - (cross @ w / m)[:, None]) * scale)
+        k = self.kernel[r][:, r]  # c_i . c_j; centred: minus c_i . c_mean and c_mean . c_j, plus |c_mean|^2
+        kw = k @ w / m
+        gram = (k - kw[:, None] - kw[None, :] + float(w @ kw) / m) * (scale[:, None] * scale[None, :])
+        return trace_sqrt_psd(gram)
 
     def fid_of_both(self, ref_index: np.ndarray, gen_index: np.ndarray) -> float:
         """FID of resampled rows of both sets (repeats allowed), each set's distinct rows weighted by their counts."""
@@ -111,14 +125,19 @@ class FidAgainst:
         """
         rng = np.random.default_rng(seed)
         n = self.generated.shape[0]
+        with one_torch_thread():
+            values = self._resampled(rng, n, resamples, both)
+        alpha = (1 - CONFIDENCE) / 2
+        q_low, q_high = np.quantile(values, [alpha, 1 - alpha]) - values.mean()
+        return max(0.0, fid + float(q_low)), fid + float(q_high)
+
+    def _resampled(self, rng: np.random.Generator, n: int, resamples: int, both: bool) -> np.ndarray:
         if both:
             values = np.array([self.fid_of_both(rng.integers(0, self.n_ref, self.n_ref), rng.integers(0, n, n))
                                for _ in range(resamples)])
         else:
             values = np.array([self.fid_of(rng.integers(0, n, n)) for _ in range(resamples)])
-        alpha = (1 - CONFIDENCE) / 2
-        q_low, q_high = np.quantile(values, [alpha, 1 - alpha]) - values.mean()
-        return max(0.0, fid + float(q_low)), fid + float(q_high)
+        return values
 
     def extrapolate(self, seed: int, points: int = FID_INF_POINTS,
                     repeats: int = FID_INF_REPEATS) -> tuple[float, float, tuple[int, ...]]:
@@ -128,9 +147,10 @@ class FidAgainst:
         sizes = tuple(sorted({int(round(s)) for s in np.linspace(smallest, n, points)}))
         rng = np.random.default_rng(seed)
         means = []
-        for size in sizes:
-            draws = 1 if size == n else repeats
-            means.append(np.mean([self.fid_of(rng.choice(n, size, replace=False)) for _ in range(draws)]))
+        with one_torch_thread():
+            for size in sizes:
+                draws = 1 if size == n else repeats
+                means.append(np.mean([self.fid_of(rng.choice(n, size, replace=False)) for _ in range(draws)]))
         slope, intercept = np.polyfit(1.0 / np.array(sizes, dtype=float), np.array(means), 1)
         return float(intercept), float(slope), sizes
 

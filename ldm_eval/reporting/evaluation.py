@@ -31,8 +31,8 @@ from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingR
 from pipelines.results_log import Results
 
 COLUMNS = ["model", "layout", "kind", "factor", "latent_shape", "unet_params", "ae_params", "scheduler", "eta", "ddim_steps",
-           "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",
-           "precision", "recall", "density", "coverage", "kid", "kid_std", "kid_subset_size", "fid_backend", "fid_samples",
+           "sec_per_image", "samples_per_s", "peak_mem_sample_mb", "memory_method", "fid", "fid_ci_low", "fid_ci_high", "fid_inf",
+           "precision", "recall", "density", "coverage", "prdc_k", "kid", "kid_std", "kid_subset_size", "fid_backend", "fid_samples",
            "reference_samples", "device", "dtype"]
 SUMMARY_COLUMNS = ["model", "kind", "factor", "scheduler", "ddim_steps", "sec_per_image", "fid", "fid_ci_low", "fid_ci_high",
                    "fid_inf", "precision", "recall", "fid_samples", "fid_backend"]
@@ -42,6 +42,28 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     """The report's own table: the summary's columns and memory, those this run measured."""
     shown = table[[*SUMMARY_COLUMNS[:-2], "peak_mem_sample_mb", *SUMMARY_COLUMNS[-2:]]]
     return shown.loc[:, [c for c in shown.columns if shown[c].notna().any()]]
+
+
+def _precision(cfg: dict) -> str:
+    mixed = cfg.get("mixed_precision")
+    return "full precision (fp32)" if mixed in (None, "no") else f"{mixed} mixed precision"
+
+
+def _batch(cfg: dict) -> str:
+    batch = cfg.get("batch_size")
+    return f"{batch} at a time (the memory column is the peak of one such batch)" if batch else "in batches"
+
+
+def _memory_and_prdc(table: pd.DataFrame) -> list[str]:
+    methods = "; ".join(sorted(set(table["memory_method"].dropna().astype(str)))) if len(table) else ""
+    lines = [f"`peak_mem_sample_mb`: {methods or 'not measured'}."]
+    k = table["prdc_k"].dropna() if len(table) else table
+    if len(k):
+        lines.append(f"`precision` and `recall` (Kynkäänniemi et al. 2019), `density` and `coverage` (Naeem et al. "
+                     f"2020, in `results.csv`): on the FID's features, k = {int(k.iloc[0])} nearest neighbours; "
+                     "precision is the share of samples inside the real images' manifold, recall the share of real "
+                     "images inside the samples'.")
+    return lines
 
 
 def _sampler(cfg: dict) -> str:
@@ -62,7 +84,8 @@ def evaluation_table(results: Results) -> pd.DataFrame:
             "latent_shape": "x".join(map(str, m.latent_shape or [])), "unet_params": params.get("unet"),
             "ae_params": params.get("vae"), "scheduler": g.scheduler, "eta": g.eta, "ddim_steps": r.ddim_steps,
             "sec_per_image": g.sec_per_image,
-            "samples_per_s": g.samples_per_s, "peak_mem_sample_mb": g.peak_mem_sample_mb, "fid": r.fid,
+            "samples_per_s": g.samples_per_s, "peak_mem_sample_mb": g.peak_mem_sample_mb,
+            "memory_method": g.memory_method, "prdc_k": r.prdc_k, "fid": r.fid,
             "fid_ci_low": r.fid_ci_low, "fid_ci_high": r.fid_ci_high, "fid_inf": r.fid_inf,
             "precision": r.precision, "recall": r.recall, "density": r.density, "coverage": r.coverage, "kid": r.kid,
             "kid_std": r.kid_std, "kid_subset_size": r.kid_subset_size, "fid_backend": r.fid_backend,
@@ -141,13 +164,14 @@ def render_evaluation_report(run_dir: Path) -> Path:
           if reading else []),
         f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference {reference}; "
         f"N = {cfg.get('n')} samples per model and step count ({_sampler(cfg)}, seed {cfg.get('seed')}), "
-        f"{cfg.get('backend')} features, precision {cfg.get('mixed_precision')}.", "",
+        f"{cfg.get('backend')} features, {_precision(cfg)}; samples made {_batch(cfg)}.", "",
         measured_on(env, cfg), "",
         "Speed is measured after a warm-up, over all N samples, at the batch size given. FID is biased at small N: "
         "`fid_ci_low`-`fid_ci_high` is a bootstrap 95 % interval (resampling the samples "
         f"{cfg.get('bootstrap_resamples')} times; the reference images are held fixed, so their own draw's variance "
         "is not in it), `fid_inf` the FID extrapolated to infinitely many samples "
         "(Chong & Forsyth, CVPR 2020); KID ± `kid_std` is over subsets of `kid_subset_size` images.", "",
+        *_memory_and_prdc(table), "",
         "## Results", "", md_table(_shown(table)), "",
         "The columns a reader needs; every measured column is in `results.csv` beside this report.", "",
         *timing_notes(table), "",
