@@ -17,6 +17,7 @@ import torch
 from diffusers import VQModel
 from torch import nn
 
+from .callbacks import Callback
 from .checkpoint import TrainState
 from .codebook import CodebookKeeper, nearest_codes
 from .discriminator import (
@@ -36,7 +37,6 @@ from .first_stage import (
 )
 from .images import uint8_to_signed
 from .training import (
-    Callback,
     TrainConfig,
     TrainingError,
     load_training_data,

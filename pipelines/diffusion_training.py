@@ -17,6 +17,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 from transformers import PreTrainedTokenizerFast
 
+from .callbacks import Callback
 from .checkpoint import TrainState
 from .conditioning import (
     CONDITION_KINDS,
@@ -30,7 +31,6 @@ from .first_stage import Autoencoder, FirstStage, check_factor, load_autoencoder
 from .latent_cache import LatentCache, cached_latents
 from .pipeline import LatentDiffusionPipeline, default_train_scheduler
 from .training import (
-    Callback,
     TrainConfig,
     TrainingError,
     load_training_data,

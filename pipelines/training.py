@@ -16,8 +16,7 @@ import logging
 import math
 import platform
 import statistics
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from accelerate.state import AcceleratorState
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from .callbacks import Callback, Snapshot
 from .checkpoint import (
     CheckpointError,
     TrainState,
@@ -39,6 +39,15 @@ from .checkpoint import (
 from .data import ImageDataset, load_dataset
 from .errors import InputError
 from .memory import MemoryReading, PeakMemory, Stopwatch, measures_without_overhead
+from .speedups import (
+    SpeedPlan,
+    Speedups,
+    adamw,
+    check_speedups,
+    prepare_module,
+    training_plan,
+    with_eager_fallback,
+)
 from .training_summary import TrainingSummary
 
 log = logging.getLogger(__name__)
@@ -71,6 +80,7 @@ class TrainConfig:
     ema_power: float = 0.75  # diffusers' example: inv_gamma 1, power 3/4, max decay 0.9999
     warmup_steps: int = 0  # learning rate rises linearly over these first steps
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the budget
+    speedups: Speedups = "auto"  # the speed levers (pipelines.speedups); never part of a run's identity
 
     def validate(self) -> None:
         if (self.max_steps is None) == (self.max_seconds is None):
@@ -92,6 +102,7 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise TrainingError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose constant or cosine.",
                                 "lr_schedule")
+        check_speedups(self.speedups)
         if self.max_images is not None and self.max_images < 1:
             raise TrainingError(f"The number of training images must be positive (got {self.max_images}).",
                                 "max_images")
@@ -107,6 +118,7 @@ class TrainResult:
     step_seconds: list[float] = field(default_factory=list)  # this process's steps (benchmarks)
     peak_memory: MemoryReading | None = None  # the largest of the training steps' peaks
     resumed_at_step: int = 0  # the checkpoint's step this call continued from (0: it began from scratch)
+    speed_plan: SpeedPlan = field(default_factory=SpeedPlan)
 
     @property
     def images_per_second(self) -> float:
@@ -116,64 +128,6 @@ class TrainResult:
 # (model, the step's generator, progress so far) -> loss. Progress (step, seconds) lets an
 # objective switch terms on late (the first stage's discriminator) from checkpointed state.
 LossFn = Callable[[torch.nn.Module, torch.Generator, TrainState], torch.Tensor]
-
-
-@dataclass
-class Snapshot:
-    """What a callback sees after a training step (on the main process only).
-
-    ``evaluating()`` yields the trained artefact (a pipeline, an autoencoder) with the EMA
-    weights swapped in and in eval mode, then restores the training weights.
-    """
-
-    state: TrainState
-    finished: bool
-    _model: torch.nn.Module
-    _ema: EMAModel | None
-    _artefact: Any
-
-    @contextmanager
-    def evaluating(self) -> Iterator[Any]:
-        if self._ema is not None:
-            self._ema.store(self._model.parameters())
-            self._ema.copy_to(self._model.parameters())
-        self._model.eval()
-        try:
-            yield self._artefact
-        finally:
-            self._model.train()
-            if self._ema is not None:
-                self._ema.restore(self._model.parameters())
-
-
-Callback = Callable[[Snapshot], None]
-
-
-class Milestones:
-    """Call ``fn(snapshot, point)`` once when training first reaches each target (steps or seconds).
-
-    Points are numbered from 1. A run resumed past a target calls it at its first step; the
-    end of training reaches every target left.
-    """
-
-    def __init__(self, targets: Sequence[float], unit: Literal["steps", "seconds"],
-                 fn: Callable[[Snapshot, int], None]):
-        self.targets, self.unit, self.fn = list(targets), unit, fn
-        self._reached: set[int] = set()
-
-    @classmethod
-    def evenly(cls, budget: float, points: int, unit: Literal["steps", "seconds"],
-               fn: Callable[[Snapshot, int], None]) -> "Milestones":
-        """``points`` targets spread evenly up to ``budget`` (whole steps when counting steps)."""
-        targets = [budget * i / points for i in range(1, points + 1)]
-        return cls([int(t) for t in targets] if unit == "steps" else targets, unit, fn)
-
-    def __call__(self, snapshot: Snapshot) -> None:
-        progress = snapshot.state.step if self.unit == "steps" else snapshot.state.seconds
-        for point, target in enumerate(self.targets, 1):
-            if point not in self._reached and (progress >= target or snapshot.finished):
-                self._reached.add(point)
-                self.fn(snapshot, point)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -245,15 +199,16 @@ def _budget_spent(cfg: TrainConfig, state: TrainState, recent: list[float], acce
 
 def _optimizer_step(wrapped: torch.nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
                     peak_rates: list[float], ema: EMAModel | None, cfg: TrainConfig, state: TrainState,
-                    accelerator: Accelerator, measure_memory: bool) -> tuple[torch.Tensor, MemoryReading]:
+                    accelerator: Accelerator, measure_memory: bool, model: torch.nn.Module
+                    ) -> tuple[torch.Tensor, MemoryReading]:
     """One step on this rank: its loss and its time (and its peak memory if ``measure_memory``)."""
     with (PeakMemory if measure_memory else Stopwatch)(accelerator.device) as memory:
         generator = step_generator(cfg.seed, state.step, accelerator.process_index, accelerator.device)
         scale = learning_rate_scale(cfg, state)
         for group, peak_rate in zip(optimizer.param_groups, peak_rates):
             group["lr"] = peak_rate * scale
-        with accelerator.autocast():
-            loss = loss_fn(wrapped, generator, state)
+        with accelerator.autocast():  # a failed compilation falls back to eager with a warning, never a crash
+            loss = with_eager_fallback(lambda: loss_fn(wrapped, generator, state), [model])
         if not torch.isfinite(loss):
             raise TrainingError(f"Loss became {loss.item()} at step {state.step}; lower the learning rate.",
                                 "learning_rate")
@@ -305,12 +260,14 @@ def run_training(
     """
     cfg.validate()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    optimizer = torch.optim.AdamW(param_groups or model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    plan = training_plan(cfg.speedups, accelerator.device, cfg.max_seconds, cfg.max_steps)
+    optimizer = adamw(param_groups or model.parameters(), plan, lr=cfg.learning_rate, weight_decay=0.0)
     peak_rates = [group["lr"] for group in optimizer.param_groups]
     # foreach: one fused update over all tensors instead of a Python loop (faster, the same values)
     ema = (EMAModel(model.parameters(), use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power, foreach=True)
            if use_ema else None)
     state = _start_state(cfg, model, optimizer, ema, run_key, accelerator)
+    prepare_module(model, plan)  # after loading: a checkpoint's tensors are copied into whatever layout
     resumed_at = state.step
     model.train()
     wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -328,8 +285,9 @@ def run_training(
     smooth = None
     peak: MemoryReading | None = None
     while not _budget_spent(cfg, state, recent_step_times(), accelerator):
-        measure = measures_without_overhead(accelerator.device) or len(step_seconds) < MEMORY_STEPS
-        loss, reading = _optimizer_step(wrapped, loss_fn, optimizer, peak_rates, ema, cfg, state, accelerator, measure)
+        measure = _measures_every_step(accelerator.device, plan) or len(step_seconds) < MEMORY_STEPS
+        loss, reading = _optimizer_step(wrapped, loss_fn, optimizer, peak_rates, ema, cfg, state, accelerator, measure,
+                                        model)
         if reading.peak_mb is not None and (peak is None or reading.peak_mb > peak.peak_mb):
             peak = reading
         value = float(accelerator.reduce(loss.detach(), reduction="mean").item())
@@ -351,7 +309,12 @@ def run_training(
     _save(cfg, state, model, optimizer, ema, accelerator, unless_saved=True)
     model.eval()
     return TrainResult(model, ema, state, str(accelerator.device), accelerator.num_processes, step_seconds, peak,
-                       resumed_at_step=resumed_at)
+                       resumed_at_step=resumed_at, speed_plan=plan)
+
+
+def _measures_every_step(device: torch.device | str, plan: SpeedPlan) -> bool:
+    """Whether every step's memory is read (CUDA without speedups: the allocator's counters cost a sync only)."""
+    return measures_without_overhead(device) and plan.memory_every_step
 
 
 def load_training_data(dataset: str, resolution: int, channels: int | None, max_images: int | None) -> ImageDataset:
@@ -380,13 +343,13 @@ def summarize(result: TrainResult, cfg: TrainConfig, **facts: Any) -> TrainingSu
         mixed_precision=cfg.mixed_precision, seed=cfg.seed,
         budget={"max_steps": cfg.max_steps, "max_seconds": cfg.max_seconds},
         peak_mem_train_mb=None if peak is None else round(peak.peak_mb, 1),
-        memory_method="unavailable" if peak is None else f"{peak.method}, {_memory_scope(result.device)}",
-        resumed_at_step=result.resumed_at_step,
+        memory_method="unavailable" if peak is None else f"{peak.method}, {_memory_scope(result)}",
+        resumed_at_step=result.resumed_at_step, speedups=result.speed_plan.describe(),
     )
 
 
-def _memory_scope(device: str) -> str:
-    if measures_without_overhead(device):
+def _memory_scope(result: TrainResult) -> str:
+    if _measures_every_step(result.device, result.speed_plan):
         return "largest training step"
     return f"largest training step of the first {MEMORY_STEPS} (the others run without the accounting's overhead)"
 

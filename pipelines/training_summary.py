@@ -43,6 +43,7 @@ class TrainingSummary:
     condition_dropout: float | None = None
     losses: str | None = None  # autoencoders: the terms that trained it, e.g. "L1 + KL(1e-06) + PatchGAN(...)"
     codebook_size: int | None = None  # VQ autoencoders
+    speedups: str | None = None  # the speed levers it trained with (pipelines.speedups); None: before they existed
     resumed_at_step: int = 0  # the last training call continued a checkpoint of this step (0: from scratch)
 
     def save(self, folder: Path) -> None:

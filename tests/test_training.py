@@ -11,10 +11,10 @@ import torch
 from conftest import ROOT, run_cli
 from safetensors.torch import load_file
 
+from pipelines.callbacks import Milestones, Snapshot
 from pipelines.checkpoint import latest_checkpoint
 from pipelines.diffusion_training import DiffusionTrainConfig, train_diffusion
 from pipelines.loading import load_pipeline
-from pipelines.training import Milestones, Snapshot
 
 
 def test_diffusion_loss_falls_on_real_data(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from ldm_eval.sweeps.settings import (
     check_ddim_steps,
     help_text,
 )
+from pipelines.callbacks import Milestones, Snapshot
 from pipelines.diffusion_training import DiffusionTrainConfig, train_diffusion
 from pipelines.first_stage import FACTORS
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
@@ -43,7 +44,6 @@ from pipelines.pipeline import LatentDiffusionPipeline
 from pipelines.records import ProgressRecord, SamplingRecord, TrainingRecord
 from pipelines.results_log import Results
 from pipelines.sampling import timed_sampling, warm_up
-from pipelines.training import Milestones, Snapshot
 
 
 @dataclass

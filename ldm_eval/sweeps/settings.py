@@ -10,6 +10,7 @@ from pipelines.autoencoder_training import AutoencoderTrainConfig
 from pipelines.diffusion_training import snr_gamma_problem
 from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import check_factor
+from pipelines.speedups import check_speedups
 from pipelines.training import MAX_STEPS
 
 _AE = AutoencoderTrainConfig  # where the autoencoders' defaults live
@@ -74,6 +75,9 @@ class RunSettings(ExecutorFlags):
     snr_gamma: float = field(default=0.0, metadata=help_text(
         "min-SNR-gamma loss weighting of the denoiser (e.g. 5; 0: the plain DDPM loss)"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
+    speedups: Literal["auto", "off"] = field(default="auto", metadata=help_text(
+        "auto: the speed levers measured to pay on this device (fused optimizer, channels-last; CUDA graphs on a "
+        "GPU with a long enough budget); off: the plain eager path. Same maths either way (docs/speed.md)"))
     param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
     # The autoencoders' defaults are the trainer's own (AutoencoderTrainConfig): a sweep's autoencoder is the
     # trainer's default one plus what its preset or the command line changes (first_stage_config()).
@@ -103,6 +107,7 @@ class RunSettings(ExecutorFlags):
 
     def validate(self) -> None:
         self.validate_executor()
+        check_speedups(self.speedups)
         if not 1 <= self.checkpoint_every <= MAX_STEPS:
             raise SweepError(f"Checkpoints must come every 1 to {MAX_STEPS:,} steps (got {self.checkpoint_every}).",
                              "checkpoint_every")
@@ -126,9 +131,10 @@ class RunSettings(ExecutorFlags):
             raise SweepError(problem, "snr_gamma")
         whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
 
-    def budget_kwargs(self, value: float) -> dict[str, float]:
-        """``max_steps`` or ``max_seconds`` for a trainer config."""
-        return {"max_steps": int(value)} if self.budget == "steps" else {"max_seconds": float(value)}
+    def budget_kwargs(self, value: float) -> dict[str, Any]:
+        """``max_steps`` or ``max_seconds`` for a trainer config, with the speed levers that spend it."""
+        budget = {"max_steps": int(value)} if self.budget == "steps" else {"max_seconds": float(value)}
+        return {**budget, "speedups": self.speedups}
 
 
 def check_factors(factors: list[int], resolution: int) -> None:

@@ -1,0 +1,100 @@
+"""``--speedups auto|off``: the plan per device and budget, the same maths either way, compilation that fails softly."""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.checkpoint import latest_checkpoint
+from pipelines.diffusion_training import DiffusionTrainConfig, train_diffusion
+from pipelines.errors import InputError
+from pipelines.loading import load_pipeline
+from pipelines.sampling import timed_sampling
+from pipelines.speedups import (
+    MIN_COMPILE_SECONDS,
+    SpeedPlan,
+    prepare_module,
+    sampling_plan,
+    training_plan,
+    with_eager_fallback,
+)
+
+
+def test_the_plan_pulls_what_pays_on_each_device_and_budget() -> None:
+    assert training_plan("off", "cpu", max_seconds=900) == SpeedPlan()
+    cpu = training_plan("auto", "cpu", max_seconds=10 * 3600)
+    assert cpu.fused_optimizer and cpu.channels_last and cpu.compile_mode is None  # compiling never paid on a CPU
+    assert "1.04-1.06x" in cpu.notes[0] and cpu.describe() == "speedups auto: fused AdamW, channels-last"
+    short = training_plan("auto", "cuda", max_seconds=MIN_COMPILE_SECONDS - 1)
+    long = training_plan("auto", "cuda", max_seconds=MIN_COMPILE_SECONDS)
+    assert short.compile_mode is None and "too short" in short.notes[0]
+    assert long.compile_mode == "reduce-overhead" and not long.memory_every_step
+    assert sampling_plan("auto", "cpu", 500, 50).compile_mode is None
+    assert sampling_plan("auto", "cuda", 500, 50).compile_mode == "reduce-overhead"
+    with pytest.raises(InputError, match="Unknown speedups setting 'fast'"):
+        training_plan("fast", "cpu", max_steps=10)
+    with pytest.raises(InputError, match="speedups"):
+        DiffusionTrainConfig(out=Path("unused"), max_steps=1, speedups="fast").validate()
+
+
+def _train(out: Path, speedups: str, steps: int, resume: bool = False):
+    cfg = DiffusionTrainConfig(out=out, max_steps=steps, batch_size=16, learning_rate=1e-3, factor=1,
+                               dataset="fashion-mnist", resolution=16, param_budget=40_000, max_images=256,
+                               progress=False, checkpoint_every=4, speedups=speedups, resume=resume)
+    return train_diffusion(cfg)
+
+
+def _losses(out: Path) -> list[float]:
+    return json.loads((latest_checkpoint(out) / "state.json").read_text())["losses"]
+
+
+def test_auto_trains_the_same_loss_curve_and_draws_the_same_samples_as_off(tmp_path: Path) -> None:
+    """Fused AdamW and channels-last change the order of float operations, not the maths: over 24 steps the
+    loss curves agree to 1e-3 of the loss, and so do the samples."""
+    off, auto = _train(tmp_path / "off", "off", 24), _train(tmp_path / "auto", "auto", 24)
+    assert off.summary.speedups == "speedups off: plain eager"
+    assert auto.summary.speedups == "speedups auto: fused AdamW, channels-last"
+    a, b = np.array(_losses(tmp_path / "off")), np.array(_losses(tmp_path / "auto"))
+    assert len(a) == len(b) == 24 and a[-4:].mean() < a[:4].mean()  # it learned
+    assert np.abs(a - b).max() < 1e-3 * a.mean(), np.abs(a - b).max()
+    samples = [timed_sampling(load_pipeline(tmp_path / name), 8, 5, seed=3).images for name in ("off", "auto")]
+    assert np.abs(samples[0] - samples[1]).max() < 1e-3  # images in [0, 1]
+
+
+def test_a_run_resumes_with_either_setting(tmp_path: Path) -> None:
+    _train(tmp_path / "run", "off", 8)
+    resumed = _train(tmp_path / "run", "auto", 16, resume=True)  # the fused optimizer takes the loop's state
+    assert resumed.summary.train_steps == 16 and resumed.summary.resumed_at_step == 8
+    again = _train(tmp_path / "run", "off", 20, resume=True)
+    assert again.summary.train_steps == 20 and len(_losses(tmp_path / "run")) == 20
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(self.conv(x)) * 2
+
+
+def test_a_failed_compilation_warns_once_and_runs_eager(monkeypatch, caplog) -> None:
+    """No C++ compiler (here: a compiler path that does not exist): one warning naming the cause, the eager
+    result, and later calls eager; a model's own error still raises."""
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", (None, "/nonexistent/g++"))
+    torch._dynamo.reset()
+    model = prepare_module(_Tiny(), SpeedPlan("auto", compile_mode="default"))
+    x = torch.randn(2, 3, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="pipelines.speedups"):
+        out = with_eager_fallback(lambda: model(x), [model])
+        again = with_eager_fallback(lambda: model(x), [model])
+    warnings = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(warnings) == 1 and "eager path" in warnings[0].getMessage()
+    assert torch.equal(out, _Tiny.forward(model, x)) and torch.equal(again, out)
+    assert model._compiled_call_impl is None
+    with pytest.raises(ZeroDivisionError):
+        with_eager_fallback(lambda: 1 / 0, [model])
