@@ -24,6 +24,7 @@ from .pipeline import (
     SampleRequest,
     image_generators,
 )
+from .speedups import is_compiled, sampling_plan, with_eager_fallback
 
 Condition = Sequence[int | str] | int | str | None
 MAX_IMAGES = 10_000_000  # per request; each batch is at most MAX_BATCH
@@ -98,18 +99,33 @@ def sample_batches(
 ) -> Iterator[tuple[int, SampleOutput]]:
     """Yield ``(first image index, output)`` per batch; the whole request is checked before any work.
 
-    ``labels`` / ``prompt`` are one condition for all images or one per image; no seed means seed 0.
+    ``labels`` / ``prompt`` are one condition for all images or one per image; no seed means seed 0. With a
+    compiled denoiser (CUDA graphs want one shape) a last, smaller batch is drawn full and cut: each image has
+    its own generator, so the images it keeps are the same.
     """
     num_images, batch_size, request = _check_request(pipe, num_images, steps, scheduler, seed, batch_size, labels,
                                                      prompt, guidance_scale)
+    fixed = is_compiled(pipe.unet) and not return_trajectory
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
-        yield start, pipe(
-            num_images=n, num_inference_steps=request.steps, scheduler=request.scheduler,
-            generator=image_generators(request.seed, range(start, start + n)), return_trajectory=return_trajectory,
-            labels=_slice(labels, start, n), prompt=_slice(prompt, start, n), guidance_scale=guidance_scale,
-            eta=eta,
-        )
+        drawn = batch_size if fixed else n
+        out = with_eager_fallback(lambda: pipe(
+            num_images=drawn, num_inference_steps=request.steps, scheduler=request.scheduler,
+            generator=image_generators(request.seed, range(start, start + drawn)),
+            return_trajectory=return_trajectory, labels=_padded(labels, start, n, drawn),
+            prompt=_padded(prompt, start, n, drawn), guidance_scale=guidance_scale, eta=eta,
+        ), [pipe.unet])
+        if drawn != n:
+            out.images = out.images[:n]
+        yield start, out
+
+
+def _padded(values: Condition, start: int, n: int, drawn: int) -> Condition:
+    """This batch's conditions, the last repeated to fill a padded batch."""
+    values = _slice(values, start, n)
+    if values is None or isinstance(values, (str, int)) or drawn == n or len(values) == 1:
+        return values
+    return values + [values[-1]] * (drawn - n)
 
 
 def timed_sampling(
@@ -124,6 +140,7 @@ def timed_sampling(
     prompt: Condition = None,
     guidance_scale: float = 1.0,
     eta: float = 0.0,
+    speedups: str = "auto",
 ) -> TimedSamples:
     """All batches of :func:`sample_batches`, timed, with the peak memory of one batch.
 
@@ -134,6 +151,9 @@ def timed_sampling(
     Warm-up is the caller's business (the harness warms up once per model; the demo's
     models are warmed when they load).
     """
+    plan = sampling_plan(speedups, pipe.device, num_images, steps)
+    if plan.compile_mode and not is_compiled(pipe.unet):
+        pipe.unet.compile(mode=plan.compile_mode, dynamic=False)
     args = (pipe, num_images, steps, scheduler, seed, batch_size, labels, prompt, guidance_scale, return_trajectory,
             eta)
     chunks, xts, x0s, timesteps = [], [], [], None

@@ -105,6 +105,11 @@ def prepare_module(module: torch.nn.Module, plan: SpeedPlan) -> torch.nn.Module:
     return module
 
 
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether ``module`` was compiled in place (``Module.compile``) and not since put back to eager."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
 def is_compile_error(error: BaseException) -> bool:
     """Whether ``error`` came from compiling (dynamo, inductor, a missing C++ compiler), not from the model."""
     from torch._dynamo.exc import TorchDynamoException
@@ -118,7 +123,7 @@ def with_eager_fallback(fn: Callable[[], T], modules: list[torch.nn.Module]) -> 
     try:
         return fn()
     except Exception as error:  # noqa: BLE001 -- re-raised unless it is a compilation failure
-        compiled = [m for m in modules if getattr(m, "_compiled_call_impl", None) is not None]
+        compiled = [m for m in modules if is_compiled(m)]
         if not compiled or not is_compile_error(error):
             raise
         cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__

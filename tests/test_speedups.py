@@ -98,3 +98,14 @@ def test_a_failed_compilation_warns_once_and_runs_eager(monkeypatch, caplog) -> 
     assert model._compiled_call_impl is None
     with pytest.raises(ZeroDivisionError):
         with_eager_fallback(lambda: 1 / 0, [model])
+
+
+def test_a_compiled_denoiser_pads_the_last_batch_and_draws_the_same_images(tmp_path: Path) -> None:
+    """The GPU's sampling path at smoke size on a CPU (CUDA graphs themselves need CUDA): a compiled denoiser
+    keeps one batch shape, so the last batch of 5 is drawn as 4 and cut to 1; every image equals the eager one."""
+    pipe = _train(tmp_path / "dm", "off", 2).pipeline
+    eager = timed_sampling(pipe, 5, 3, seed=1, batch_size=4).images
+    pipe.unet.compile(mode="default", dynamic=False)
+    compiled = timed_sampling(pipe, 5, 3, seed=1, batch_size=4).images
+    assert compiled.shape == eager.shape == (5, 16, 16, 1)
+    assert np.abs(compiled - eager).max() < 1e-4

@@ -93,7 +93,8 @@ def _denoiser_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         if ctx.log.has(ProgressRecord, kind=kind, factor=factor, point=point):
             return
         with snapshot.evaluating() as pipe:
-            images = timed_sampling(pipe, n, steps, "ddim", seed=s.seed, batch_size=s.sample_batch).images
+            images = timed_sampling(pipe, n, steps, "ddim", seed=s.seed, batch_size=s.sample_batch,
+                                    speedups=s.speedups).images
         feats = compute_features(unit_nhwc_to_uint8_nchw(images), "domain", ctx.device, classifier=ctx.classifier)
         ctx.log.append(ProgressRecord(
             kind=kind, factor=factor, point=point, train_steps=snapshot.state.step,
@@ -127,7 +128,8 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         if not warmed:
             warm_up(pipe)
             warmed = True
-        timed = timed_sampling(pipe, s.fid_samples, steps, "ddim", seed=s.seed + 1000, batch_size=s.sample_batch)
+        timed = timed_sampling(pipe, s.fid_samples, steps, "ddim", seed=s.seed + 1000, batch_size=s.sample_batch,
+                               speedups=s.speedups)
         save_grid(timed.images, ctx.out / "grids" / f"samples-{kind}-f{factor}-ddim{steps}.png")
         cell = {"kind": kind, "factor": factor, "ddim_steps": steps}
         samples = unit_nhwc_to_uint8_nchw(timed.images)

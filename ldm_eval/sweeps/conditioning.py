@@ -124,7 +124,7 @@ def _evaluate(ctx: RunContext, cfg: ConditioningSweep, condition: str, factor: i
             warm_up(pipe, **({"labels": 0} if condition == "class" else {"prompt": class_caption(names[0])}))
             warmed = True
         timed = timed_sampling(pipe, len(wanted), steps, "ddim", seed=s.seed + 1000, batch_size=s.sample_batch,
-                               guidance_scale=g, **asked)
+                               guidance_scale=g, speedups=s.speedups, **asked)
         images = unit_nhwc_to_uint8_nchw(timed.images)
         predicted = ctx.classifier.predict(images).cpu().numpy()
         feats = compute_features(images, "domain", ctx.device, classifier=ctx.classifier)

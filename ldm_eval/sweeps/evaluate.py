@@ -38,6 +38,7 @@ from ldm_eval.sweeps.settings import (
     SweepError,
     check_ddim_steps,
     help_text,
+    speedups_field,
 )
 from pipelines.data import (
     FASHION_MNIST,
@@ -53,6 +54,7 @@ from pipelines.precision import sampling_dtype
 from pipelines.records import FidRecord, ModelRecord, ReferenceRecord, SamplingRecord
 from pipelines.results_log import Results, ResultsLog
 from pipelines.sampling import timed_sampling, warm_up
+from pipelines.speedups import Speedups
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class EvaluateSettings(ExecutorFlags):
     backend: Literal["inception", "domain"] = field(default="inception", metadata=help_text(
         "FID features: inception (standard) or domain (a small CNN trained on the reference images)"))
     batch_size: int = field(default=50, metadata=help_text("images per sampling batch (never changes the images)"))
+    speedups: Speedups = speedups_field("CUDA graphs on a GPU; nothing paid for sampling on a CPU")
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text(
         "sampling precision (fp16 on GPUs; bf16 where the device runs it fast)"))
@@ -238,7 +241,7 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
             warm_up(pipe)
             warmed = True
         timed = timed_sampling(pipe, cfg.n, steps, cfg.scheduler, seed=cfg.seed, batch_size=cfg.batch_size,
-                               eta=cfg.eta)
+                               eta=cfg.eta, speedups=cfg.speedups)
         save_grid(timed.images[:64], cfg.out / "grids" / f"samples-{name}-{cfg.scheduler}{steps}.png")
         feats = compute_features(unit_nhwc_to_uint8_nchw(timed.images), cfg.backend, device, classifier=classifier)
         results.append(fid_record(reference, feats, cfg.backend, device, cfg.bootstrap_resamples, cfg.seed, **cell))

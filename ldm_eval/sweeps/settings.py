@@ -10,7 +10,7 @@ from pipelines.autoencoder_training import AutoencoderTrainConfig
 from pipelines.diffusion_training import snr_gamma_problem
 from pipelines.errors import InputError, whole_number
 from pipelines.first_stage import check_factor
-from pipelines.speedups import check_speedups
+from pipelines.speedups import Speedups, check_speedups
 from pipelines.training import MAX_STEPS
 
 _AE = AutoencoderTrainConfig  # where the autoencoders' defaults live
@@ -27,6 +27,13 @@ def help_text(text: str) -> dict[str, str]:
     is doubled here; unescaped, it made ``--help`` crash.
     """
     return {"help": text.replace("%", "%%")}
+
+
+def speedups_field(levers: str) -> Any:
+    """The ``--speedups`` setting of a command, ``levers`` saying what ``auto`` pulls there."""
+    return field(default="auto", metadata=help_text(
+        f"auto: the speed levers measured to pay on this device ({levers}); off: the plain eager path. "
+        "Same maths either way (docs/speed.md)"))
 
 
 @dataclass
@@ -75,9 +82,8 @@ class RunSettings(ExecutorFlags):
     snr_gamma: float = field(default=0.0, metadata=help_text(
         "min-SNR-gamma loss weighting of the denoiser (e.g. 5; 0: the plain DDPM loss)"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text("training precision"))
-    speedups: Literal["auto", "off"] = field(default="auto", metadata=help_text(
-        "auto: the speed levers measured to pay on this device (fused optimizer, channels-last; CUDA graphs on a "
-        "GPU with a long enough budget); off: the plain eager path. Same maths either way (docs/speed.md)"))
+    speedups: Speedups = speedups_field("fused optimizer and channels-last on a CPU; CUDA graphs on a GPU with a "
+                                        "long enough budget")
     param_budget: int = field(default=1_000_000, metadata=help_text("UNet parameters, matched across factors"))
     # The autoencoders' defaults are the trainer's own (AutoencoderTrainConfig): a sweep's autoencoder is the
     # trainer's default one plus what its preset or the command line changes (first_stage_config()).

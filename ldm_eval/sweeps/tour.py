@@ -30,6 +30,7 @@ from ldm_eval.sweeps.settings import (
     SweepError,
     check_ddim_steps,
     help_text,
+    speedups_field,
 )
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
@@ -43,6 +44,7 @@ from pipelines.records import (
 )
 from pipelines.results_log import Results
 from pipelines.sampling import timed_sampling, warm_up
+from pipelines.speedups import Speedups
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class TourSettings:
     utkface: str = field(default="../shared/data/utkface", metadata=help_text("the UTKFace folder of face photos"))
     batch_size: int = field(default=100, metadata=help_text("images per sampling batch (never changes the images)"))
     seed: int = field(default=0, metadata=help_text("seed of sampling and of the held-out draw"))
+    speedups: Speedups = speedups_field("CUDA graphs on a GPU; nothing paid for sampling on a CPU")
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
 
     def validate(self, known: dict[str, TourSet]) -> None:
@@ -108,7 +111,8 @@ def _run_settings(cfg: TourSettings, tour_set: TourSet) -> RunSettings:
     dataset = cfg.utkface if tour_set.prefix.startswith("utk") else tour_set.dataset
     return RunSettings(dataset=dataset, resolution=tour_set.resolution, fid_samples=cfg.n, sample_batch=cfg.batch_size,
                        classifier_steps=cfg.classifier_steps, bootstrap_resamples=cfg.bootstrap_resamples,
-                       seed=cfg.seed, device=cfg.device, out=cfg.out / tour_set.prefix, resume=True, max_images=None)
+                       seed=cfg.seed, device=cfg.device, out=cfg.out / tour_set.prefix, resume=True, max_images=None,
+                       speedups=cfg.speedups)
 
 
 def _measured(name: str, results: Results) -> bool:
@@ -135,7 +139,8 @@ def _measure_model(folder: str, factor: int, steps: int, ctx: RunContext) -> Non
             params=pipe.parameter_counts(), dtype=str(pipe.unet.dtype).removeprefix("torch."), device=str(ctx.device)))
     cell = {"model": name, "kind": kind, "factor": factor, "ddim_steps": steps}
     warm_up(pipe)
-    timed = timed_sampling(pipe, s.fid_samples, steps, "ddim", seed=s.seed + 1000, batch_size=s.sample_batch)
+    timed = timed_sampling(pipe, s.fid_samples, steps, "ddim", seed=s.seed + 1000, batch_size=s.sample_batch,
+                           speedups=s.speedups)
     images = unit_nhwc_to_uint8_nchw(timed.images)
     save_grid(timed.images[:64], ctx.out / "grids" / f"samples-{name}.png")
     backends = [(b, s.fid_samples) for b in ("inception", "domain") if not ctx.log.has(FidRecord, fid_backend=b, **cell)]
