@@ -103,7 +103,13 @@ class BenchSettings:
     recipe: bool = field(default=False, metadata=help_text(
         "instead: what each CPU speed setting of the denoiser recipe buys (EMA foreach, inference_mode, "
         "channels_last, bf16), each against its baseline, interleaved"))
-    param_budget: int = field(default=4_000_000, metadata=help_text("UNet parameters of the --recipe table"))
+    param_budget: int = field(default=4_000_000, metadata=help_text(
+        "UNet parameters of the --recipe, --speedups and --profile tables (the zoo's: 2000000)"))
+    speedups: bool = field(default=False, metadata=help_text(
+        "instead: --speedups off against auto per factor, interleaved, with each step's share of this device's "
+        "matmul peak"))
+    profile: bool = field(default=False, metadata=help_text(
+        "instead: where one eager training step's time goes, by kind of operator, per factor"))
 
 
 @dataclass

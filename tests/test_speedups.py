@@ -109,3 +109,21 @@ def test_a_compiled_denoiser_pads_the_last_batch_and_draws_the_same_images(tmp_p
     compiled = timed_sampling(pipe, 5, 3, seed=1, batch_size=4).images
     assert compiled.shape == eager.shape == (5, 16, 16, 1)
     assert np.abs(compiled - eager).max() < 1e-4
+
+
+def test_bench_train_speedups_prints_off_and_auto_against_the_matmul_peak(tmp_path: Path, capsys) -> None:
+    from conftest import run_cli
+
+    assert run_cli("bench-train", "--speedups", "--profile", "--resolutions", "16", "--factors", "4",
+                   "--batch-size", "4", "--steps", "3", "--param-budget", "30000", "--out", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "fp32 matmul peak" in out and "measured in the same run" in out
+    table = (tmp_path / "train_speedups.md").read_text()
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("|") and "---" not in line]
+    header, body = [c.strip() for c in rows[0]], rows[1:]
+    col = {name: header.index(name) for name in ("speedups", "speedup", "steps_per_s", "share_of_matmul_peak")}
+    assert [r[col["speedups"]].strip() for r in body] == ["off", "auto"]
+    assert float(body[0][col["speedup"]]) == 1.0 and float(body[1][col["speedup"]]) > 0
+    assert all(0 < float(r[col["share_of_matmul_peak"]]) < 1.5 and float(r[col["steps_per_s"]]) > 0 for r in body)
+    profile = (tmp_path / "train_profile_16px_f4.md").read_text()
+    assert "| convolution" in profile and "outside operators" in profile
