@@ -130,6 +130,9 @@ _SMOKE = dict(budget="steps", ae_budget=6, train_budget=6, fid_samples=24, batch
 _FMNIST = dict(train_budget=900, param_budget=2_000_000, batch_size=64, fid_samples=500, classifier_steps=5000)
 _UTK_RUN = dict(dataset=UTKFACE, resolution=64, train_budget=900, param_budget=2_000_000, batch_size=32, ae_budget=570,
                 fid_samples=500, sample_batch=100, classifier_steps=1000)
+# UTKFace at 128 px, where every factor leaves a real latent (f = 4: 32x32 ... f = 32: 4x4): the same 15 minutes per
+# denoiser and the same 2 M parameters; the autoencoders get 15 minutes too (4x the pixels of 64 px per step)
+_UTK128_RUN = {**_UTK_RUN, "resolution": 128, "ae_budget": 900, "ae_batch_size": 8, "sample_batch": 50}
 
 def _cpu_parts() -> list[ZooPart]:
     return [
@@ -154,6 +157,10 @@ def _cpu_parts() -> list[ZooPart]:
         ZooPart("utk64-cond", "utk64", "conditioning", _denoiser_recipe(**_UTK_RUN),  # race x gender classes
                 ConditioningSettings(factors=[4], conditions=["class"], guidance=[1.0, 3.0], samples_per_class=50,
                                      ddim_steps=25), share_from="utk64"),
+        # the paper's question at a size that leaves every factor a real latent; pixel space last, as the slowest
+        ZooPart("utk128", "utk128", "compression", _denoiser_recipe(**_UTK128_RUN),
+                CompressionSettings(factors=[8, 16, 4, 32, 1], inception_samples=500, ddim_steps=[10, 50],
+                                    progress_points=3, progress_samples=100)),
     ]
 
 
@@ -167,11 +174,12 @@ def _gpu_parts() -> list[ZooPart]:
     gpu = dict(device="cuda", mixed_precision="bf16", ae_budget=60, train_budget=180, fid_samples=500,
                warmup_steps=200)
     fmnist = _denoiser_recipe(**{**_FMNIST, **gpu, "batch_size": 512, "ae_batch_size": 64, "sample_batch": 500})
-    utk = _denoiser_recipe(**{**_UTK_RUN, **gpu, "batch_size": 64, "train_budget": 120, "ae_batch_size": 32,
-                              "sample_batch": 250})
+    utk = {**gpu, "batch_size": 64, "train_budget": 120, "ae_batch_size": 32, "sample_batch": 250}
+    runs = {"fmnist32": fmnist, "utk64": _denoiser_recipe(**{**_UTK_RUN, **utk}),
+            "utk128": _denoiser_recipe(**{**_UTK128_RUN, **utk, "ae_batch_size": 16, "sample_batch": 100})}
     parts = []
     for part in _cpu_parts():
-        run = fmnist if part.prefix == "fmnist32" else utk
+        run = runs[part.prefix]
         settings = part.settings
         if isinstance(settings, CompressionSettings):  # Inception FID is measured afterwards (evaluate), on CPU
             settings = replace(settings, inception_samples=0)

@@ -144,6 +144,12 @@ class Stopwatch:
         self.reading = MemoryReading(None, "not measured (timed only)", time.perf_counter() - self._tic)
 
 
+def is_model_memory(method: str | None) -> bool:
+    """Whether a reading's ``method`` is one of these (the block's own tensors), not an older run's process-wide
+    figure (peak RSS, or the allocator's absolute peak), which reads the same for every model."""
+    return bool(method) and method.startswith("tensor peak above the block's start")
+
+
 def measures_without_overhead(device: torch.device | str) -> bool:
     """Whether :class:`PeakMemory` leaves the block's speed alone (CUDA's counters do; the dispatch mode does not)."""
     return torch.device(device).type == "cuda"

@@ -27,6 +27,7 @@ from pipelines.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from pipelines.errors import InputError
 from pipelines.first_stage import load_autoencoder
 from pipelines.loading import load_pipeline
+from pipelines.memory import is_model_memory
 from pipelines.records import (
     AutoencoderRecord,
     ConditioningRecord,
@@ -74,8 +75,8 @@ def _row(results: Results, f: FidRecord, ddim_steps: int, accuracy: float | None
     return MetricRow(f.fid, f.kid, f.fid_backend, f.fid_samples, ddim_steps, accuracy, guidance, f.reference_samples,
                      f.fid_ci_low, f.fid_ci_high, speed.sec_per_image if speed else None, device,
                      f.precision, f.recall, f.density, f.coverage, f.prdc_k,
-                     speed.peak_mem_sample_mb if speed else None, speed.memory_method if speed else None,
-                     speed.sample_batch if speed else None)
+                     *((speed.peak_mem_sample_mb, speed.memory_method, speed.sample_batch)
+                       if speed and is_model_memory(speed.memory_method) else (None, None, None)))
 
 
 def model_rows(results: Results, facts: TrainingSummary) -> list[MetricRow]:
