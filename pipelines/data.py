@@ -178,13 +178,13 @@ def load_fashion_mnist(resolution: int, channels: int, split: Split) -> ImageDat
     )
 
 
-def resize_tensor(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Resize square uint8 images (antialiased bilinear); a no-op at the same size."""
+def resize_tensor(images: torch.Tensor, resolution: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize square uint8 images (antialiased, bilinear or bicubic); a no-op at the same size."""
     if images.shape[-1] == resolution:
         return images
     chunks = []
     for chunk in images.split(4096):  # bounded float memory for large sets
-        out = F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        out = F.interpolate(chunk.float(), size=(resolution, resolution), mode=mode, antialias=True, align_corners=False)
         chunks.append(out.round().clamp(0, 255).to(torch.uint8))
     return torch.cat(chunks)
 

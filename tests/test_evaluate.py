@@ -236,3 +236,19 @@ def test_a_stock_ddpm_folder_is_scored_with_its_own_sampler_in_a_new_folder_each
     assert "only for --scheduler ddim" in capsys.readouterr().err
     assert run_cli("evaluate", ddpm, "--reference", reference_folder, "--resume") == 2
     assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_a_model_is_judged_at_another_size_against_references_of_that_size(public_models, tmp_path, capsys) -> None:
+    """--image-size: 16-px samples enlarged (bicubic) to 32 px and compared with 32-px references, as the 128-px
+    set is compared with the 64-px models enlarged; a size out of range is refused before any work."""
+    ddpm, _ = public_models
+    faces = write_pngs(load_dataset("fashion-mnist", 32, 3, split="test").images[:N], tmp_path / "ref32")
+    out = tmp_path / "judged"
+    assert run_cli("evaluate", ddpm, "--reference", faces, "--n", N, "--ddim-steps", 2, "--image-size", 32,
+                   "--bootstrap-resamples", 0, "--out", out) == 0
+    results = read_results(out)
+    assert results.one(ReferenceRecord).resolution == 32 and results.one(ModelRecord).resolution == 16
+    assert len(results.of(FidRecord)) == 1
+    assert "Judged at 32 px: every sample enlarged" in (out / "report.md").read_text()
+    assert run_cli("evaluate", ddpm, "--reference", faces, "--image-size", 4, "--out", tmp_path / "bad") == 2
+    assert "--image-size must be from 8 to 1024 px" in capsys.readouterr().err

@@ -165,6 +165,9 @@ def render_evaluation_report(run_dir: Path) -> Path:
         f"Models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}; reference {reference}; "
         f"N = {cfg.get('n')} samples per model and step count ({_sampler(cfg)}, seed {cfg.get('seed')}), "
         f"{cfg.get('backend')} features, {_precision(cfg)}; samples made {_batch(cfg)}.", "",
+        *([f"Judged at {cfg['image_size']} px: every sample enlarged (or reduced) to it with bicubic interpolation "
+           f"before its features were taken, the references loaded at {cfg['image_size']} px.", ""]
+          if cfg.get("image_size") else []),
         measured_on(env, cfg), "",
         "Speed is measured after a warm-up, over all N samples, at the batch size given. FID is biased at small N: "
         "`fid_ci_low`-`fid_ci_high` is a bootstrap 95 % interval (resampling the samples "

@@ -45,6 +45,7 @@ from pipelines.data import (
     ImageDataset,
     load_dataset,
     representative_order,
+    resize_tensor,
 )
 from pipelines.errors import whole_number
 from pipelines.images import save_grid, unit_nhwc_to_uint8_nchw
@@ -72,6 +73,9 @@ class EvaluateSettings(ExecutorFlags):
     backend: Literal["inception", "domain"] = field(default="inception", metadata=help_text(
         "FID features: inception (standard) or domain (a small CNN trained on the reference images)"))
     batch_size: int = field(default=50, metadata=help_text("images per sampling batch (never changes the images)"))
+    image_size: int = field(default=0, metadata=help_text(
+        "judge at this size: samples resized (bicubic, as one enlarges a picture) and the references loaded at it, "
+        "e.g. 64-px models against 128-px faces; 0: each model at its own resolution"))
     speedups: Speedups = speedups_field("CUDA graphs on a GPU; nothing paid for sampling on a CPU")
     device: str = field(default="auto", metadata=help_text("auto, cpu or cuda"))
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=help_text(
@@ -105,6 +109,9 @@ class EvaluateSettings(ExecutorFlags):
             raise SweepError("Give at least one DDIM step count.", "ddim_steps")
         check_ddim_steps(self.ddim_steps, "ddim_steps")
         whole_number(self.batch_size, "batch_size", "Batch size", 1, 4096)
+        if self.image_size and not 8 <= self.image_size <= 1024:
+            raise SweepError(f"--image-size must be from 8 to 1024 px, or 0 for each model's own resolution "
+                             f"(got {self.image_size}).", "image_size")
         whole_number(self.seed, "seed", "Seed", 0, 2**31 - 1)
         whole_number(self.bootstrap_resamples, "bootstrap_resamples", "The number of bootstrap resamples", 0, 100_000)
         whole_number(self.classifier_steps, "classifier_steps", "Classifier steps", 1, 10**6)
@@ -158,6 +165,11 @@ def _reference_images(spec: str, resolution: int, channels: int, n: int, seed: i
 
 def _classifier_folder(cfg: EvaluateSettings, resolution: int) -> Path:
     return cfg.out / f"domain_classifier-{resolution}px"
+
+
+def judged_size(cfg: EvaluateSettings, resolution: int) -> int:
+    """The image size samples are judged at: ``--image-size`` when given, else the model's own resolution."""
+    return cfg.image_size or resolution
 
 
 def _reference(cfg: EvaluateSettings, log_: ResultsLog, device: torch.device, data: ImageDataset,
@@ -221,8 +233,9 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
                                                                                                device))
     if pipe.condition != "none":
         log.info("%s is %s-conditional; evaluating its unconditional samples.", name, pipe.condition)
-    reference = ctx.references[(pipe.resolution, pipe.image_channels)]
-    classifier = (DomainClassifier.load(_classifier_folder(cfg, pipe.resolution), device)
+    size = judged_size(cfg, pipe.resolution)
+    reference = ctx.references[(size, pipe.image_channels)]
+    classifier = (DomainClassifier.load(_classifier_folder(cfg, size), device)
                   if cfg.backend == "domain" else None)
     kind = _kind(pipe)
     if not results.has(ModelRecord, model=name):
@@ -243,7 +256,8 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
         timed = timed_sampling(pipe, cfg.n, steps, cfg.scheduler, seed=cfg.seed, batch_size=cfg.batch_size,
                                eta=cfg.eta, speedups=cfg.speedups)
         save_grid(timed.images[:64], cfg.out / "grids" / f"samples-{name}-{cfg.scheduler}{steps}.png")
-        feats = compute_features(unit_nhwc_to_uint8_nchw(timed.images), cfg.backend, device, classifier=classifier)
+        judged = resize_tensor(unit_nhwc_to_uint8_nchw(timed.images), size, mode="bicubic")
+        feats = compute_features(judged, cfg.backend, device, classifier=classifier)
         results.append(fid_record(reference, feats, cfg.backend, device, cfg.bootstrap_resamples, cfg.seed, **cell))
         results.append(SamplingRecord(
             **cell, device=str(device), n=len(timed.images), seconds=timed.seconds,
@@ -272,7 +286,7 @@ def run_evaluation(models: list[str], cfg: EvaluateSettings) -> Path:
     pipes = {name: load_model(source, device=device, dtype=dtype) for name, source in zip(names, models)}
     begun = results.results.environment
     draw_seed = None if begun is not None and "reference_draw" not in begun.config else cfg.seed  # keep an old run's
-    keys = list(dict.fromkeys((p.resolution, p.image_channels) for p in pipes.values()))
+    keys = list(dict.fromkeys((judged_size(cfg, p.resolution), p.image_channels) for p in pipes.values()))
     images: dict[tuple[int, int], ImageDataset] = {}
     for key in keys:  # the reference at every size a model needs
         images[key], draw = _reference_images(cfg.reference, *key, cfg.reference_n or cfg.n, draw_seed,
