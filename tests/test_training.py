@@ -264,3 +264,16 @@ def test_one_process_trains_in_one_precision_then_another() -> None:
     assert make_accelerator(SimpleNamespace(mixed_precision="no", cpu=True)).mixed_precision == "no"
     assert make_accelerator(SimpleNamespace(mixed_precision="bf16", cpu=True)).mixed_precision == "bf16"
     assert make_accelerator(SimpleNamespace(mixed_precision="no", cpu=True)).mixed_precision == "no"
+
+
+def test_train_benchmark_prints_every_factor_with_its_memory(tmp_path, capsys) -> None:
+    """bench-train: each factor trained through the real loop, cached and on the fly, with the tensor memory."""
+    from conftest import run_cli
+
+    assert run_cli("bench-train", "--resolutions", "16", "--factors", "1,4,16", "--batch-size", "4", "--steps", "2",
+                   "--out", tmp_path) == 0
+    table = __import__("pandas").read_csv(tmp_path / "train_benchmark.csv")
+    assert list(table["factor"]) == [1, 4] and (table["train_images_per_s"] > 0).all()
+    assert (table["peak_mem_train_mb"] > 0).all() and table["cache_speedup"].notna().tolist() == [False, True]
+    out = capsys.readouterr().out
+    assert "memory: tensor peak above the block's start" in out and "skipped: Factor 16 at 16 px leaves a 1x1" in out
