@@ -121,7 +121,7 @@ def run_train_benchmark(resolutions: list[int], factors: list[int], batch_size: 
             table.loc[same, "speedup_vs_pixel"] = table.loc[same, "train_images_per_s"] / float(pixel.iloc[0])
     header = (f"Training throughput, {device_name(str(dev))}, torch {torch.__version__}, batch {batch_size}, "
               f"median of {steps} steps after {WARMUP_STEPS} warm-up steps, KL autoencoders, "
-              f"UNets matched at ~1.0 M parameters, Fashion-MNIST")
+              f"UNets matched at ~1.0 M parameters, Fashion-MNIST, --speedups auto (the trainer's default)")
     shown = table.drop(columns=["memory_method"]).round(2)
     print(header)
     print(f"memory: {table['memory_method'].iloc[0]}")
