@@ -280,28 +280,14 @@ def cmd_bench_train(argv: list[str]) -> int:
             write_text_atomic(cfg.out / "recipe_benchmark.md", text)
         return 0
     if cfg.speedups or cfg.profile:
-        return _bench_speedups(cfg)
+        from ldm_eval.bench.speedups import run_speedups_and_profiles
+        from pipelines.pipeline import resolve_device
+
+        run_speedups_and_profiles(cfg.resolutions, cfg.factors, cfg.batch_size, max(cfg.steps, 3), cfg.param_budget,
+                                  resolve_device(cfg.device), cfg.out, speedups=cfg.speedups, profiles=cfg.profile)
+        return 0
     run_train_benchmark(resolutions=cfg.resolutions, factors=cfg.factors, batch_size=cfg.batch_size,
                         steps=cfg.steps, device=cfg.device, out=cfg.out)
-    return 0
-
-
-def _bench_speedups(cfg: BenchSettings) -> int:
-    from ldm_eval.bench.speedups import profile_step, run_speedups_benchmark
-    from pipelines.first_stage import check_factor
-    from pipelines.pipeline import resolve_device
-
-    device = resolve_device(cfg.device)
-    configs = [(r, f, cfg.batch_size) for r in cfg.resolutions for f in cfg.factors]
-    for resolution, factor, _ in configs:
-        check_factor(factor, resolution)
-    if cfg.speedups:
-        out = None if cfg.out is None else cfg.out / "train_speedups.md"
-        run_speedups_benchmark(configs, steps=max(cfg.steps, 3), param_budget=cfg.param_budget, device=device,
-                               out=out)
-    for resolution, factor, batch in configs if cfg.profile else []:
-        out = None if cfg.out is None else cfg.out / f"train_profile_{resolution}px_f{factor}.md"
-        profile_step(factor, resolution, batch, cfg.param_budget, device, out=out)
     return 0
 
 

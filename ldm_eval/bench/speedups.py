@@ -29,7 +29,7 @@ from pipelines.diffusion_training import (
     diffusion_loss,
     sample_cached_batch,
 )
-from pipelines.first_stage import AutoencoderSpec, build_autoencoder, set_scaling_factor
+from pipelines.first_stage import AutoencoderSpec, build_autoencoder, check_factor, set_scaling_factor
 from pipelines.latent_cache import encode_dataset
 from pipelines.speedups import training_plan
 from pipelines.training import (
@@ -146,6 +146,22 @@ def run_speedups_benchmark(configs: list[tuple[int, int, int]], steps: int = 10,
         write_text_atomic(Path(out), text)
     print(text)
     return table
+
+
+def run_speedups_and_profiles(resolutions: list[int], factors: list[int], batch_size: int, steps: int,
+                              param_budget: int, device: torch.device, out: Path | None, speedups: bool = True,
+                              profiles: bool = False) -> None:
+    """``bench-train --speedups`` / ``--profile``: the table of every (resolution, factor), and each one's profile;
+    files under ``out`` when given."""
+    configs = [(r, f, batch_size) for r in resolutions for f in factors]
+    for resolution, factor, _ in configs:
+        check_factor(factor, resolution)
+    if speedups:
+        run_speedups_benchmark(configs, steps, param_budget=param_budget, device=device,
+                               out=None if out is None else Path(out) / "train_speedups.md")
+    for resolution, factor, batch in configs if profiles else []:
+        profile_step(factor, resolution, batch, param_budget, device,
+                     out=None if out is None else Path(out) / f"train_profile_{resolution}px_f{factor}.md")
 
 
 def _kind(name: str) -> str:
