@@ -249,7 +249,7 @@ def _evaluate_model(name: str, source: str, load_from: str, ctx: EvaluationConte
         cell = {"model": name, "kind": kind, "factor": pipe.factor, "ddim_steps": steps}
         if results.has(FidRecord, **cell) and results.has(SamplingRecord, **cell):
             continue
-        print(f"== {name}: DDIM {steps}, N = {cfg.n} ==", flush=True)
+        print(f"== {name}: {cfg.scheduler.upper()} {steps} steps, N = {cfg.n} ==", flush=True)
         if not warmed:
             warm_up(pipe)
             warmed = True
