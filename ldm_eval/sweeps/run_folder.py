@@ -123,7 +123,7 @@ def _classifier(settings: RunSettings, folder: Path, device: torch.device) -> Do
     labels = train.labels[label_key] if label_key else None
     names = train.class_names.get(label_key) if label_key else None
     clf = train_domain_classifier(train.images, labels, steps=settings.classifier_steps, seed=settings.seed,
-                                  device=device, class_names=names)
+                                  device=device, class_names=names, progress=True)
     clf.save(folder)
     return clf
 
