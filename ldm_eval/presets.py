@@ -94,6 +94,11 @@ FIRST_STAGE_PRESETS: dict[str, tuple[RunSettings, FirstStageSettings]] = {
                            ae_learning_rate=1e-3, ae_disc_weight=0.1, max_images=None, fid_samples=1000, device="cuda",
                            sample_batch=250, bootstrap_resamples=50),
                FirstStageSettings(factors=[4, 8, 16], rfid_samples=1000)),
+    # Tab. 8 at 128 px on 2 CPU cores: KL and VQ at f = 4...32 with the utk128 zoo part's autoencoder settings, so
+    # `--share-from runs/zoo-cpu/utk128` reuses that part's KL autoencoders and trains only the VQ ones
+    "ae-128": (RunSettings(dataset=UTKFACE, resolution=128, budget="seconds", ae_budget=900, ae_batch_size=8,
+                           max_images=None, fid_samples=1000, sample_batch=50),
+               FirstStageSettings(factors=[4, 8, 16, 32], no_gan_factors=[], rfid_samples=1000)),
 }
 
 

@@ -52,3 +52,13 @@ def test_a_presets_autoencoder_is_the_trainers_default_plus_its_overrides(name, 
 def test_an_override_of_a_variant_wins():
     got = first_stage_config(FIRST_STAGE_PRESETS["ae-quick"][0], "kl", 4, Path("ae"), cpu=True, disc_weight=0.0)
     assert got.disc_weight == 0.0 and got.lr_schedule == AutoencoderTrainConfig.lr_schedule
+
+
+@pytest.mark.parametrize("factor", [4, 8, 16, 32])
+def test_the_128px_first_stage_study_trains_the_very_autoencoders_of_the_utk128_zoo_part(factor: int) -> None:
+    """ae-128 with --share-from the utk128 part's run reuses its KL autoencoders: the trainer's configs are equal."""
+    (part,) = [p for p in ZOO_PRESETS["cpu"] if p.name == "utk128"]
+    study = FIRST_STAGE_PRESETS["ae-128"][0]
+    out = Path("runs/zoo-cpu/utk128/models/ae-kl")
+    assert first_stage_config(part.run, "kl", factor, out, True) == first_stage_config(study, "kl", factor, out, True)
+    assert part.run.resolution == study.resolution == 128
