@@ -110,6 +110,9 @@ class BenchSettings:
         "matmul peak"))
     profile: bool = field(default=False, metadata=help_text(
         "instead: where one eager training step's time goes, by kind of operator, per factor"))
+    sampling: str = field(default="", metadata=help_text(
+        "instead: DDIM sampling of this model folder (--batch-size images) against stock diffusers on the same "
+        "weights, interleaved"))
 
 
 @dataclass

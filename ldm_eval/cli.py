@@ -279,12 +279,12 @@ def cmd_bench_train(argv: list[str]) -> int:
         if cfg.out is not None:
             write_text_atomic(cfg.out / "recipe_benchmark.md", text)
         return 0
-    if cfg.speedups or cfg.profile:
+    if cfg.speedups or cfg.profile or cfg.sampling:
         from ldm_eval.bench.speedups import run_speedups_and_profiles
         from pipelines.pipeline import resolve_device
 
         run_speedups_and_profiles(cfg.resolutions, cfg.factors, cfg.batch_size, max(cfg.steps, 3), cfg.param_budget,
-                                  resolve_device(cfg.device), cfg.out, speedups=cfg.speedups, profiles=cfg.profile)
+                                  resolve_device(cfg.device), cfg.out, cfg.speedups, cfg.profile, cfg.sampling)
         return 0
     run_train_benchmark(resolutions=cfg.resolutions, factors=cfg.factors, batch_size=cfg.batch_size,
                         steps=cfg.steps, device=cfg.device, out=cfg.out)

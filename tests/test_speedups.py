@@ -127,3 +127,17 @@ def test_bench_train_speedups_prints_off_and_auto_against_the_matmul_peak(tmp_pa
     assert all(0 < float(r[col["share_of_matmul_peak"]]) < 1.5 and float(r[col["steps_per_s"]]) > 0 for r in body)
     profile = (tmp_path / "train_profile_16px_f4.md").read_text()
     assert "| convolution" in profile and "outside operators" in profile
+
+
+def test_bench_sampling_against_stock_diffusers_on_the_same_weights(tmp_path: Path, capsys) -> None:
+    from conftest import run_cli
+
+    _train(tmp_path / "dm", "off", 2)
+    assert run_cli("bench-train", "--sampling", tmp_path / "dm", "--batch-size", "4", "--steps", "3",
+                   "--out", tmp_path / "bench") == 0
+    table = (tmp_path / "bench" / "sampling_dm.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines()
+            if line.startswith("| ") and "sampler" not in line}
+    assert set(rows) == {"ours, --speedups off", "ours, --speedups auto", "stock diffusers"}
+    assert float(rows["stock diffusers"][3]) == 1.0 and all(float(r[2]) > 0 for r in rows.values())
+    assert "DDIM 10 steps, 4 images in one batch" in table and "matmul peak" in table

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from diffusers import DDIMPipeline, DDIMScheduler, LDMPipeline
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -29,8 +30,15 @@ from pipelines.diffusion_training import (
     diffusion_loss,
     sample_cached_batch,
 )
-from pipelines.first_stage import AutoencoderSpec, build_autoencoder, check_factor, set_scaling_factor
+from pipelines.first_stage import (
+    AutoencoderSpec,
+    build_autoencoder,
+    check_factor,
+    set_scaling_factor,
+)
 from pipelines.latent_cache import encode_dataset
+from pipelines.loading import load_pipeline
+from pipelines.sampling import timed_sampling
 from pipelines.speedups import training_plan
 from pipelines.training import (
     MEMORY_STEPS,
@@ -150,9 +158,13 @@ def run_speedups_benchmark(configs: list[tuple[int, int, int]], steps: int = 10,
 
 def run_speedups_and_profiles(resolutions: list[int], factors: list[int], batch_size: int, steps: int,
                               param_budget: int, device: torch.device, out: Path | None, speedups: bool = True,
-                              profiles: bool = False) -> None:
-    """``bench-train --speedups`` / ``--profile``: the table of every (resolution, factor), and each one's profile;
-    files under ``out`` when given."""
+                              profiles: bool = False, sampling: str = "") -> None:
+    """``bench-train --speedups`` / ``--profile`` / ``--sampling MODEL``: the table of every (resolution, factor),
+    each one's profile, the model's sampling against stock diffusers; files under ``out`` when given."""
+    if sampling:
+        sampling_against_stock(Path(sampling), batch_size, max(steps, 10), device,
+                               out=None if out is None else Path(out) / f"sampling_{Path(sampling).name}.md")
+        return
     configs = [(r, f, batch_size) for r in resolutions for f in factors]
     for resolution, factor, _ in configs:
         check_factor(factor, resolution)
@@ -207,6 +219,53 @@ def profile_step(factor: int, resolution: int, batch_size: int, param_budget: in
             f"{device_name(str(device))}: {wall_ms:.1f} ms, {profiled_ms:.1f} ms under the profiler; self time of "
             f"the aten operators by kind (optimizer: its named kernels only, its other arithmetic is in 'other')"
             f"\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n")
+    if out is not None:
+        write_text_atomic(Path(out), text)
+    print(text)
+    return table
+
+
+def sampling_against_stock(folder: Path, n: int, steps: int, device: torch.device, rounds: int = 3,
+                           out: Path | None = None) -> pd.DataFrame:
+    """Images/s of DDIM sampling ``n`` images of one model folder: our pipeline (``--speedups off`` and ``auto``)
+    against stock diffusers (``LDMPipeline``, or ``DDIMPipeline`` in pixel space) on the very same modules,
+    interleaved round by round; and one denoiser call's FLOPs against the matmul peak."""
+    pipe = load_pipeline(folder, device=device)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    stock = (DDIMPipeline(unet=pipe.unet, scheduler=scheduler) if pipe.vae is None else
+             LDMPipeline(vqvae=pipe.vae, unet=pipe.unet, scheduler=scheduler))
+    stock.set_progress_bar_config(disable=True)
+    def stock_seconds() -> float:
+        start = time.perf_counter()
+        stock(batch_size=n, num_inference_steps=steps, eta=0.0, output_type="np",
+              generator=torch.Generator(device).manual_seed(0))
+        return time.perf_counter() - start
+
+    contenders = {  # each returns its sampling seconds (ours: without the untimed memory pass off CUDA)
+        "ours, --speedups off": lambda: timed_sampling(pipe, n, steps, batch_size=n, speedups="off").seconds,
+        "ours, --speedups auto": lambda: timed_sampling(pipe, n, steps, batch_size=n, speedups="auto").seconds,
+        "stock diffusers": stock_seconds,
+    }
+    peak = matmul_peak_gflops(device)
+    shape = (n, *pipe.first_stage.latent_shape(pipe.resolution))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        pipe.unet(torch.randn(shape, device=device), torch.full((n,), 500, device=device))
+    call_gflop = counter.get_total_flops() / 1e9
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for name, run in contenders.items():
+        run()  # warm-up
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            seconds[name].append(run())
+    stock_s = statistics.median(seconds["stock diffusers"])
+    rows = [{"sampler": name, "images_per_s": n / statistics.median(s), "vs_stock": stock_s / statistics.median(s),
+             "denoiser_share_of_matmul_peak": call_gflop * steps / statistics.median(s) / peak}
+            for name, s in seconds.items()]
+    table = pd.DataFrame(rows)
+    text = (f"DDIM {steps} steps, {n} images in one batch, `{folder.name}`, {device_name(str(device))}, interleaved "
+            f"({rounds} rounds, median; decoding included); one denoiser call {call_gflop:.2f} GFLOP, fp32 matmul "
+            f"peak {peak:.0f} GFLOP/s measured in the same run\n\n" + table.to_markdown(index=False, floatfmt=".3g")
+            + "\n")
     if out is not None:
         write_text_atomic(Path(out), text)
     print(text)
