@@ -141,3 +141,14 @@ def test_bench_sampling_against_stock_diffusers_on_the_same_weights(tmp_path: Pa
     assert set(rows) == {"ours, --speedups off", "ours, --speedups auto", "stock diffusers"}
     assert float(rows["stock diffusers"][3]) == 1.0 and all(float(r[2]) > 0 for r in rows.values())
     assert "DDIM 10 steps, 4 images in one batch" in table and "matmul peak" in table
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="CUDA graphs (torch.compile mode='reduce-overhead') need a CUDA device; on a CPU the "
+                           "compiled path is tested in default mode above")
+def test_cuda_graphs_draw_the_same_images_as_eager(tmp_path: Path) -> None:
+    pipe = _train(tmp_path / "dm", "off", 2).pipeline.to("cuda")
+    eager = timed_sampling(pipe, 45, 50, seed=1, batch_size=20, speedups="off").images
+    graphs = timed_sampling(pipe, 45, 50, seed=1, batch_size=20, speedups="auto").images  # 2,250 denoiser calls
+    assert pipe.unet._compiled_call_impl is not None
+    assert graphs.shape == eager.shape and np.abs(graphs - eager).max() < 1e-3
