@@ -23,18 +23,15 @@ from diffusers import DDIMPipeline, DDIMScheduler, LDMPipeline
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from ldm_eval.bench.train import untrained_pipeline
 from pipelines.atomic import write_text_atomic
 from pipelines.data import load_dataset
 from pipelines.diffusion_training import (
-    build_diffusion_pipeline,
     diffusion_loss,
     sample_cached_batch,
 )
 from pipelines.first_stage import (
-    AutoencoderSpec,
-    build_autoencoder,
     check_factor,
-    set_scaling_factor,
 )
 from pipelines.latent_cache import encode_dataset
 from pipelines.loading import load_pipeline
@@ -80,12 +77,7 @@ def _sync(device: torch.device) -> None:
 def _setup(factor: int, resolution: int, batch_size: int, param_budget: int, device: torch.device):
     """The denoiser of one factor and its loss on cached latents of 512 real images."""
     data = load_dataset("fashion-mnist", resolution, split="test").subset(512)
-    torch.manual_seed(0)
-    vae = None
-    if factor > 1:
-        vae = build_autoencoder(AutoencoderSpec(factor=factor, kind="kl", image_channels=1, resolution=resolution))
-        set_scaling_factor(vae, 1.0)
-    pipe = build_diffusion_pipeline(vae, resolution, 1, param_budget).to(device)
+    pipe = untrained_pipeline(factor, resolution, param_budget, device)
     cache = encode_dataset(pipe.first_stage, data, device).to(device)
 
     def loss_fn(unet, generator, state=None):

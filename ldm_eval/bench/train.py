@@ -56,18 +56,24 @@ def _train_speed(pipe, loss_fn, batch_size: int, steps: int, device: torch.devic
             "memory_method": "unavailable" if peak is None else f"{peak.method}, largest training step"}
 
 
-def benchmark_config(factor: int, resolution: int, batch_size: int, steps: int, device: str,
-                     param_budget: int = 1_000_000, n_images: int = 256) -> dict:
-    device = torch.device(device)
-    data = load_dataset("fashion-mnist", resolution, split="test").subset(n_images)
-    data.images = data.images.clone()  # drop the rest of the test split before measuring memory
+def untrained_pipeline(factor: int, resolution: int, param_budget: int, device: torch.device):
+    """A seeded, untrained Fashion-MNIST pipeline of one factor: a KL autoencoder (scaling factor 1) and a
+    denoiser matched to ``param_budget``, on ``device`` (what every training benchmark times)."""
     torch.manual_seed(0)
     vae = None
     if factor > 1:
         vae = build_autoencoder(AutoencoderSpec(factor=factor, kind="kl", image_channels=1, resolution=resolution))
         set_scaling_factor(vae, 1.0)
-    pipe = build_diffusion_pipeline(vae, resolution, 1, param_budget)
-    pipe.to(device)
+    return build_diffusion_pipeline(vae, resolution, 1, param_budget).to(device)
+
+
+def benchmark_config(factor: int, resolution: int, batch_size: int, steps: int, device: str,
+                     param_budget: int = 1_000_000, n_images: int = 256) -> dict:
+    device = torch.device(device)
+    data = load_dataset("fashion-mnist", resolution, split="test").subset(n_images)
+    data.images = data.images.clone()  # drop the rest of the test split before measuring memory
+    pipe = untrained_pipeline(factor, resolution, param_budget, device)
+    vae = pipe.vae
     stage = pipe.first_stage
     cache = encode_dataset(stage, data, device).to(device)
     images = data.images.to(device)
