@@ -122,12 +122,13 @@ DEFAULT_PICKS = 6  # models ticked at first in Compare and in the explorer
 
 
 def _main_set(models: list[ModelEntry]) -> list[ModelEntry]:
-    """The unconditional models of the data set with the most factors: what the demo opens on."""
+    """The unconditional models of the data set with the most factors, the largest images among equals: what the
+    demo opens on (the paper's question is clearest where every factor leaves a real latent)."""
     sets: dict[tuple[str, int], list[ModelEntry]] = {}
     for m in models:
         if m.condition == "none":
             sets.setdefault((m.dataset, m.resolution), []).append(m)
-    return max(sets.values(), key=lambda ms: len({m.factor for m in ms}), default=[])
+    return max(sets.values(), key=lambda ms: (len({m.factor for m in ms}), ms[0].resolution), default=[])
 
 
 def default_model(models: list[ModelEntry]) -> str | None:

@@ -165,7 +165,7 @@ def _cpu_parts() -> list[ZooPart]:
         # the paper's question at a size that leaves every factor a real latent; pixel space last, as the slowest
         ZooPart("utk128", "utk128", "compression", _denoiser_recipe(**_UTK128_RUN),
                 CompressionSettings(factors=[8, 16, 4, 32, 1], inception_samples=500, ddim_steps=[10, 50],
-                                    progress_points=3, progress_samples=100)),
+                                    pixel_ddim_steps=[10], progress_points=3, progress_samples=100)),
     ]
 
 

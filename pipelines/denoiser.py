@@ -37,17 +37,20 @@ def unet_levels(side: int, max_levels: int = 4) -> int:
     return max(1, min(max_levels, int(math.log2(max(side, 1)))))
 
 
-def level_widths(levels: int, k: int) -> tuple[int, ...]:
-    """Channels per level: the first level half as wide as the deeper ones (k steps of 4)."""
+def level_widths(levels: int, k: int, latent_channels: int = 0) -> tuple[int, ...]:
+    """Channels per level: the first level half as wide as the deeper ones (k steps of 4), but never narrower
+    than the latent it reads: a 64x4x4 latent (f = 32) squeezed through 56 channels at full resolution drew
+    no faces at 128 px, and the paper's configs are never narrower than their input either."""
     deep = WIDTH_STEP * k
     if levels == 1:
         return (deep,)
-    return (WIDTH_STEP * math.ceil(k / 2),) + (deep,) * (levels - 1)
+    first = max(WIDTH_STEP * math.ceil(k / 2), WIDTH_STEP * math.ceil(latent_channels / WIDTH_STEP))
+    return (first,) + (deep,) * (levels - 1)
 
 
 def _build(spec: DenoiserSpec, k: int) -> Denoiser:
     levels = unet_levels(spec.side, spec.max_levels)
-    widths = level_widths(levels, k)
+    widths = level_widths(levels, k, spec.channels)
     # The paper's LDM template (attention_resolutions [8, 4, 2] in its configs): self-attention
     # at every level but the full-resolution one, for every f alike. This is what makes
     # pixel space expensive: at 64 px the first attention level already has 32x32 tokens.

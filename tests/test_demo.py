@@ -648,3 +648,22 @@ def test_raw_http_errors_name_the_field_and_range(server) -> None:
     assert "Steps must be a whole number from 1 to 1000 (got None)." in call(label, "DDIM", None, 0, 1, "", "", 1)
     answer = call(_label(lab, 4, "class"), "DDIM", 2, 0, 1, "bag", "", float("nan"))
     assert "Guidance scale must be a number from 0 to 50 (got nan)." in answer and '"error": null' not in answer
+
+
+def test_the_demo_opens_on_the_set_with_most_factors_the_largest_images_among_equals(tmp_path: Path) -> None:
+    """Compare's first choice: the 128-px faces (five factors) over the 64-px ones (five too) and over a set with
+    fewer factors; Generate's first model is that set's f = 4."""
+    from demo.ui import compare_default, default_model
+    from demo.zoo import ModelEntry
+
+    def entries(dataset: str, resolution: int, factors: list[int]) -> list[ModelEntry]:
+        return [ModelEntry(name=f"{dataset}{resolution}-f{f}", path=tmp_path / f"{dataset}{resolution}-f{f}",
+                           factor=f, kind="pixel" if f == 1 else "kl", dataset=dataset, resolution=resolution)
+                for f in factors]
+
+    models = (entries("utkface", 64, [1, 2, 4, 8, 16]) + entries("utkface", 128, [1, 4, 8, 16, 32])
+              + entries("fashion-mnist", 32, [4, 8]))
+    chosen = compare_default(models)
+    assert [label.split(" ")[0] for label in chosen] == [f"utkface128-f{f}" for f in (1, 4, 8, 16, 32)]
+    assert default_model(models).startswith("utkface128-f4 ")
+    assert compare_default(models[:5] + models[10:])[0].startswith("utkface64-f1 ")  # without it, the 64-px set

@@ -71,3 +71,12 @@ def test_denoiser_parameter_counts_are_matched_across_factors() -> None:
         assert unet.config.sample_size == side and unet.config.in_channels == channels
         counts[f] = count_parameters(unet)
     assert all(abs(c - budget) / budget < 0.3 for c in counts.values()), counts
+
+
+@pytest.mark.parametrize("channels,side,first", [(64, 4, 64), (16, 8, 44), (3, 32, 36)])
+def test_the_first_level_is_never_narrower_than_the_latent(channels: int, side: int, first: int) -> None:
+    """At the zoo's 2 M parameters: f = 32's 64x4x4 latent gets a first level of 64 channels (half the deep
+    width would be 56); latents with fewer channels keep half the deep width, as before."""
+    unet = build_denoiser(DenoiserSpec(side=side, channels=channels, param_budget=2_000_000))
+    assert unet.config.block_out_channels[0] == first
+    assert abs(count_parameters(unet) - 2_000_000) / 2_000_000 < 0.05

@@ -14,7 +14,12 @@ from conftest import ROOT, run_cli
 from ldm_eval.metrics.uncertainty import MIN_IMAGES_FOR_INTERVALS
 from ldm_eval.presets import FACTORS_32PX as FACTORS
 from ldm_eval.reporting.tables import TABLE_COLUMNS
-from pipelines.records import ProgressRecord, RecognisabilityRecord, TrainingRecord
+from pipelines.records import (
+    ProgressRecord,
+    RecognisabilityRecord,
+    SamplingRecord,
+    TrainingRecord,
+)
 from pipelines.results_log import read_results
 
 SMOKE = [sys.executable, "-m", "ldm_eval", "sweep", "--preset", "smoke"]
@@ -100,6 +105,7 @@ def test_smoke_sweep_killed_then_resumed_fills_every_column(tmp_path: Path) -> N
     (["--resolution", "40"], "does not divide the resolution 40"),
     (["--kinds", "gan"], "--kinds: Unknown autoencoder kind 'gan'; choose kl and/or vq."),
     (["--ddim-steps", "0"], "--ddim-steps: DDIM steps must be a whole number from 1 to 1000 (got 0)."),
+    (["--pixel-ddim-steps", "2000"], "--pixel-ddim-steps: DDIM steps must be a whole number from 1 to 1000 (got 2000)."),
     (["--budget", "hours"], "argument --budget: invalid choice: 'hours'"),
     (["--preset", "huge"], "--preset: Unknown preset 'huge'; choose one of smoke, quick, standard, paper"),
 ])
@@ -111,6 +117,23 @@ def test_sweep_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture, args: l
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_pixel_space_sampled_at_its_own_step_counts(tmp_path: Path) -> None:
+    """``--pixel-ddim-steps``: f = 1 sampled (and judged along training) at its own counts, the report saying so,
+    and a finished run resumed redoes nothing."""
+    run = tmp_path / "run"
+    args = ["sweep", "--preset", "smoke", "--out", run, "--factors", "1,4", "--ddim-steps", "2,4",
+            "--pixel-ddim-steps", "2"]
+    assert run_cli(*args) == 0
+    results = read_results(run)
+    sampled = sorted((r.factor, r.ddim_steps) for r in results.of(SamplingRecord))
+    assert sampled == [(1, 2), (4, 2), (4, 4)]
+    # FID along training at the measured count closest to 20: pixel space's own
+    assert {(p.factor, p.ddim_steps) for p in results.of(ProgressRecord)} == {(1, 2), (4, 4)}
+    assert "Sampled at fewer step counts than the others ([2, 4]): pixel f=1 at DDIM [2]" in (run / "report.md").read_text()
+    keys = _keys(run)
+    assert run_cli(*args, "--resume") == 0 and _keys(run) == keys
 
 
 def test_flags_come_from_the_config_dataclasses_over_the_preset(tmp_path: Path) -> None:

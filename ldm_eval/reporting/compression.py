@@ -152,6 +152,7 @@ def render_report(run_dir: Path) -> Path:
     degenerate = table.loc[table["degenerate"], "factor"].unique().tolist()
     if degenerate:
         lines += [f"Factors {degenerate} leave a latent of 2x2 or smaller here: run and flagged as degenerate.", ""]
+    lines += fewer_steps_lines(table)
     lines += recognisability_lines(results)
     if len(ae):
         lines += ["## Autoencoders (cf. paper Tab. 8)", "", md_table(ae[AUTOENCODER_COLUMNS]), ""]
@@ -161,6 +162,17 @@ def render_report(run_dir: Path) -> Path:
               "First stages, trained on OpenImages, evaluated on ImageNet val (paper Tab. 8):", "",
               md_table(PAPER_AUTOENCODERS), ""] + [f"- {n}" for n in PAPER_NOTES] + [""]
     return write_report(run_dir, lines)
+
+
+def fewer_steps_lines(table: pd.DataFrame) -> list[str]:
+    """A sentence for every model sampled at fewer DDIM step counts than the others (``--pixel-ddim-steps``)."""
+    steps = table.groupby(["kind", "factor"])["ddim_steps"].agg(lambda s: sorted(set(int(v) for v in s)))
+    widest = max(steps, key=len, default=[])
+    short = [f"{series_label(k, f)} at DDIM {v}" for (k, f), v in steps.items() if len(v) < len(widest)]
+    if not short:
+        return []
+    return [f"Sampled at fewer step counts than the others ({widest}): {'; '.join(short)}. Pixel-space sampling "
+            "costs the most at a large size (`--pixel-ddim-steps`); those rows compare at equal step counts only.", ""]
 
 
 REPORT_COLUMNS = ["factor", "kind", "latent_shape", "train_steps", "ddim_steps", "fid_backend", "fid_samples", "fid",

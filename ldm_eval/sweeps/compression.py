@@ -55,6 +55,9 @@ class CompressionSettings:
     kinds: list[str] = field(default_factory=lambda: ["kl"], metadata=help_text("autoencoder kinds: kl and/or vq"))
     inception_samples: int = field(default=64, metadata=help_text("samples for Inception FID/KID (0 skips it)"))
     ddim_steps: list[int] = field(default_factory=lambda: [10, 50], metadata=help_text("DDIM step counts, e.g. 10,50"))
+    pixel_ddim_steps: list[int] | None = field(default=None, metadata=help_text(
+        "DDIM step counts for pixel space (f = 1), whose sampling costs the most at a large size "
+        "(default: the same as --ddim-steps)"))
     progress_points: int = field(default=3, metadata=help_text("FID checks along training (Fig. 6)"))
     progress_samples: int = field(default=200, metadata=help_text("samples per FID check along training"))
 
@@ -68,6 +71,15 @@ class CompressionSettings:
         if self.progress_points < 1 or self.progress_samples < 2:
             raise SweepError("FID along training needs at least one point and 2 samples per point.", "progress_points")
         check_ddim_steps(self.ddim_steps, "ddim_steps")
+        if self.pixel_ddim_steps is not None:
+            if not self.pixel_ddim_steps:
+                raise SweepError("Give pixel space at least one DDIM step count (or leave it unset).",
+                                 "pixel_ddim_steps")
+            check_ddim_steps(self.pixel_ddim_steps, "pixel_ddim_steps")
+
+    def steps_for(self, factor: int) -> list[int]:
+        """The DDIM step counts one factor's model is sampled at."""
+        return self.pixel_ddim_steps if factor == 1 and self.pixel_ddim_steps else self.ddim_steps
 
 
 CompressionSweep = Sweep[CompressionSettings]
@@ -75,9 +87,9 @@ CompressionSweep = Sweep[CompressionSettings]
 
 
 
-def _progress_steps(cfg: CompressionSweep) -> int:
+def _progress_steps(cfg: CompressionSweep, factor: int) -> int:
     """The DDIM step count for FID along training: the measured one closest to 20."""
-    return min(cfg.sweep.ddim_steps, key=lambda s: abs(s - 20))
+    return min(cfg.sweep.steps_for(factor), key=lambda s: abs(s - 20))
 
 
 def _denoiser_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: int,
@@ -87,7 +99,7 @@ def _denoiser_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
     folder = ctx.out / "models" / ("dm-f1" if factor == 1 else f"ldm-{kind}-f{factor}")
     if ctx.log.has(TrainingRecord, kind=kind, factor=factor, condition="none"):
         return load_pipeline(folder, device=ctx.device)
-    steps, n = _progress_steps(cfg), cfg.sweep.progress_samples
+    steps, n = _progress_steps(cfg, factor), cfg.sweep.progress_samples
 
     def measure_progress(snapshot: Snapshot, point: int) -> None:
         if ctx.log.has(ProgressRecord, kind=kind, factor=factor, point=point):
@@ -122,7 +134,7 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
         backends.append(("inception", min(cfg.sweep.inception_samples, s.fid_samples)))
     warmed = False
     reconstructed: torch.Tensor | None = None  # the held-out images through pipe's first stage, once per model
-    for steps in cfg.sweep.ddim_steps:
+    for steps in cfg.sweep.steps_for(factor):
         if ctx.log.has(SamplingRecord, kind=kind, factor=factor, ddim_steps=steps, condition="none"):
             continue
         if not warmed:
@@ -149,7 +161,7 @@ def _sampling_cell(ctx: RunContext, cfg: CompressionSweep, kind: str, factor: in
 def _model_done(cfg: CompressionSweep, kind: str, factor: int, results: Results) -> bool:
     return bool(results.of(TrainingRecord, kind=kind, factor=factor, condition="none")) and all(
         results.of(SamplingRecord, kind=kind, factor=factor, ddim_steps=steps, condition="none")
-        for steps in cfg.sweep.ddim_steps)
+        for steps in cfg.sweep.steps_for(factor))
 
 
 def _autoencoder_only(cfg: CompressionSweep, kind: str, factor: int, ctx: RunContext) -> None:

@@ -51,9 +51,10 @@ class ZooBuildSettings(ExecutorFlags):
     runs: Path | None = field(default=None, metadata=help_text("where the parts' sweeps run (default runs/zoo-PRESET)"))
     models: Path = field(default=Path("models"), metadata=help_text("the zoo folder the demo reads"))
     max_model_mb: float = field(default=30.0, metadata=help_text("size budget of one exported model folder (MB)"))
-    evaluations: list[str] = field(default_factory=lambda: ["reports/zoo-evaluate"], metadata=help_text(
+    evaluations: list[str] = field(default_factory=lambda: ["reports/zoo-evaluate", "reports/utk128-evaluate"],
+                                   metadata=help_text(
         "evaluate runs whose measurements of the zoo's models (matched by their weights) go into the cards"))
-    max_total_mb: float = field(default=120.0, metadata=help_text("size budget of the whole zoo folder (MB)"))
+    max_total_mb: float = field(default=150.0, metadata=help_text("size budget of the whole zoo folder (MB)"))
     parts: list[str] = field(default_factory=list, metadata=help_text("build only these parts (default: all)"))
     export_only: bool = field(default=False, metadata=help_text(
         "train nothing: export the models the parts have finished and measured so far"))
