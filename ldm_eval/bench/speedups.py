@@ -30,9 +30,7 @@ from pipelines.diffusion_training import (
     diffusion_loss,
     sample_cached_batch,
 )
-from pipelines.first_stage import (
-    check_factor,
-)
+from pipelines.first_stage import check_factor
 from pipelines.latent_cache import encode_dataset
 from pipelines.loading import load_pipeline
 from pipelines.sampling import timed_sampling
