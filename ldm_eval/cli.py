@@ -265,29 +265,12 @@ def cmd_build_zoo(argv: list[str]) -> int:
 
 
 def cmd_bench_train(argv: list[str]) -> int:
-    from ldm_eval.bench.train import run_train_benchmark
+    from dataclasses import asdict
+
+    from ldm_eval.bench.command import run_bench_train
 
     (cfg,) = parse("python -m ldm_eval bench-train", [BenchSettings], argv)
-    if cfg.recipe:
-        from ldm_eval.bench.recipe import run_recipe_benchmark
-        from pipelines.atomic import write_text_atomic
-
-        table = run_recipe_benchmark(param_budget=cfg.param_budget, batch_size=cfg.batch_size,
-                                     rounds=max(cfg.steps, 3))
-        text = f"{table.attrs['header']}\n\n{table.to_markdown(index=False, floatfmt='.3g')}\n"
-        print(text)
-        if cfg.out is not None:
-            write_text_atomic(cfg.out / "recipe_benchmark.md", text)
-        return 0
-    if cfg.speedups or cfg.profile or cfg.sampling:
-        from ldm_eval.bench.speedups import run_speedups_and_profiles
-        from pipelines.pipeline import resolve_device
-
-        run_speedups_and_profiles(cfg.resolutions, cfg.factors, cfg.batch_size, max(cfg.steps, 3), cfg.param_budget,
-                                  resolve_device(cfg.device), cfg.out, cfg.speedups, cfg.profile, cfg.sampling)
-        return 0
-    run_train_benchmark(resolutions=cfg.resolutions, factors=cfg.factors, batch_size=cfg.batch_size,
-                        steps=cfg.steps, device=cfg.device, out=cfg.out)
+    run_bench_train(**asdict(cfg))
     return 0
 
 

@@ -143,6 +143,16 @@ def test_bench_sampling_against_stock_diffusers_on_the_same_weights(tmp_path: Pa
     assert "DDIM 10 steps, 4 images in one batch" in table and "matmul peak" in table
 
 
+def test_bench_train_refuses_two_benchmarks_at_once(tmp_path: Path, capsys) -> None:
+    """--recipe with --sampling is refused by name before anything runs or is written."""
+    from conftest import run_cli
+
+    assert run_cli("bench-train", "--recipe", "--sampling", tmp_path / "dm", "--out", tmp_path / "bench") == 2
+    err = capsys.readouterr().err
+    assert "error: --sampling: bench-train runs one benchmark at a time; got recipe and sampling" in err
+    assert not (tmp_path / "bench").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="CUDA graphs (torch.compile mode='reduce-overhead') need a CUDA device; on a CPU the "
                            "compiled path is tested in default mode above")

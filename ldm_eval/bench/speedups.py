@@ -148,13 +148,9 @@ def run_speedups_benchmark(configs: list[tuple[int, int, int]], steps: int = 10,
 
 def run_speedups_and_profiles(resolutions: list[int], factors: list[int], batch_size: int, steps: int,
                               param_budget: int, device: torch.device, out: Path | None, speedups: bool = True,
-                              profiles: bool = False, sampling: str = "") -> None:
-    """``bench-train --speedups`` / ``--profile`` / ``--sampling MODEL``: the table of every (resolution, factor),
-    each one's profile, the model's sampling against stock diffusers; files under ``out`` when given."""
-    if sampling:
-        sampling_against_stock(Path(sampling), batch_size, max(steps, 10), device,
-                               out=None if out is None else Path(out) / f"sampling_{Path(sampling).name}.md")
-        return
+                              profiles: bool = False) -> None:
+    """``bench-train --speedups`` / ``--profile``: the table of every (resolution, factor) and each one's
+    profile; files under ``out`` when given."""
     configs = [(r, f, batch_size) for r in resolutions for f in factors]
     for resolution, factor, _ in configs:
         check_factor(factor, resolution)
