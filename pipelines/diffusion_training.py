@@ -67,6 +67,7 @@ class DiffusionTrainConfig(TrainConfig):
     # Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's loss is weighted by min(SNR, gamma) / SNR,
     # so the nearly clean timesteps, easy and many, stop dominating the gradient. 0 keeps the plain DDPM loss.
     snr_gamma: float = 0.0
+    beta_schedule: str = "linear"  # or "scaled_linear", the paper's code's spacing (checked by default_train_scheduler)
 
     def validate(self) -> None:
         super().validate()
@@ -141,14 +142,14 @@ def sample_cached_batch(
 def build_diffusion_pipeline(
     vae: Autoencoder | None, resolution: int, image_channels: int, param_budget: int, num_train_timesteps: int = 1000,
     condition_encoder: ConditionEncoder | None = None, tokenizer: PreTrainedTokenizerFast | None = None,
-    condition_width: int = 64,
+    condition_width: int = 64, beta_schedule: str = "linear",
 ) -> LatentDiffusionPipeline:
     """An untrained pipeline for this first stage, its UNet matched to ``param_budget``."""
     first_stage = FirstStage(vae, image_channels)
     channels, side, _ = first_stage.latent_shape(resolution)
     cross = condition_width if condition_encoder is not None else None
     unet = build_denoiser(DenoiserSpec(side=side, channels=channels, param_budget=param_budget, cross_attention_dim=cross))
-    scheduler = default_train_scheduler(pixel_space=vae is None, num_train_timesteps=num_train_timesteps)
+    scheduler = default_train_scheduler(vae is None, num_train_timesteps, beta_schedule)
     return LatentDiffusionPipeline(unet=unet, scheduler=scheduler, vae=vae, condition_encoder=condition_encoder,
                                    tokenizer=tokenizer)
 
@@ -188,7 +189,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, callbacks: Sequence[Callback] = (
         encoder, tokenizer, cond_ids, null_ids = build_condition_encoder(cfg.condition, data, cfg.condition_width)
         cond_ids, null_ids = cond_ids.to(accelerator.device), null_ids.to(accelerator.device)
     pipe = build_diffusion_pipeline(vae, cfg.resolution, data.channels, cfg.param_budget, cfg.num_train_timesteps,
-                                    encoder, tokenizer, cfg.condition_width)
+                                    encoder, tokenizer, cfg.condition_width, cfg.beta_schedule)
     first_stage = pipe.first_stage
     cache = cached_latents(first_stage, data, accelerator.device, cfg.cache_dir).to(accelerator.device)
     scheduler = pipe.scheduler
@@ -210,6 +211,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, callbacks: Sequence[Callback] = (
     }
     if cfg.snr_gamma:  # only when set, so runs checkpointed before the option existed still resume
         run_key["snr_gamma"] = cfg.snr_gamma
+    if cfg.beta_schedule != "linear":  # the same: only when set
+        run_key["beta_schedule"] = cfg.beta_schedule
     if cfg.condition != "none":
         run_key.update(condition=cfg.condition, condition_dropout=cfg.condition_dropout,
                        condition_width=cfg.condition_width)

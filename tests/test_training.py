@@ -71,6 +71,31 @@ def test_a_resumed_run_keeps_its_loss_weighting(tmp_path: Path) -> None:
     assert train_diffusion(config(5.0, 4)).summary.train_steps == 4
 
 
+def test_the_paper_codes_schedule_spaces_square_roots_of_beta_and_travels_with_the_model(tmp_path: Path) -> None:
+    """``beta_schedule="scaled_linear"``: sqrt(beta) spaced linearly from sqrt(0.0015) to sqrt(0.0195), as the
+    paper's code does; the saved model samples with it, a resume under the other schedule is refused, and an
+    unknown name is refused by field."""
+    from pipelines.errors import InputError
+    from pipelines.pipeline import default_train_scheduler
+
+    def config(schedule: str, steps: int) -> DiffusionTrainConfig:
+        return DiffusionTrainConfig(out=tmp_path / "dm", max_steps=steps, batch_size=8, factor=1,
+                                    dataset="fashion-mnist", resolution=16, param_budget=20_000, max_images=64,
+                                    progress=False, checkpoint_every=2, resume=True, beta_schedule=schedule)
+
+    train_diffusion(config("scaled_linear", 2))
+    betas = load_pipeline(tmp_path / "dm").scheduler.betas.double()
+    expected = torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2
+    assert torch.allclose(betas, expected, rtol=1e-5)
+    linear = default_train_scheduler(pixel_space=False).alphas_cumprod
+    assert linear[899] < 0.25 * torch.cumprod(1 - expected, 0)[899]  # "linear" leaves far less signal late
+    with pytest.raises(Exception, match="beta_schedule"):
+        train_diffusion(config("linear", 4))
+    with pytest.raises(InputError, match="Unknown beta schedule 'cosine'") as refused:
+        default_train_scheduler(pixel_space=False, beta_schedule="cosine")
+    assert refused.value.field == "beta_schedule"
+
+
 def test_a_time_budget_is_kept_to_within_one_step_and_never_overrun(tmp_path: Path) -> None:
     """Training stops when the next step would overrun the budget (it once reported 76 s for 60 s)."""
     budget = 3.0
