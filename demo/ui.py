@@ -24,7 +24,7 @@ from .views import (
     readable,
     reconstruction_grid_html,
 )
-from .zoo import CONDITION_WORDS, ModelEntry, results_table
+from .zoo import CONDITION_WORDS, ModelEntry, best_measured, results_table
 
 INTRO = """# LDM Lab: why latent diffusion works
 Pixel-space diffusion (f = 1) against latent diffusion whose autoencoder shrinks each side by f.
@@ -132,8 +132,12 @@ def _main_set(models: list[ModelEntry]) -> list[ModelEntry]:
 
 
 def default_model(models: list[ModelEntry]) -> str | None:
-    """Generate's first model: f = 4 of the main set (the paper's sweet spot), else its first, else any."""
+    """Generate's first model: the main set's best by its own run's FID, else its f = 4 (the paper's sweet
+    spot), else its first, else any."""
     main = _main_set(models)
+    best = best_measured(main)
+    if best is not None:
+        return best.label
     return next((m.label for m in main if m.factor == 4), main[0].label if main else
                 (models[0].label if models else None))
 

@@ -279,6 +279,28 @@ def _own_metrics(entry: ModelEntry) -> list[ShownFid] | None:
             for r in rows]
 
 
+def best_measured(entries: list[ModelEntry]) -> ModelEntry | None:
+    """The entry with the lowest FID among those its run measured alike, or None when there is no such pair.
+
+    Only models exported from the same training run (``metrics.json``'s ``run``: one reference, one judge) are
+    compared, the run holding most of ``entries``, on a measurement every one of them has: Inception features
+    before domain ones, the most samples, the fewest DDIM steps.
+    """
+    by_run: dict[str, list[tuple[ModelEntry, dict]]] = {}
+    for entry in entries:
+        run = _read_json(entry.path / "metrics.json").get("run")
+        scores = {(f.backend != "inception", -f.n, f.ddim_steps): f.fid for f in _own_metrics(entry) or []
+                  if f.guidance in (None, 1.0)}
+        if run and scores:
+            by_run.setdefault(str(run), []).append((entry, scores))
+    group = max(by_run.values(), key=len, default=[])
+    shared = set.intersection(*(set(scores) for _, scores in group)) if len(group) > 1 else set()
+    if not shared:
+        return None
+    key = min(shared)
+    return min(group, key=lambda pair: pair[1][key])[0]
+
+
 def _resolution(results: Results, kind: str, factor: int) -> int | None:
     """The resolution a run trained this model at: its training record's, else the run's configured one."""
     trained = results.one(TrainingRecord, kind=kind, factor=factor, condition="none")

@@ -667,3 +667,29 @@ def test_the_demo_opens_on_the_set_with_most_factors_the_largest_images_among_eq
     assert [label.split(" ")[0] for label in chosen] == [f"utkface128-f{f}" for f in (1, 4, 8, 16, 32)]
     assert default_model(models).startswith("utkface128-f4 ")
     assert compare_default(models[:5] + models[10:])[0].startswith("utkface64-f1 ")  # without it, the 64-px set
+
+
+def test_generate_opens_on_the_main_sets_best_model_by_its_own_runs_fid(tmp_path: Path) -> None:
+    """Generate's first model is the lowest FID of the main set's run on a measurement all of them share
+    (f = 8 at 128 px), not f = 4 by rule; a model of another run with a lower FID is not compared; without
+    metrics the rule (f = 4) stands."""
+    import json
+
+    from demo.ui import default_model
+    from demo.zoo import ModelEntry
+
+    def entry(f: int, run: str | None, fids: dict[int, float]) -> ModelEntry:
+        folder = tmp_path / f"utk128-f{f}-{run}"
+        folder.mkdir()
+        rows = [{"fid": fid, "fid_backend": "inception", "fid_samples": 500, "ddim_steps": steps}
+                for steps, fid in fids.items()]
+        if run:
+            (folder / "metrics.json").write_text(json.dumps({"run": run, "rows": rows}))
+        return ModelEntry(name=folder.name, path=folder, factor=f, kind="pixel" if f == 1 else "kl",
+                          dataset="utkface", resolution=128)
+
+    plain = [entry(f, None, {}) for f in (1, 4, 8)]
+    assert default_model(plain).startswith("utk128-f4-")
+    measured = [entry(1, "a", {10: 400.0}), entry(4, "a", {10: 256.0, 50: 80.0}), entry(8, "a", {10: 84.8, 50: 98.7}),
+                entry(16, "b", {10: 50.0})]  # f = 4's 80.0 is at DDIM 50, which f = 1 lacks; f = 16 is another run's
+    assert default_model(measured).startswith("utk128-f8-a")
