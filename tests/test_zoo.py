@@ -141,3 +141,19 @@ def test_training_summaries_of_every_generation_load(tmp_path: Path) -> None:
     path.write_text(json.dumps({k: v for k, v in shipped.items() if k != "seed"}))
     with pytest.raises(RecordError, match=r"lacks \['seed'\]: it is not a training summary"):
         TrainingSummary.load(path)
+
+
+def test_a_card_compares_the_budgets_models_were_given_not_the_seconds_they_used() -> None:
+    """utk128's pixel model stopped at 816 s of its 900 (its next 102-s step would have overrun): the same
+    budget as its set, so no warning; a model given 180 s on another device is flagged with both budgets."""
+    from dataclasses import replace
+
+    from ldm_eval.zoo.cards import budget_note, zoo_facts
+
+    facts = {name: f for name, f in zoo_facts(ZOO).items() if name.startswith("utk128")}
+    pixel = facts["utk128-dm-f1"]
+    assert pixel.train_seconds < 850 and pixel.budget["max_seconds"] == 900
+    assert budget_note("utk128-dm-f1", pixel, facts) == []
+    short = replace(facts["utk128-ldm-kl-f8"], budget={"max_steps": None, "max_seconds": 180.0}, device_name="GPU X")
+    [line] = budget_note("other", short, facts)
+    assert "this model trained 180 s on GPU X" in line and "trained 900 s on CPU" in line and "utk128-dm-f1" in line

@@ -68,19 +68,30 @@ def hardware(facts: TrainingSummary) -> str:
     return f"{facts.device_name}{precision}"
 
 
+def _budget_key(facts: TrainingSummary) -> tuple:
+    """What a model was given: its device and its budget (seconds or steps) as configured, not the seconds it
+    used: a 102-s step stops at 816 s of 900 rather than overrun, on the same budget as its set."""
+    budget = facts.budget or {}
+    given = ("s", budget["max_seconds"]) if budget.get("max_seconds") else (
+        ("steps", budget["max_steps"]) if budget.get("max_steps") else ("s", round(facts.train_seconds, -1)))
+    return facts.device_name, given
+
+
 def budget_note(name: str, facts: TrainingSummary, set_facts: dict[str, TrainingSummary]) -> list[str]:
-    """A line when the models of this one's set (same prefix) trained on different budgets or hardware."""
-    mine = (facts.device_name, round(facts.train_seconds, -1))
+    """A line when the models of this one's set (same prefix) were given different budgets or hardware."""
+    mine = _budget_key(facts)
     others: dict[tuple, list[str]] = {}
     for other, f in sorted(set_facts.items()):
-        key = (f.device_name, round(f.train_seconds, -1))
+        key = _budget_key(f)
         if key != mine:
             others.setdefault(key, []).append(other)
     if not others:
         return []
-    rest = "; ".join(f"{', '.join(names)} trained {secs:.0f} s on {device}" for (device, secs), names in others.items())
-    return [f"- **budgets differ within this set**: this model trained {facts.train_seconds:.0f} s on "
-            f"{facts.device_name}, while {rest}. Compare its FIDs only with models of the same budget."]
+    rest = "; ".join(f"{', '.join(names)} trained {amount:.0f} {unit} on {device}"
+                     for (device, (unit, amount)), names in others.items())
+    unit, amount = mine[1]
+    return [f"- **budgets differ within this set**: this model trained {amount:.0f} {unit} on {facts.device_name}, "
+            f"while {rest}. Compare its FIDs only with models of the same budget."]
 
 
 def made_by(name: str, facts: TrainingSummary) -> str:
