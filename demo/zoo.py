@@ -267,9 +267,10 @@ class ShownFid:
         return f"{acc}FID {self.fid:.1f}{ci} ({self.backend}, N={self.n}, DDIM {self.ddim_steps}{g})"
 
 
-def _own_metrics(entry: ModelEntry) -> list[ShownFid] | None:
-    """Metrics exported with a zoo model (``metrics.json``): exactly this model's, from its own run."""
-    rows = _read_json(entry.path / "metrics.json").get("rows")
+def _own_metrics(entry: ModelEntry, exported: dict | None = None) -> list[ShownFid] | None:
+    """Metrics exported with a zoo model (``metrics.json``, or its contents when already read): exactly this
+    model's, from its own run."""
+    rows = (_read_json(entry.path / "metrics.json") if exported is None else exported).get("rows")
     if not rows:
         return None
     return [ShownFid(fid=float(r["fid"]), backend=str(r["fid_backend"]), n=int(r["fid_samples"]),
@@ -288,8 +289,9 @@ def best_measured(entries: list[ModelEntry]) -> ModelEntry | None:
     """
     by_run: dict[str, list[tuple[ModelEntry, dict]]] = {}
     for entry in entries:
-        run = _read_json(entry.path / "metrics.json").get("run")
-        scores = {(f.backend != "inception", -f.n, f.ddim_steps): f.fid for f in _own_metrics(entry) or []
+        exported = _read_json(entry.path / "metrics.json")  # read once: its run and its rows
+        run = exported.get("run")
+        scores = {(f.backend != "inception", -f.n, f.ddim_steps): f.fid for f in _own_metrics(entry, exported) or []
                   if f.guidance in (None, 1.0)}
         if run and scores:
             by_run.setdefault(str(run), []).append((entry, scores))
